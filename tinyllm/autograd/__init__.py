@@ -1,0 +1,17 @@
+"""Reverse-mode automatic differentiation over the arrays of any backend."""
+
+from .compile import value_and_grad
+from .function import Context, Function, is_grad_enabled, no_grad
+from .gradcheck import gradcheck
+from .tensor import Tensor, to_numpy
+
+__all__ = [
+    "Context",
+    "Function",
+    "Tensor",
+    "gradcheck",
+    "is_grad_enabled",
+    "no_grad",
+    "to_numpy",
+    "value_and_grad",
+]

@@ -1,0 +1,99 @@
+"""What every array backend offers: the array namespace and the few spellings that differ.
+
+tinyllm writes each op once against an array namespace ``xp`` (``numpy``, ``cupy`` or
+``jax.numpy``): ``xp.exp``, ``xp.matmul``, ``xp.where`` are spelled the same in all three.
+A handful of things are not, and they live here, one method each:
+
+- moving arrays in and out (``asarray``, ``to_numpy``);
+- adding into selected positions (``scatter_add``), which NumPy and CuPy do in place and
+  JAX does by returning a new array;
+- ``erf``, which NumPy itself lacks;
+- random numbers, drawn on the host with a seeded NumPy generator so that one seed gives the
+  same numbers on every backend;
+- ``jit``: ``jax.jit`` under JAX, the identity elsewhere.
+
+The NumPy backend is the reference; ``cupy_backend`` and ``jax_backend`` override only what
+they must.
+"""
+
+import math
+
+import numpy as np
+
+
+class BackendUnavailable(RuntimeError):
+    """Raised when a backend is asked for but cannot run here; the message says why."""
+
+
+class Backend:
+    """The NumPy reference backend. Subclasses swap ``xp`` and override what differs.
+
+    >>> b = Backend()
+    >>> b.name, b.xp.__name__
+    ('numpy', 'numpy')
+    >>> b.scatter_add(np.zeros(3, np.float32), np.array([0, 2, 0]), np.ones(3, np.float32))
+    array([2., 0., 1.], dtype=float32)
+    """
+
+    name = "numpy"
+
+    def __init__(self):
+        self.xp = np
+
+    # --- moving arrays ----------------------------------------------------------------
+    def asarray(self, x, dtype=None):
+        """An array of this backend holding ``x`` (a NumPy array, list or scalar)."""
+        return self.xp.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x):
+        """A NumPy array with the values of ``x`` (an array of this backend)."""
+        return np.asarray(x)
+
+    def owns(self, x):
+        """True when ``x`` is an array of this backend."""
+        return isinstance(x, (np.ndarray, np.generic))
+
+    def is_traced(self, x):
+        """True when ``x`` is a placeholder inside ``jit`` whose values are not known yet.
+
+        Checks that read values (is every token id in range?) run only when this is False.
+        """
+        return False
+
+    # --- the spellings that differ ----------------------------------------------------
+    def scatter_add(self, target, index, values):
+        """``target`` with ``values`` added at ``target[index]``, repeated indices summed.
+
+        The caller must own ``target``: NumPy and CuPy update it in place and return it,
+        JAX returns a new array. Either way, use the returned array.
+        """
+        np.add.at(target, index, values)
+        return target
+
+    def erf(self, x):
+        """The error function, elementwise, in the dtype of ``x``."""
+        try:
+            from scipy.special import erf
+        except ImportError:  # scipy is optional: fall back to the standard library
+            return np.vectorize(math.erf, otypes=[x.dtype])(x)
+        return erf(x).astype(x.dtype, copy=False)
+
+    def uniform(self, seed, shape, dtype=np.float32):
+        """Uniform [0, 1) numbers drawn on the host from ``seed``, then moved here."""
+        host = np.random.default_rng(seed).random(shape, dtype=np.float32)
+        return self.asarray(host.astype(dtype, copy=False))
+
+    def jit(self, fn, **kwargs):
+        """Compile ``fn`` where the backend can (JAX); elsewhere return it unchanged."""
+        return fn
+
+    def synchronize(self):
+        """Wait for queued device work to finish (for timing); NumPy has none."""
+
+    # --- reporting --------------------------------------------------------------------
+    def describe(self):
+        """One line saying what this backend runs on."""
+        return f"NumPy {np.__version__} on the CPU"
+
+    def __repr__(self):
+        return f"<tinyllm backend {self.name}: {self.describe()}>"

@@ -1,0 +1,61 @@
+"""The JAX backend: the same op code on ``jax.numpy``, compiled with ``jax.jit``.
+
+JAX arrays are immutable, which is why no tinyllm op mutates an array in place: the
+in-place spellings NumPy allows are offered functionally by the backend instead
+(``scatter_add`` here becomes ``target.at[index].add(values)``).
+
+Importing this file never imports JAX; creating ``JaxBackend()`` does.
+"""
+
+import numpy as np
+
+from .base import Backend, BackendUnavailable
+
+
+class JaxBackend(Backend):
+    name = "jax"
+
+    def __init__(self):
+        try:
+            import jax
+            import jax.numpy as jnp
+        except ImportError as err:
+            raise BackendUnavailable(
+                "the 'jax' backend needs JAX, which is not installed "
+                f"({err}); install it with: pip install 'tinyllm[jax]'"
+            ) from None
+        self.jax = jax
+        self.xp = jnp
+
+    def to_numpy(self, x):
+        return np.asarray(self.jax.device_get(x))
+
+    def owns(self, x):
+        # Concrete arrays and the tracers jax.jit passes in are both jax.Array.
+        return isinstance(x, self.jax.Array)
+
+    def is_traced(self, x):
+        return isinstance(x, self.jax.core.Tracer)
+
+    def scatter_add(self, target, index, values):
+        return target.at[index].add(values)
+
+    def erf(self, x):
+        return self.jax.scipy.special.erf(x)
+
+    def uniform(self, seed, shape, dtype=np.float32):
+        if isinstance(seed, (int, np.integer)):
+            return super().uniform(seed, shape, dtype)  # same numbers as NumPy
+        # A traced seed (inside jax.jit) cannot reach the host: draw on the device.
+        return self.jax.random.uniform(self.jax.random.PRNGKey(seed), shape, dtype)
+
+    def jit(self, fn, **kwargs):
+        return self.jax.jit(fn, **kwargs)
+
+    def synchronize(self):
+        self.xp.zeros(()).block_until_ready()
+
+    def describe(self):
+        devices = self.jax.devices()
+        kinds = sorted({d.platform.upper() for d in devices})
+        return f"JAX {self.jax.__version__} on {len(devices)} {'/'.join(kinds)} device(s)"

@@ -1,0 +1,77 @@
+"""The ``tinyllm`` command. Each subcommand is a ``configure`` / ``run`` pair below.
+
+    tinyllm info                     version, and which backends work here (and why not)
+    tinyllm grade [DIR]              grade the exercises (--solutions, --json results.json)
+"""
+
+import argparse
+import platform
+import sys
+
+import numpy as np
+
+import tinyllm
+
+
+# --- tinyllm info -----------------------------------------------------------------------------
+def configure_info(parser):
+    parser.description = "Print the version and which array backends work on this machine."
+
+
+def run_info(args):
+    print(f"tinyllm {tinyllm.__version__} (Python {platform.python_version()}, NumPy {np.__version__})")
+    print("backends:")
+    for name, (works, detail) in tinyllm.available_backends().items():
+        print(f"  {name:6s} {'yes' if works else 'no ':3s}  {detail}")
+    print(f"current: {tinyllm.get_backend().name} (choose with --backend, "
+          "tinyllm.set_backend(...) or TINYLLM_BACKEND)")
+    return 0
+
+
+# --- tinyllm grade ----------------------------------------------------------------------------
+def configure_grade(parser):
+    parser.description = "Grade the exercises with pytest and print a score table."
+    parser.add_argument("path", nargs="?", default="exercises",
+                        help="the exercises folder, or one test file in it (default: exercises)")
+    parser.add_argument("--solutions", action="store_true",
+                        help="grade the library's reference implementations instead of the stubs")
+    parser.add_argument("--json", metavar="FILE",
+                        help="also write a Gradescope autograder results.json to FILE")
+    parser.add_argument("-k", metavar="EXPR", help="only tests matching EXPR (as pytest -k)")
+
+
+def run_grade(args):
+    from tinyllm.grading import grade
+
+    report = grade(args.path, solutions=args.solutions, json_path=args.json, keyword=args.k)
+    return 0 if report.collected else 1
+
+
+COMMANDS = {
+    "info": (configure_info, run_info),
+    "grade": (configure_grade, run_grade),
+}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="tinyllm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"tinyllm {tinyllm.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (configure, run) in COMMANDS.items():
+        configure(sub.add_parser(name))
+        sub.choices[name].set_defaults(run=run)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, tinyllm.BackendUnavailable) as err:
+        print(f"tinyllm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

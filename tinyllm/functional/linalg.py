@@ -1,0 +1,69 @@
+"""Matrix multiplication, batched and broadcast, where almost all of a transformer's time goes.
+
+For ``out = a @ b`` the chain rule gives ``grad_a = grad @ b.T`` and ``grad_b = a.T @ grad``
+(transposing the last two axes). Batch axes broadcast like any elementwise op, so their
+gradients are summed back with ``unbroadcast``. The common case - activations (B, T, C)
+times a weight (C, D) - is handled as one big (B*T, C) x (C, D) product instead of B small
+ones summed afterwards.
+
+>>> import tinyllm
+>>> a = tinyllm.Tensor([[1.0, 2.0]], requires_grad=True)      # (1, 2)
+>>> b = tinyllm.Tensor([[3.0], [4.0]], requires_grad=True)    # (2, 1)
+>>> (a @ b).sum().backward()
+>>> a.grad, b.grad.ravel()
+(array([[3., 4.]], dtype=float32), array([1., 2.], dtype=float32))
+"""
+
+from ..autograd.function import Function
+from .elementwise import unbroadcast
+
+
+def _check(a, b):
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(
+            f"matmul: both operands need at least one dimension, got shapes "
+            f"{tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    inner_a = a.shape[-1]
+    inner_b = b.shape[-2] if b.ndim > 1 else b.shape[0]
+    if inner_a != inner_b:
+        raise ValueError(
+            f"matmul: shapes {tuple(a.shape)} @ {tuple(b.shape)} do not line up - the last "
+            f"axis of the left ({inner_a}) must equal the "
+            f"{'second-to-last' if b.ndim > 1 else 'only'} axis of the right ({inner_b})"
+        )
+
+
+class Matmul(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        _check(a, b)
+        ctx.save_for_backward(a, b)
+        return a @ b
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved
+        xp = ctx.xp
+        # Treat vectors as matrices: a (K,) is (1, K), b (K,) is (K, 1).
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        g = grad
+        if a.ndim == 1:
+            g = xp.expand_dims(g, -2)
+        if b.ndim == 1:
+            g = xp.expand_dims(g, -1)
+        grad_a = grad_b = None
+        if ctx.needs_grad[0]:
+            grad_a = unbroadcast(g @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+        if ctx.needs_grad[1]:
+            if b2.ndim == 2 and a2.ndim > 2:  # weight gradient: one (C, N) x (N, D) product
+                rows_a = a2.reshape(-1, a2.shape[-1])
+                grad_b = (rows_a.T @ g.reshape(-1, g.shape[-1])).reshape(b.shape)
+            else:
+                grad_b = unbroadcast(xp.swapaxes(a2, -1, -2) @ g, b2.shape).reshape(b.shape)
+        return grad_a, grad_b
+
+
+def matmul(a, b):
+    return Matmul.apply(a, b)

@@ -1,0 +1,129 @@
+"""Fused softmax, log-softmax and cross-entropy, each with its hand-derived backward.
+
+Built from primitives (max, sub, exp, sum, div) softmax would record five nodes and keep
+five arrays of the input's size for backward. Fused, it keeps one - its output ``y`` - and
+the backward is a single line of calculus:
+
+    y = softmax(x)            dx = y * (dy - sum(dy * y))             (per row)
+    y = log_softmax(x)        dx = dy - softmax(x) * sum(dy)
+    loss = -log_softmax(x)[t] dx = softmax(x) - onehot(t)             (per row, / rows)
+
+Every op subtracts the row maximum first, so ``exp`` never overflows.
+
+>>> import numpy as np, tinyllm
+>>> logits = tinyllm.Tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+>>> round(cross_entropy(logits, np.array([0, -100])).item(), 4)   # second row ignored
+0.2395
+"""
+
+from ..autograd.function import Function
+
+
+class Softmax(Function):
+    @staticmethod
+    def forward(ctx, x, axis=-1):
+        xp = ctx.xp
+        e = xp.exp(x - x.max(axis=axis, keepdims=True))
+        y = e / e.sum(axis=axis, keepdims=True)
+        ctx.save_for_backward(y)
+        ctx.axis = axis
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved
+        return y * (grad - (grad * y).sum(axis=ctx.axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    @staticmethod
+    def forward(ctx, x, axis=-1):
+        xp = ctx.xp
+        shifted = x - x.max(axis=axis, keepdims=True)
+        y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+        ctx.save_for_backward(y)
+        ctx.axis = axis
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved
+        return grad - ctx.xp.exp(y) * grad.sum(axis=ctx.axis, keepdims=True)
+
+
+class CrossEntropy(Function):
+    """Mean (or sum, or per-row) of -log softmax(logits)[target] over rows not ignored.
+
+    ``logits`` (..., V) and integer ``targets`` (...); rows whose target equals
+    ``ignore_index`` contribute neither loss nor gradient (padding, prompt tokens in SFT).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index=-100, reduction="mean"):
+        xp = ctx.xp
+        vocab = logits.shape[-1]
+        if tuple(targets.shape) != tuple(logits.shape[:-1]):
+            raise ValueError(
+                f"cross_entropy: targets of shape {tuple(targets.shape)} do not match logits "
+                f"of shape {tuple(logits.shape)}; expected targets of shape "
+                f"{tuple(logits.shape[:-1])}"
+            )
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(
+                f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}"
+            )
+        valid = targets != ignore_index
+        if not ctx.backend.is_traced(targets):
+            bad = valid & ((targets < 0) | (targets >= vocab))
+            if bool(bad.any()):
+                raise IndexError(
+                    f"cross_entropy: target {int(targets[bad].ravel()[0])} is outside "
+                    f"[0, {vocab}) and is not ignore_index ({ignore_index})"
+                )
+        rows = logits.reshape(-1, vocab)  # (N, V)
+        safe_targets = xp.where(valid, targets, 0).reshape(-1)  # (N,)
+        shifted = rows - rows.max(axis=-1, keepdims=True)
+        e = xp.exp(shifted)
+        total = e.sum(axis=-1, keepdims=True)  # (N, 1)
+        picked = xp.take_along_axis(shifted, safe_targets[:, None], axis=-1)  # (N, 1)
+        valid = valid.reshape(-1, 1)
+        losses = (xp.log(total) - picked) * valid  # (N, 1)
+
+        ctx.save_for_backward(e, total, safe_targets, valid)
+        ctx.reduction, ctx.shape = reduction, logits.shape
+        if reduction == "none":
+            return losses.reshape(targets.shape)
+        loss = losses.sum()
+        if reduction == "mean":
+            ctx.count = xp.maximum(valid.sum(), 1).astype(logits.dtype)
+            loss = loss / ctx.count
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        e, total, safe_targets, valid = ctx.saved
+        xp = ctx.xp
+        if ctx.reduction == "none":
+            coef = grad.reshape(-1, 1) * valid  # (N, 1): each row's own upstream gradient
+        elif ctx.reduction == "sum":
+            coef = grad * valid
+        else:
+            coef = grad * valid / ctx.count
+        coef = coef.astype(e.dtype)
+        grad_rows = e * (coef / total)  # softmax * coef, (N, V)
+        rows = xp.arange(grad_rows.shape[0])
+        grad_rows = ctx.backend.scatter_add(grad_rows, (rows, safe_targets), -coef[:, 0])
+        return grad_rows.reshape(ctx.shape), None
+
+
+def softmax(x, axis=-1):
+    return Softmax.apply(x, axis=axis)
+
+
+def log_softmax(x, axis=-1):
+    return LogSoftmax.apply(x, axis=axis)
+
+
+def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
+    """Cross-entropy of ``logits`` (..., V) against integer ``targets`` (...)."""
+    return CrossEntropy.apply(logits, targets, ignore_index=ignore_index, reduction=reduction)
