@@ -44,7 +44,12 @@ def run_grade(args):
     from tinyllm.grading import grade
 
     report = grade(args.path, solutions=args.solutions, json_path=args.json, keyword=args.k)
-    return 0 if report.collected else 1
+    if not report.collected:
+        print(f"tinyllm grade: no exercise tests found under {args.path}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(f"wrote {args.json}: {report.score:g} / {report.max_score:g} points")
+    return 0
 
 
 COMMANDS = {
