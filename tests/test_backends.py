@@ -1,0 +1,169 @@
+"""Choosing a backend, what happens when one can't run, and compiled steps under JAX."""
+
+import contextvars
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tinyllm
+import tinyllm.functional as F
+from tinyllm import Tensor
+from tinyllm.backend import backend_of
+
+
+def in_fresh_context(fn):
+    """Run ``fn`` in a copy of the current context, so set_backend cannot leak out."""
+    return contextvars.copy_context().run(fn)
+
+
+def test_numpy_is_the_default_and_use_backend_restores_the_previous_choice():
+    assert tinyllm.get_backend().name == "numpy"
+    with tinyllm.use_backend("numpy") as b:
+        assert b.name == "numpy"
+    assert tinyllm.get_backend().name == "numpy"
+
+
+def test_set_backend_and_the_environment_variable(monkeypatch):
+    pytest.importorskip("jax")
+    monkeypatch.setenv("TINYLLM_BACKEND", "jax")
+    assert in_fresh_context(lambda: tinyllm.get_backend().name) == "jax"
+    monkeypatch.setenv("TINYLLM_BACKEND", "numpy")
+
+    def choose():
+        tinyllm.set_backend("jax")
+        return tinyllm.get_backend().name, Tensor([1.0]).backend.name
+
+    assert in_fresh_context(choose) == ("jax", "jax")
+    assert tinyllm.get_backend().name == "numpy"  # the choice stayed in its context
+
+
+def test_unknown_backend_names_list_the_choices(monkeypatch):
+    with pytest.raises(ValueError, match="unknown backend 'torch'; expected one of numpy, cupy, jax"):
+        tinyllm.set_backend("torch")
+    monkeypatch.setenv("TINYLLM_BACKEND", "tpu")
+    with pytest.raises(ValueError, match="TINYLLM_BACKEND='tpu' names no backend"):
+        in_fresh_context(tinyllm.get_backend)
+
+
+def test_unavailable_cupy_says_why_without_a_deep_traceback():
+    works, detail = tinyllm.available_backends()["cupy"]
+    if works:
+        pytest.skip(f"CuPy works here: {detail}")
+    assert "CuPy" in detail and ("not installed" in detail or "CUDA" in detail)
+    with pytest.raises(tinyllm.BackendUnavailable) as err:
+        tinyllm.use_backend("cupy").__enter__()
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_cli_info_reports_every_backend():
+    out = subprocess.run([sys.executable, "-m", "tinyllm.cli", "info"], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert f"tinyllm {tinyllm.__version__}" in out
+    for name, (works, detail) in tinyllm.available_backends().items():
+        assert f"{name:6s} {'yes' if works else 'no ':3s}  {detail}" in out
+
+
+def test_tensor_places_numpy_input_on_the_active_backend_and_to_numpy_brings_it_back():
+    jax = pytest.importorskip("jax")
+    host = np.arange(4, dtype=np.float32)
+    with tinyllm.use_backend("jax"):
+        t = Tensor(host)
+    assert isinstance(t.data, jax.Array) and t.backend.name == "jax"
+    np.testing.assert_array_equal(tinyllm.to_numpy(t), host)
+    np.testing.assert_array_equal(tinyllm.to_numpy(t.data), host)
+    np.testing.assert_array_equal(t.to("numpy").data, host)
+
+
+def test_mixing_backends_in_one_op_says_so():
+    pytest.importorskip("jax")
+    a = Tensor([1.0, 2.0])
+    with tinyllm.use_backend("jax"):
+        b = Tensor([1.0, 2.0])
+    with pytest.raises(TypeError, match="Mul: cannot mix arrays of the 'numpy' and 'jax' backends"):
+        a * b
+
+
+def transformer_like_loss(params, ids, targets):
+    """Embedding -> RMSNorm -> causal attention -> output projection -> cross-entropy."""
+    x = F.embedding(params["embed"], ids)  # (B, T, C)
+    x = F.rms_norm(x, params["norm"])
+    B, T, C = x.shape
+    heads = x.reshape(B, T, 2, C // 2).transpose(0, 2, 1, 3)  # (B, 2, T, C/2)
+    y = F.scaled_dot_product_attention(heads, heads, heads)
+    y = y.transpose(0, 2, 1, 3).reshape(B, T, C)
+    logits = F.gelu(y @ params["out"])  # (B, T, V)
+    return F.cross_entropy(logits, targets)
+
+
+def make_problem():
+    rng = np.random.default_rng(0)
+    vocab, dim = 11, 8
+    params = {
+        "embed": rng.normal(size=(vocab, dim)).astype(np.float32),
+        "norm": np.ones(dim, np.float32),
+        "out": (rng.normal(size=(dim, vocab)) * 0.3).astype(np.float32),
+    }
+    ids = rng.integers(0, vocab, size=(2, 5))
+    targets = np.where(rng.random((2, 5)) < 0.2, -100, rng.integers(0, vocab, size=(2, 5)))
+    return params, ids, targets
+
+
+def test_jitted_loss_and_gradients_equal_eager_ones():
+    jax = pytest.importorskip("jax")
+    params, ids, targets = make_problem()
+    step = tinyllm.value_and_grad(transformer_like_loss)
+    eager_loss, eager_grads = step(params, Tensor(ids), Tensor(targets))  # NumPy, eager
+
+    with tinyllm.use_backend("jax"):
+        jnp = tinyllm.get_backend().xp
+        jparams = {k: jnp.asarray(v) for k, v in params.items()}
+        compiled = tinyllm.jit(lambda p, i, t: step(p, Tensor(i), Tensor(t)))
+        loss, grads = compiled(jparams, jnp.asarray(ids), jnp.asarray(targets))
+        jax_eager_loss, _ = step(jparams, Tensor(ids), Tensor(targets))
+
+    assert isinstance(loss, jax.Array)
+    np.testing.assert_allclose(float(loss), float(eager_loss), rtol=1e-5)
+    np.testing.assert_allclose(float(jax_eager_loss), float(eager_loss), rtol=1e-5)
+    for name in params:
+        np.testing.assert_allclose(np.asarray(grads[name]), eager_grads[name], rtol=1e-4, atol=1e-5)
+
+
+def test_jit_is_the_identity_on_numpy_and_compiles_under_jax():
+    def f(x):
+        return x * 2
+
+    assert tinyllm.jit(f) is f
+    jax = pytest.importorskip("jax")
+    with tinyllm.use_backend("jax"):
+        compiled = tinyllm.jit(f)
+    assert compiled is not f and hasattr(compiled, "lower")
+    assert float(compiled(jax.numpy.ones(()))) == 2.0
+
+
+def test_backend_of_tells_arrays_apart_without_importing_gpu_libraries():
+    assert backend_of(np.zeros(2)).name == "numpy"
+    assert backend_of(3.0) is None
+    with pytest.raises(TypeError, match="expected a NumPy, CuPy or JAX array.*got str"):
+        backend_of("text")
+    code = "import tinyllm, sys; tinyllm.Tensor([1.0]); print('cupy' in sys.modules, 'jax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("name", ["cupy", "jax"])
+def test_gpu_backends_match_numpy_on_a_training_step(name):
+    """Runs where the backend works (CuPy needs a CUDA GPU; JAX runs on CPU or GPU)."""
+    works, detail = tinyllm.available_backends()[name]
+    if not works:
+        pytest.skip(detail)
+    params, ids, targets = make_problem()
+    step = tinyllm.value_and_grad(transformer_like_loss)
+    expected_loss, expected_grads = step(params, Tensor(ids), Tensor(targets))
+    with tinyllm.use_backend(name) as backend:
+        moved = {k: backend.asarray(v) for k, v in params.items()}
+        loss, grads = step(moved, Tensor(ids), Tensor(targets))
+    np.testing.assert_allclose(float(tinyllm.to_numpy(loss)), float(expected_loss), rtol=1e-5)
+    for k in params:
+        np.testing.assert_allclose(tinyllm.to_numpy(grads[k]), expected_grads[k], rtol=1e-4, atol=1e-5)
