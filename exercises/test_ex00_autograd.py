@@ -39,8 +39,14 @@ def test_mul_backward_values(exercise):
 @pytest.mark.exercise("0.2", points=2)
 @pytest.mark.parametrize(
     "grad_shape, shape",
-    [((2, 3, 4), (3, 1)), ((2, 3, 4), (4,)), ((5, 1, 3), (1, 3)), ((3, 4), ()),
-     ((2, 3), (2, 3)), ((4, 2, 3), (4, 1, 1))],
+    [
+        ((2, 3, 4), (3, 1)),
+        ((2, 3, 4), (4,)),
+        ((5, 1, 3), (1, 3)),
+        ((3, 4), ()),
+        ((2, 3), (2, 3)),
+        ((4, 2, 3), (4, 1, 1)),
+    ],
 )
 def test_unbroadcast_sums_stretched_axes(exercise, grad_shape, shape):
     """unbroadcast: sum the gradient back to the input's shape"""
@@ -63,7 +69,9 @@ def test_tanh_backward_matches_finite_differences(exercise):
 
 
 @pytest.mark.exercise("0.4", points=2)
-@pytest.mark.parametrize("axis, keepdims", [(None, False), (0, False), (-1, True), ((0, 2), False), (1, True)])
+@pytest.mark.parametrize(
+    "axis, keepdims", [(None, False), (0, False), (-1, True), ((0, 2), False), (1, True)]
+)
 def test_sum_backward_matches_finite_differences(exercise, axis, keepdims):
     """Sum.backward: spread the gradient over the summed axes"""
     ex = exercise(EX)

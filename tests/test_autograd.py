@@ -146,7 +146,9 @@ def test_out_of_range_ids_and_targets_are_named():
     logits = Tensor(np.zeros((2, 3), np.float32), requires_grad=True)
     with pytest.raises(IndexError, match=r"target 3 is outside \[0, 3\)"):
         F.cross_entropy(logits, Tensor([0, 3]))
-    with pytest.raises(ValueError, match=r"targets of shape \(3,\).*expected targets of shape \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"targets of shape \(3,\).*expected targets of shape \(2,\)"
+    ):
         F.cross_entropy(logits, Tensor([0, 1, 2]))
 
 

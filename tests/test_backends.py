@@ -40,7 +40,9 @@ def test_set_backend_and_the_environment_variable(monkeypatch):
 
 
 def test_unknown_backend_names_list_the_choices(monkeypatch):
-    with pytest.raises(ValueError, match="unknown backend 'torch'; expected one of numpy, cupy, jax"):
+    with pytest.raises(
+        ValueError, match="unknown backend 'torch'; expected one of numpy, cupy, jax"
+    ):
         tinyllm.set_backend("torch")
     monkeypatch.setenv("TINYLLM_BACKEND", "tpu")
     with pytest.raises(ValueError, match="TINYLLM_BACKEND='tpu' names no backend"):
@@ -58,8 +60,13 @@ def test_unavailable_cupy_says_why_without_a_deep_traceback():
 
 
 def test_cli_info_reports_every_backend():
-    out = subprocess.run([sys.executable, "-m", "tinyllm.cli", "info"], capture_output=True,
-                         text=True, timeout=120, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "tinyllm.cli", "info"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     assert f"tinyllm {tinyllm.__version__}" in out
     for name, (works, detail) in tinyllm.available_backends().items():
         assert f"{name:6s} {'yes' if works else 'no ':3s}  {detail}" in out
@@ -147,7 +154,10 @@ def test_backend_of_tells_arrays_apart_without_importing_gpu_libraries():
     assert backend_of(3.0) is None
     with pytest.raises(TypeError, match="expected a NumPy, CuPy or JAX array.*got str"):
         backend_of("text")
-    code = "import tinyllm, sys; tinyllm.Tensor([1.0]); print('cupy' in sys.modules, 'jax' in sys.modules)"
+    code = (
+        "import sys, tinyllm; tinyllm.Tensor([1.0]); "
+        "print('cupy' in sys.modules, 'jax' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
@@ -166,4 +176,6 @@ def test_gpu_backends_match_numpy_on_a_training_step(name):
         loss, grads = step(moved, Tensor(ids), Tensor(targets))
     np.testing.assert_allclose(float(tinyllm.to_numpy(loss)), float(expected_loss), rtol=1e-5)
     for k in params:
-        np.testing.assert_allclose(tinyllm.to_numpy(grads[k]), expected_grads[k], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            tinyllm.to_numpy(grads[k]), expected_grads[k], rtol=1e-4, atol=1e-5
+        )

@@ -16,7 +16,9 @@ def run_grade(path, tmp_path, *flags):
     out = tmp_path / "results.json"
     proc = subprocess.run(
         [sys.executable, "-m", "tinyllm.cli", "grade", str(path), "--json", str(out), *flags],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(out.read_text()), proc.stdout
@@ -76,7 +78,9 @@ def test_partly_solved_file_earns_only_its_points(tmp_path, stub_results):
 def test_missing_exercises_folder_is_a_clear_error(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "tinyllm.cli", "grade", str(tmp_path / "nowhere")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "no exercises at" in proc.stderr and "nowhere" in proc.stderr

@@ -16,7 +16,9 @@ from tinyllm import Tensor, gradcheck
 
 
 def shape(rng, ndim_low=1, ndim_high=3, size_high=4):
-    return tuple(int(n) for n in rng.integers(1, size_high + 1, size=rng.integers(ndim_low, ndim_high + 1)))
+    return tuple(
+        int(n) for n in rng.integers(1, size_high + 1, size=rng.integers(ndim_low, ndim_high + 1))
+    )
 
 
 def leaf(rng, shp, dtype, positive=False, away_from_zero=False):
@@ -30,7 +32,7 @@ def leaf(rng, shp, dtype, positive=False, away_from_zero=False):
 
 def broadcast_partner(rng, shp):
     """A shape that broadcasts against ``shp``: some leading axes dropped, some axes set to 1."""
-    partner = list(shp[rng.integers(0, len(shp) + 1):])
+    partner = list(shp[rng.integers(0, len(shp) + 1) :])
     return tuple(1 if rng.random() < 0.3 else n for n in partner)
 
 
@@ -41,7 +43,11 @@ def unary(fn, **leaf_kwargs):
 def binary(fn, **b_kwargs):
     def make(rng, dt):
         a_shape = shape(rng)
-        return fn, [leaf(rng, a_shape, dt), leaf(rng, broadcast_partner(rng, a_shape), dt, **b_kwargs)]
+        return fn, [
+            leaf(rng, a_shape, dt),
+            leaf(rng, broadcast_partner(rng, a_shape), dt, **b_kwargs),
+        ]
+
     return make
 
 
@@ -51,6 +57,7 @@ def reduction(fn):
         axis = [None, -1, 0, tuple(range(x.ndim))][rng.integers(4)]
         keepdims = bool(rng.integers(2))
         return (lambda t: fn(t, axis=axis, keepdims=keepdims)), [x]
+
     return make
 
 
@@ -101,7 +108,10 @@ def stack_case(rng, dt):
 def where_case(rng, dt):
     s = shape(rng)
     cond = Tensor(rng.random(s) < 0.5)  # constants go through Tensor, onto the active backend
-    return (lambda a, b: F.where(cond, a, b)), [leaf(rng, s, dt), leaf(rng, broadcast_partner(rng, s), dt)]
+    return (lambda a, b: F.where(cond, a, b)), [
+        leaf(rng, s, dt),
+        leaf(rng, broadcast_partner(rng, s), dt),
+    ]
 
 
 def embedding_case(rng, dt):
@@ -116,7 +126,9 @@ def cross_entropy_case(rng, dt):
     targets = rng.integers(0, vocab, size=lead)
     targets = Tensor(np.where(rng.random(lead) < 0.25, -100, targets))  # some rows ignored
     reduction = ["mean", "sum", "none"][rng.integers(3)]
-    return (lambda z: F.cross_entropy(z, targets, reduction=reduction)), [leaf(rng, (*lead, vocab), dt)]
+    return (lambda z: F.cross_entropy(z, targets, reduction=reduction)), [
+        leaf(rng, (*lead, vocab), dt)
+    ]
 
 
 def norm_case(which):
@@ -127,6 +139,7 @@ def norm_case(which):
         if which == "rms":
             return F.rms_norm, [x, w]
         return F.layer_norm, [x, w, leaf(rng, (c,), dt)]
+
     return make
 
 
@@ -151,7 +164,10 @@ CASES = {
     "div": binary(F.div, away_from_zero=True),
     "neg": unary(F.neg),
     "pow_scalar": unary(lambda t: t**3.0),
-    "pow_tensor": lambda rng, dt: (F.pow, [leaf(rng, (3, 2), dt, positive=True), leaf(rng, (2,), dt)]),
+    "pow_tensor": lambda rng, dt: (
+        F.pow,
+        [leaf(rng, (3, 2), dt, positive=True), leaf(rng, (2,), dt)],
+    ),
     "exp": unary(F.exp),
     "log": unary(F.log, positive=True),
     "sqrt": unary(F.sqrt, positive=True),

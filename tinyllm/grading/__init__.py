@@ -39,8 +39,17 @@ def grade(path="exercises", solutions=False, json_path=None, keyword=None, quiet
         )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(json_path) if json_path else Path(tmp) / "results.json"
-        args = [str(target), "-p", "tinyllm.grading.plugin", "--grade-json", str(out),
-                "-p", "no:cacheprovider", "--rootdir", str(target if target.is_dir() else target.parent)]
+        args = [
+            str(target),
+            "-p",
+            "tinyllm.grading.plugin",
+            "--grade-json",
+            str(out),
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(target if target.is_dir() else target.parent),
+        ]
         args += ["-q", "--no-header", "-rN", "--tb=no"] if quiet else ["--tb=line"]
         if solutions:
             args.append("--solutions")

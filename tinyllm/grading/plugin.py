@@ -31,10 +31,16 @@ _CASES = pytest.StashKey[int]()
 
 def pytest_addoption(parser):
     group = parser.getgroup("tinyllm grading")
-    group.addoption("--solutions", action="store_true",
-                    help="grade tinyllm's reference implementations instead of the stubs")
-    group.addoption("--grade-json", metavar="FILE",
-                    help="write a Gradescope results.json with the scores to FILE")
+    group.addoption(
+        "--solutions",
+        action="store_true",
+        help="grade tinyllm's reference implementations instead of the stubs",
+    )
+    group.addoption(
+        "--grade-json",
+        metavar="FILE",
+        help="write a Gradescope results.json with the scores to FILE",
+    )
 
 
 def pytest_configure(config):
@@ -90,11 +96,17 @@ def pytest_runtest_makereport(item, call):
     grades = item.config._tinyllm_grades
     number, points = info
     doc = (item.function.__doc__ or "").strip().splitlines()
-    case = item.name[len(item.originalname):] if hasattr(item, "originalname") else ""
-    entry = grades.setdefault(item.nodeid, {
-        "number": number, "name": (doc[0] if doc else item.name) + case,
-        "max_score": points / item.stash.get(_CASES, 1), "passed": True, "output": "",
-    })
+    case = item.name[len(item.originalname) :] if hasattr(item, "originalname") else ""
+    entry = grades.setdefault(
+        item.nodeid,
+        {
+            "number": number,
+            "name": (doc[0] if doc else item.name) + case,
+            "max_score": points / item.stash.get(_CASES, 1),
+            "passed": True,
+            "output": "",
+        },
+    )
     if report.failed or report.skipped:
         entry["passed"] = False
         if not entry["output"]:
@@ -114,15 +126,18 @@ def _short_reason(report):
 def results(grades):
     """Gradescope's results.json structure from the collected grades."""
     tests = []
-    for nodeid, g in sorted(grades.items(), key=lambda kv: (_number_key(kv[1]["number"]), kv[0])):
-        tests.append({
-            "name": g["name"],
-            "number": g["number"],
-            "score": g["max_score"] if g["passed"] else 0.0,
-            "max_score": g["max_score"],
-            "status": "passed" if g["passed"] else "failed",
-            "output": "" if g["passed"] else g["output"],
-        })
+    ordered = sorted(grades.items(), key=lambda kv: (_number_key(kv[1]["number"]), kv[0]))
+    for _, g in ordered:
+        tests.append(
+            {
+                "name": g["name"],
+                "number": g["number"],
+                "score": g["max_score"] if g["passed"] else 0.0,
+                "max_score": g["max_score"],
+                "status": "passed" if g["passed"] else "failed",
+                "output": "" if g["passed"] else g["output"],
+            }
+        )
     return {
         "score": round(sum(g["max_score"] for g in grades.values() if g["passed"]), 4),
         "max_score": round(sum(g["max_score"] for g in grades.values()), 4),
