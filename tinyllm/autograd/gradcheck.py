@@ -34,7 +34,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0):
 
     out = fn(*inputs)
     direction = np.random.default_rng(seed).normal(size=out.shape)
-    out.backward(Tensor(direction))
+    out.backward(direction)
 
     def projected():
         with no_grad():

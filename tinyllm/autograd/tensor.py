@@ -131,6 +131,11 @@ class Tensor:
                 )
             grad = xp.ones_like(self.data)
         else:
+            if isinstance(grad, Tensor) and grad.backend is not self.backend:
+                raise TypeError(
+                    f"backward(): gradient is on the '{grad.backend.name}' backend but the "
+                    f"tensor is on '{self.backend.name}'"
+                )
             grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad)
             if tuple(grad.shape) != self.shape:
                 raise ValueError(

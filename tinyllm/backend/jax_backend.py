@@ -40,11 +40,22 @@ class JaxBackend(Backend):
     def scatter_add(self, target, index, values):
         return target.at[index].add(values)
 
+    # Plain spellings: arrays are immutable, XLA fuses the sums by itself, and a float32
+    # matmul on a GPU may round through TF32 or bf16.
+    def overwrite(self, fn, owned, *args):
+        return fn(owned, *args)
+
+    def row_sum(self, x):
+        return x.sum(axis=-1, keepdims=True)
+
+    def row_dot(self, a, b):
+        return (a * b).sum(axis=-1, keepdims=True)
+
     def erf(self, x):
         return self.jax.scipy.special.erf(x)
 
     def uniform(self, seed, shape, dtype=np.float32):
-        if isinstance(seed, (int, np.integer)):
+        if not self.is_traced(seed):
             return super().uniform(seed, shape, dtype)  # same numbers as NumPy
         # A traced seed (inside jax.jit) cannot reach the host: draw on the device.
         return self.jax.random.uniform(self.jax.random.PRNGKey(seed), shape, dtype)

@@ -70,7 +70,7 @@ class Max(Function):
         axes = normalize_axes(axis, a.ndim)
         out = a.max(axis=axes, keepdims=True)
         if ctx.needs_grad[0]:
-            winners = a == out  # (shape of a): True where the maximum sits
+            winners = (a == out).astype(a.dtype)  # (shape of a): 1 where the maximum sits
             ctx.save_for_backward(winners / winners.sum(axis=axes, keepdims=True))
         ctx.axes, ctx.keepdims = axes, keepdims
         return out if keepdims else out.squeeze(axis=axes)
@@ -80,7 +80,7 @@ class Max(Function):
         (share,) = ctx.saved
         if not ctx.keepdims:
             grad = ctx.xp.expand_dims(grad, ctx.axes)
-        return grad * share.astype(grad.dtype)
+        return grad * share
 
 
 def sum(a, axis=None, keepdims=False):  # noqa: A001 - NumPy's name
