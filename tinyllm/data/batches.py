@@ -1,0 +1,63 @@
+"""Training batches: random windows of a token array, and the train / validation split.
+
+A language model learns to predict token ``t + 1`` from tokens ``..t``. A batch is
+``batch_size`` windows of ``context`` tokens cut at random offsets; the targets ``y`` are
+the same windows shifted one token right, so ``y[b, t]`` is the token after ``x[b, t]``.
+
+>>> tokens = np.arange(100)
+>>> x, y = random_batch(tokens, batch_size=2, context=4, rng=np.random.default_rng(0))
+>>> x
+array([[81, 82, 83, 84],
+       [61, 62, 63, 64]])
+>>> bool((y == x + 1).all()), x.dtype, x.shape
+(True, dtype('int64'), (2, 4))
+"""
+
+import numpy as np
+
+
+def train_val_split(tokens, val_fraction=0.1):
+    """The first ``1 - val_fraction`` of ``tokens`` for training, the rest for validation
+    (nanoGPT's split: the validation text is the end of the corpus, never seen in training).
+
+    >>> train, val = train_val_split(np.arange(10))
+    >>> train, val
+    (array([0, 1, 2, 3, 4, 5, 6, 7, 8]), array([9]))
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(
+            f"val_fraction={val_fraction}: expected a fraction strictly between 0 and 1"
+        )
+    n_train = int(len(tokens) * (1 - val_fraction))
+    return tokens[:n_train], tokens[n_train:]
+
+
+def random_batch(tokens, batch_size, context, *, rng):
+    """``(x, y)``: ``batch_size`` random windows of ``context`` tokens and their next tokens,
+    both int64 arrays of shape ``(batch_size, context)``. ``rng`` is a ``numpy.random.Generator``
+    (or an int seed for one).
+    """
+    rng = np.random.default_rng(rng)
+    if len(tokens) <= context:
+        raise ValueError(
+            f"{len(tokens)} tokens are too few for windows of context={context}: "
+            f"expected at least {context + 1} (a window plus its next token)"
+        )
+    starts = rng.integers(0, len(tokens) - context, size=batch_size)  # (B,)
+    index = starts[:, None] + np.arange(context)  # (B, T)
+    x = np.asarray(tokens[index], dtype=np.int64)  # (B, T)
+    y = np.asarray(tokens[index + 1], dtype=np.int64)  # (B, T): each x[b, t]'s next token
+    return x, y
+
+
+def batch_iterator(tokens, batch_size, context, *, seed):
+    """An endless stream of ``random_batch`` draws from one generator seeded with ``seed``:
+    the same seed gives the same batches, in the same order.
+
+    >>> batches = batch_iterator(np.arange(50), batch_size=1, context=3, seed=0)
+    >>> next(batches)[0], next(batches)[0]
+    (array([[39, 40, 41]]), array([[29, 30, 31]]))
+    """
+    rng = np.random.default_rng(seed)
+    while True:
+        yield random_batch(tokens, batch_size, context, rng=rng)
