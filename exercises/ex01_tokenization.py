@@ -1,0 +1,43 @@
+"""Exercises for lesson 01: tokenization. Replace each ``raise NotImplementedError`` with code.
+
+Token ids are plain Python ints in lists; text starts as its UTF-8 bytes, so ids 0..255 are
+the bytes themselves and a merge "(a, b) -> c" adds token c.
+
+Grade with ``tinyllm grade exercises -k ex01`` (lesson: lessons/01-tokenization.md).
+"""
+
+
+# --- Exercise 1.1 ---------------------------------------------------------------------------
+def get_stats(ids, counts=None, weight=1):
+    """Count adjacent pairs in ``ids``: return a dict ``{(a, b): count}``.
+
+    If ``counts`` is given, add to it (and return it) instead of a new dict; each occurrence
+    adds ``weight`` (a word seen 10 times in the corpus counts 10 times).
+
+    get_stats([1, 2, 3, 1, 2]) == {(1, 2): 2, (2, 3): 1, (3, 1): 1}
+    """
+    raise NotImplementedError("Exercise 1.1: count the adjacent pairs of ids")
+
+
+# --- Exercise 1.2 ---------------------------------------------------------------------------
+def merge(ids, pair, new_id):
+    """Return a new list where every occurrence of ``pair`` in ``ids`` is replaced by ``new_id``.
+
+    Scan left to right; when occurrences overlap the leftmost wins:
+    merge([1, 2, 3, 1, 2], (1, 2), 4) == [4, 3, 4]; merge([5, 5, 5], (5, 5), 6) == [6, 5].
+    """
+    raise NotImplementedError("Exercise 1.2: replace each occurrence of pair by new_id")
+
+
+# --- Exercise 1.3 ---------------------------------------------------------------------------
+def encode_with_merges(ids, merges, ranks=None):
+    """Apply a trained merge table to ``ids`` and return the merged list.
+
+    ``merges`` maps pair -> new id, in the order training learned them (dicts keep order).
+    Repeat: among the adjacent pairs of ``ids``, take the one learned *earliest*, merge it
+    everywhere; stop when no adjacent pair is in the table. ``ranks`` (pair -> position in
+    the table) may be given precomputed; build it yourself when it is None.
+
+    encode_with_merges(list(b"hi! hi"), {(104, 105): 256, (256, 33): 257}) == [257, 32, 256]
+    """
+    raise NotImplementedError("Exercise 1.3: encode with a trained merge table")
