@@ -54,7 +54,9 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0):
             numeric[i] = (plus - minus) / (2 * eps)
         t.data = original
         if not np.allclose(analytic, numeric, atol=atol, rtol=rtol):
-            worst = tuple(int(i) for i in np.unravel_index(np.argmax(np.abs(analytic - numeric)), t.shape))
+            worst = tuple(
+                int(i) for i in np.unravel_index(np.argmax(np.abs(analytic - numeric)), t.shape)
+            )
             raise AssertionError(
                 f"gradcheck: gradient of input {position} (shape {t.shape}) differs from "
                 f"finite differences; worst at index {worst}: analytic {analytic[worst]:.6g}, "

@@ -52,20 +52,22 @@ class ScaledDotProductAttention(Function):
     @staticmethod
     def forward(ctx, q, k, v, causal=True, scale=None):
         _check(q, k, v)
-        xp = ctx.xp
+        xp, backend = ctx.xp, ctx.backend
         B, H, T, D = q.shape
         H_kv, S = k.shape[1], k.shape[2]
         G = H // H_kv
         scale = 1.0 / math.sqrt(D) if scale is None else scale
 
         q_scaled = (q * scale).reshape(B, H_kv, G * T, D)  # query heads of a group stacked
-        scores = q_scaled @ xp.swapaxes(k, -1, -2)  # (B, H_kv, G*T, S)
-        if causal:
+        scores = q_scaled @ xp.swapaxes(k, -1, -2)  # (B, H_kv, G*T, S), fresh: ours to overwrite
+        if causal:  # add -inf where a key lies in a query's future
             visible = xp.tril(xp.ones((T, S), dtype=bool), k=S - T)  # (T, S)
-            scores = xp.where(visible, scores.reshape(B, H_kv, G, T, S), -xp.inf)
+            mask = xp.where(visible, 0.0, -xp.inf).astype(scores.dtype)  # (T, S)
+            scores = backend.overwrite(xp.add, scores.reshape(B, H_kv, G, T, S), mask)
             scores = scores.reshape(B, H_kv, G * T, S)
-        e = xp.exp(scores - scores.max(axis=-1, keepdims=True))
-        probs = e / e.sum(axis=-1, keepdims=True)  # (B, H_kv, G*T, S)
+        shifted = backend.overwrite(xp.subtract, scores, scores.max(axis=-1, keepdims=True))
+        e = backend.overwrite(xp.exp, shifted)
+        probs = backend.overwrite(xp.multiply, e, 1 / backend.row_sum(e))  # (B, H_kv, G*T, S)
         out = probs @ v  # (B, H_kv, G*T, D)
 
         ctx.save_for_backward(q_scaled, k, v, probs, out)
@@ -75,12 +77,13 @@ class ScaledDotProductAttention(Function):
     @staticmethod
     def backward(ctx, grad):
         q_scaled, k, v, probs, out = ctx.saved
-        xp = ctx.xp
+        xp, backend = ctx.xp, ctx.backend
         grad_out = grad.reshape(out.shape)  # (B, H_kv, G*T, D)
         grad_v = xp.swapaxes(probs, -1, -2) @ grad_out if ctx.needs_grad[2] else None
-        grad_probs = grad_out @ xp.swapaxes(v, -1, -2)  # (B, H_kv, G*T, S)
-        row_dot = (grad_out * out).sum(axis=-1, keepdims=True)  # (B, H_kv, G*T, 1)
-        grad_scores = probs * (grad_probs - row_dot)
+        grad_probs = grad_out @ xp.swapaxes(v, -1, -2)  # (B, H_kv, G*T, S), fresh
+        row_dot = backend.row_dot(grad_out, out)  # (B, H_kv, G*T, 1)
+        grad_scores = backend.overwrite(xp.subtract, grad_probs, row_dot)
+        grad_scores = backend.overwrite(xp.multiply, grad_scores, probs)  # P * (dP - rowdot)
         grad_q = grad_k = None
         if ctx.needs_grad[0]:
             grad_q = ((grad_scores @ k) * ctx.scale).reshape(ctx.q_shape)

@@ -14,6 +14,8 @@ ones summed afterwards.
 (array([[3., 4.]], dtype=float32), array([1., 2.], dtype=float32))
 """
 
+import math
+
 from ..autograd.function import Function
 from .elementwise import unbroadcast
 
@@ -34,12 +36,24 @@ def _check(a, b):
         )
 
 
+def _rows_times(a, b):
+    """``a @ b`` for a 2-D ``b``, with all of ``a``'s leading axes folded into one.
+
+    (B, T, C) x (C, D) as one (B*T, C) x (C, D) product: NumPy would otherwise run B
+    separate small products, noticeably slower.
+    """
+    if a.ndim <= 2 or b.ndim != 2:
+        return a @ b
+    rows = a.reshape(math.prod(a.shape[:-1]), a.shape[-1])  # (B*T, C)
+    return (rows @ b).reshape(*a.shape[:-1], b.shape[-1])
+
+
 class Matmul(Function):
     @staticmethod
     def forward(ctx, a, b):
         _check(a, b)
         ctx.save_for_backward(a, b)
-        return a @ b
+        return _rows_times(a, b)
 
     @staticmethod
     def backward(ctx, grad):
@@ -55,7 +69,8 @@ class Matmul(Function):
             g = xp.expand_dims(g, -1)
         grad_a = grad_b = None
         if ctx.needs_grad[0]:
-            grad_a = unbroadcast(g @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+            grad_a = unbroadcast(_rows_times(g, xp.swapaxes(b2, -1, -2)), a2.shape)
+            grad_a = grad_a.reshape(a.shape)
         if ctx.needs_grad[1]:
             if b2.ndim == 2 and a2.ndim > 2:  # weight gradient: one (C, N) x (N, D) product
                 rows_a = a2.reshape(-1, a2.shape[-1])

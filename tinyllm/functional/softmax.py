@@ -8,7 +8,10 @@ the backward is a single line of calculus:
     y = log_softmax(x)        dx = dy - softmax(x) * sum(dy)
     loss = -log_softmax(x)[t] dx = softmax(x) - onehot(t)             (per row, / rows)
 
-Every op subtracts the row maximum first, so ``exp`` never overflows.
+Every op subtracts the row maximum first, so ``exp`` never overflows. Two spellings are
+for speed: ``backend.row_sum(e)`` is ``e.sum(axis=-1, keepdims=True)`` done in BLAS, and
+``backend.overwrite(xp.exp, shifted)`` is ``xp.exp(shifted)`` written over ``shifted``, an
+array the op just made and owns (JAX, whose arrays are immutable, returns a new one).
 
 >>> import numpy as np, tinyllm
 >>> logits = tinyllm.Tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
@@ -22,33 +25,43 @@ from ..autograd.function import Function
 class Softmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
-        xp = ctx.xp
-        e = xp.exp(x - x.max(axis=axis, keepdims=True))
-        y = e / e.sum(axis=axis, keepdims=True)
+        xp, backend = ctx.xp, ctx.backend
+        x = xp.moveaxis(x, axis, -1)  # (..., n): the softmax axis last (a view)
+        shifted = x - x.max(axis=-1, keepdims=True)  # (..., n), a fresh array we own
+        e = backend.overwrite(xp.exp, shifted)
+        y = backend.overwrite(xp.multiply, e, 1 / backend.row_sum(e))  # (..., n)
         ctx.save_for_backward(y)
         ctx.axis = axis
-        return y
+        return xp.moveaxis(y, -1, axis)
 
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved
-        return y * (grad - (grad * y).sum(axis=ctx.axis, keepdims=True))
+        xp, backend = ctx.xp, ctx.backend
+        grad = xp.moveaxis(grad, ctx.axis, -1)  # (..., n)
+        grad_x = backend.overwrite(xp.multiply, grad - backend.row_dot(grad, y), y)
+        return xp.moveaxis(grad_x, -1, ctx.axis)
 
 
 class LogSoftmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
-        xp = ctx.xp
-        shifted = x - x.max(axis=axis, keepdims=True)
-        y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+        xp, backend = ctx.xp, ctx.backend
+        x = xp.moveaxis(x, axis, -1)  # (..., n)
+        shifted = x - x.max(axis=-1, keepdims=True)  # (..., n), fresh
+        log_total = xp.log(backend.row_sum(xp.exp(shifted)))  # (..., 1)
+        y = backend.overwrite(xp.subtract, shifted, log_total)
         ctx.save_for_backward(y)
         ctx.axis = axis
-        return y
+        return xp.moveaxis(y, -1, axis)
 
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved
-        return grad - ctx.xp.exp(y) * grad.sum(axis=ctx.axis, keepdims=True)
+        xp, backend = ctx.xp, ctx.backend
+        grad = xp.moveaxis(grad, ctx.axis, -1)  # (..., n)
+        probs_times_sum = backend.overwrite(xp.multiply, xp.exp(y), backend.row_sum(grad))
+        return xp.moveaxis(grad - probs_times_sum, -1, ctx.axis)
 
 
 class CrossEntropy(Function):
@@ -82,10 +95,10 @@ class CrossEntropy(Function):
                 )
         rows = logits.reshape(-1, vocab)  # (N, V)
         safe_targets = xp.where(valid, targets, 0).reshape(-1)  # (N,)
-        shifted = rows - rows.max(axis=-1, keepdims=True)
-        e = xp.exp(shifted)
-        total = e.sum(axis=-1, keepdims=True)  # (N, 1)
+        shifted = rows - rows.max(axis=-1, keepdims=True)  # (N, V), fresh
         picked = xp.take_along_axis(shifted, safe_targets[:, None], axis=-1)  # (N, 1)
+        e = ctx.backend.overwrite(xp.exp, shifted)  # shifted is not read again
+        total = ctx.backend.row_sum(e)  # (N, 1)
         valid = valid.reshape(-1, 1)
         losses = (xp.log(total) - picked) * valid  # (N, 1)
 
