@@ -1,0 +1,210 @@
+"""Forward + backward time of tinyllm's core ops against PyTorch eager on the CPU.
+
+Each op runs at transformer-like sizes in float32, once with tinyllm on the NumPy backend
+and once with PyTorch, in the same process. One timed call is: build the output from
+leaves that require gradients, then ``backward`` with a fixed upstream gradient (or from
+the scalar loss), then drop the gradients so the next call starts clean. After warm-up
+runs, the median of the repeats is reported, with the ratio tinyllm / torch.
+
+    python benchmarks/bench_ops.py              # both shapes, 30 repeats
+    python benchmarks/bench_ops.py --quick      # tiny shape only, 10 repeats
+    python benchmarks/bench_ops.py --repeat 50 --shape small
+
+Shapes follow DESIGN.md: "tiny" is nanoGPT's CPU recipe (batch 12, context 64, width 128,
+4 heads, vocab 65); "small" is batch 12, context 256, width 384, 6 heads.
+"""
+
+import argparse
+import dataclasses
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+import tinyllm
+import tinyllm.functional as F
+
+try:
+    import torch
+    import torch.nn.functional as TF
+except ImportError:  # the comparison needs torch; install it with the 'dev' extra
+    torch = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    name: str
+    batch: int
+    context: int
+    width: int
+    n_head: int
+
+
+SHAPES = {
+    "tiny": Shape("tiny", batch=12, context=64, width=128, n_head=4),
+    "small": Shape("small", batch=12, context=256, width=384, n_head=6),
+}
+
+
+def median_ms(step, warmup, repeat):
+    """Median wall time of ``step()`` in milliseconds, after ``warmup`` untimed calls.
+
+    Each library is timed in a block of its own rather than taking turns call by call:
+    both keep worker threads spinning for a while after a call (OpenBLAS for NumPy, OpenMP
+    for torch), and on two cores the spinners of one slow the other down several-fold.
+    """
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def forward_backward(run, leaves, upstream):
+    """One timed call: ``out = run(*leaves)``, backward, then clear the leaves' gradients.
+
+    tinyllm and torch spell it the same: ``out.backward(upstream)``, where ``upstream`` is
+    d(loss)/d(out), or None when ``out`` is already a scalar loss.
+    """
+
+    def step():
+        out = run(*leaves)
+        out.backward(upstream)
+        for leaf in leaves:
+            leaf.grad = None
+
+    return step
+
+
+def cases(shape, rng):
+    """``(label, tinyllm_fn, torch_fn, [input arrays], [needs grad], upstream or None)``."""
+    B, T, C, H = shape.batch, shape.context, shape.width, shape.n_head
+    D = C // H
+    f32 = np.float32
+
+    def normal(*dims):
+        return rng.standard_normal(dims).astype(f32)
+
+    x = normal(B, T, C)
+    yield (
+        f"matmul ({B},{T},{C})x({C},{4 * C})",
+        F.matmul,
+        torch.matmul,
+        [x, normal(C, 4 * C) / C**0.5],
+        [True, True],
+        normal(B, T, 4 * C),
+    )
+
+    q, k, v = normal(B, H, T, D), normal(B, H, T, D), normal(B, H, T, D)
+    yield (
+        f"attention causal ({B},{H},{T},{D})",
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=True),
+        lambda q, k, v: TF.scaled_dot_product_attention(q, k, v, is_causal=True),
+        [q, k, v],
+        [True, True, True],
+        normal(B, H, T, D),
+    )
+
+    yield (
+        f"softmax ({B},{H},{T},{T})",
+        F.softmax,
+        lambda s: torch.softmax(s, dim=-1),
+        [normal(B, H, T, T)],
+        [True],
+        normal(B, H, T, T),
+    )
+
+    weight, bias = 1 + 0.1 * normal(C), 0.1 * normal(C)
+    yield (
+        f"rms_norm ({B},{T},{C})",
+        lambda x, w: F.rms_norm(x, w, eps=1e-5),
+        lambda x, w: TF.rms_norm(x, (C,), w, eps=1e-5),
+        [x, weight],
+        [True, True],
+        normal(B, T, C),
+    )
+    yield (
+        f"layer_norm ({B},{T},{C})",
+        lambda x, w, b: F.layer_norm(x, w, b, eps=1e-5),
+        lambda x, w, b: TF.layer_norm(x, (C,), w, b, eps=1e-5),
+        [x, weight, bias],
+        [True, True, True],
+        normal(B, T, C),
+    )
+
+    for rows, vocab in ((B * T, 65), (B * T // 4, 8192), (64, 50257)):
+        logits = normal(rows, vocab)
+        targets = rng.integers(0, vocab, size=rows)
+        torch_targets = torch.from_numpy(targets)
+        yield (
+            f"cross_entropy ({rows},{vocab})",
+            lambda z, t=targets: F.cross_entropy(z, t),
+            lambda z, t=torch_targets: TF.cross_entropy(z, t),
+            [logits],
+            [True],
+            None,
+        )
+
+
+def bench_case(case, warmup, repeat):
+    label, tinyllm_fn, torch_fn, arrays, grad_flags, upstream = case
+    assert all(a.dtype != np.float64 for a in arrays), f"{label}: inputs must be float32"
+    ours = [tinyllm.Tensor(a, requires_grad=g) for a, g in zip(arrays, grad_flags)]
+    theirs = [torch.tensor(a, requires_grad=g) for a, g in zip(arrays, grad_flags)]
+    up_ours = None if upstream is None else tinyllm.Tensor(upstream)
+    up_theirs = None if upstream is None else torch.tensor(upstream)
+    ms_ours = median_ms(forward_backward(tinyllm_fn, ours, up_ours), warmup, repeat)
+    ms_theirs = median_ms(forward_backward(torch_fn, theirs, up_theirs), warmup, repeat)
+    return label, ms_ours, ms_theirs
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu, cores = names[0], len(names)
+    except (OSError, IndexError):
+        cores = "?"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{cpu}, {cores} cores (load average {load}); numpy {np.__version__}, "
+        f"torch {torch.__version__} (threads: {torch.get_num_threads()})"
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=30, help="timed runs per op (median)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed runs before timing")
+    parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
+    parser.add_argument("--quick", action="store_true", help="tiny shape only, 10 repeats")
+    args = parser.parse_args()
+    if torch is None:
+        raise SystemExit("bench_ops.py compares against PyTorch: pip install 'tinyllm[dev]'")
+    if args.quick:
+        args.shape, args.repeat = "tiny", 10
+    names = list(SHAPES) if args.shape == "all" else [args.shape]
+
+    print(machine())
+    print(f"float32, forward+backward, median of {args.repeat} after {args.warmup} warm-up\n")
+    print("| shape | op | tinyllm ms | torch ms | tinyllm/torch |")
+    print("|---|---|---:|---:|---:|")
+    rng = np.random.default_rng(0)
+    with tinyllm.use_backend("numpy"):
+        for name in names:
+            for case in cases(SHAPES[name], rng):
+                label, ours, theirs = bench_case(case, args.warmup, args.repeat)
+                print(
+                    f"| {name} | {label} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
