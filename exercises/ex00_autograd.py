@@ -9,6 +9,7 @@ Grade with ``tinyllm grade exercises -k ex00`` (lesson: lessons/00-autograd.md).
 """
 
 from tinyllm.autograd import Function
+from tinyllm.functional.reduce import normalize_axes  # axis=None/int/tuple -> sorted tuple
 
 
 # --- Exercise 0.1 ---------------------------------------------------------------------------
@@ -55,14 +56,6 @@ class Tanh(Function):
 
 
 # --- Exercise 0.4 ---------------------------------------------------------------------------
-def normalize_axes(axis, ndim):
-    """``axis`` (None, an int or a tuple, negatives allowed) as a sorted tuple of axes."""
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    return tuple(sorted(a % ndim for a in axes))
-
-
 class Sum(Function):
     """``a.sum(axis, keepdims)``: every summed element receives the whole gradient."""
 

@@ -27,8 +27,8 @@ def run_info(args):
     for name, (works, detail) in tinyllm.available_backends().items():
         print(f"  {name:6s} {'yes' if works else 'no ':3s}  {detail}")
     print(
-        f"current: {tinyllm.get_backend().name} (choose with --backend, "
-        "tinyllm.set_backend(...) or TINYLLM_BACKEND)"
+        f"current: {tinyllm.get_backend().name} (choose with tinyllm.set_backend(...) "
+        "or the TINYLLM_BACKEND environment variable)"
     )
     return 0
 

@@ -1,8 +1,8 @@
 """Fused softmax, log-softmax and cross-entropy, each with its hand-derived backward.
 
 Built from primitives (max, sub, exp, sum, div) softmax would record five nodes and keep
-five arrays of the input's size for backward. Fused, it keeps one - its output ``y`` - and
-the backward is a single line of calculus:
+several arrays of the input's size for backward. Fused, it keeps one - its output ``y`` -
+and the backward is a single line of calculus:
 
     y = softmax(x)            dx = y * (dy - sum(dy * y))             (per row)
     y = log_softmax(x)        dx = dy - softmax(x) * sum(dy)
