@@ -4,7 +4,6 @@ Importing this file never imports CuPy; creating ``CupyBackend()`` does, and fai
 ``BackendUnavailable`` saying why when CuPy is missing or sees no CUDA device.
 """
 
-import numpy as np
 
 from .base import Backend, BackendUnavailable
 
@@ -56,10 +55,6 @@ class CupyBackend(Backend):
         from cupyx.scipy.special import erf
 
         return erf(x).astype(x.dtype, copy=False)
-
-    def uniform(self, seed, shape, dtype=np.float32):
-        host = np.random.default_rng(seed).random(shape, dtype=np.float32)
-        return self.xp.asarray(host.astype(dtype, copy=False))
 
     def synchronize(self):
         self.xp.cuda.Stream.null.synchronize()

@@ -1,6 +1,6 @@
 """Layers and the Module container models are built from."""
 
-from .layers import Dropout, Embedding, LayerNorm, Linear, RMSNorm, as_rng
+from .layers import Dropout, Embedding, LayerNorm, Linear, RMSNorm
 from .module import Module, Parameter
 
 __all__ = [
@@ -11,5 +11,4 @@ __all__ = [
     "Module",
     "Parameter",
     "RMSNorm",
-    "as_rng",
 ]

@@ -18,13 +18,9 @@ from .. import functional as F
 from .module import Module, Parameter
 
 
-def as_rng(seed):
-    """A NumPy Generator from an int seed, or the Generator itself."""
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-
-
-def normal(rng, shape, std):
-    return (as_rng(rng).standard_normal(shape) * std).astype(np.float32)
+def normal(seed, shape, std):
+    """float32 draws from N(0, std^2); ``default_rng`` returns a Generator ``seed`` unchanged."""
+    return (np.random.default_rng(seed).standard_normal(shape) * std).astype(np.float32)
 
 
 class Linear(Module):
