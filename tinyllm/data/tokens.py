@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..files import atomic_open
 from ..tokenizer import Tokenizer
 from .char_vocab import CharVocab
 from .corpus import load_corpus
@@ -57,10 +58,8 @@ def encode_corpus(text, tokenizer, *, name="corpus", cache_dir=None):
         return np.load(path)
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
     tokens = np.asarray(tokenizer.encode(text), dtype=dtype)  # (n_tokens,)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    with open(partial, "wb") as file:
+    with atomic_open(path, "wb") as file:  # a crash never leaves a half-written cache file
         np.save(file, tokens)
-    os.replace(partial, path)  # atomic: a crash never leaves a half-written cache file
     return tokens
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import regex
 
+from ..files import atomic_open
 from . import chat
 from .bpe import encode_with_merges, train_naive
 from .hf_format import from_tokenizer_json, to_tokenizer_json
@@ -222,10 +223,11 @@ class Tokenizer:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def save(self, directory):
-        """Write ``directory/tokenizer.json`` (creating the directory); returns its path."""
+        """Write ``directory/tokenizer.json`` (creating the directory, replacing the file
+        atomically); returns its path."""
         path = Path(directory) / "tokenizer.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
+        with atomic_open(path, "w", encoding="utf-8") as file:
+            json.dump(self.to_json(), file, ensure_ascii=False, indent=1)
         return path
 
     @classmethod
