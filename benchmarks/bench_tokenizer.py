@@ -60,6 +60,29 @@ def hf_trainer(text, vocab_size):
     return train
 
 
+def measure(text, vocab_size, args, tokenizers):
+    """One table row: training and encoding times at ``vocab_size``."""
+    ours, tok = timed(lambda: Tokenizer.train(text, vocab_size), args.repeat)
+    row = {"vocab": vocab_size, "tinyllm_s": ours}
+    if tokenizers:
+        row["hf_s"], hf_tok = timed(hf_trainer(text, vocab_size), args.repeat)
+    if vocab_size == args.naive_vocab_size:
+        start = time.perf_counter()
+        naive = Tokenizer.train(text, vocab_size, algorithm="naive")
+        row["naive_s"] = time.perf_counter() - start
+        assert naive.merges == tok.merges, "the naive and incremental trainers disagree"
+
+    def fresh():  # an empty piece cache
+        return Tokenizer(tok.vocab, tok.merges, special_tokens=tok.special_tokens)
+
+    row["encode_cold_s"], ids = timed(lambda: fresh().encode(text), args.repeat)
+    row["encode_warm_s"], _ = timed(lambda: tok.encode(text), args.repeat)
+    row["tokens"] = len(ids)
+    if tokenizers:
+        row["hf_encode_s"], _ = timed(lambda: hf_tok.encode(text), args.repeat)
+    return row
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", default="tinyshakespeare", help="corpus name or text file")
@@ -100,27 +123,7 @@ def main(argv=None):
         tokenizers = None
         print("HF tokenizers not installed: its columns are skipped")
 
-    rows = []
-    for vocab_size in args.vocab_sizes:
-        ours, tok = timed(lambda: Tokenizer.train(text, vocab_size), args.repeat)
-        row = {"vocab": vocab_size, "tinyllm_s": ours}
-        if tokenizers:
-            row["hf_s"], hf_tok = timed(hf_trainer(text, vocab_size), args.repeat)
-        if vocab_size == args.naive_vocab_size:
-            start = time.perf_counter()
-            naive = Tokenizer.train(text, vocab_size, algorithm="naive")
-            row["naive_s"] = time.perf_counter() - start
-            assert naive.merges == tok.merges, "the naive and incremental trainers disagree"
-
-        fresh = lambda: Tokenizer(
-            tok.vocab, tok.merges, special_tokens=tok.special_tokens
-        )  # empty cache
-        row["encode_cold_s"], ids = timed(lambda: fresh().encode(text), args.repeat)
-        row["encode_warm_s"], _ = timed(lambda: tok.encode(text), args.repeat)
-        row["tokens"] = len(ids)
-        if tokenizers:
-            row["hf_encode_s"], _ = timed(lambda: hf_tok.encode(text), args.repeat)
-        rows.append(row)
+    rows = [measure(text, vocab_size, args, tokenizers) for vocab_size in args.vocab_sizes]
 
     print(f"\ntraining (seconds, median of {args.repeat}):")
     print(

@@ -91,7 +91,9 @@ def test_mixing_backends_in_one_op_says_so():
     with pytest.raises(TypeError, match="Mul: cannot mix arrays of the 'numpy' and 'jax' backends"):
         a * b
     y = Tensor([1.0, 2.0], requires_grad=True) * 2.0
-    with pytest.raises(TypeError, match="gradient is on the 'jax' backend but the tensor is on 'numpy'"):
+    with pytest.raises(
+        TypeError, match="gradient is on the 'jax' backend but the tensor is on 'numpy'"
+    ):
         y.backward(b)
 
 

@@ -4,7 +4,6 @@ Importing this file never imports CuPy; creating ``CupyBackend()`` does, and fai
 ``BackendUnavailable`` saying why when CuPy is missing or sees no CUDA device.
 """
 
-
 from .base import Backend, BackendUnavailable
 
 

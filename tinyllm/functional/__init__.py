@@ -10,6 +10,7 @@
 | `softmax.py`     | softmax log_softmax cross_entropy (fused)                       |
 | `norms.py`       | rms_norm layer_norm (fused)                                     |
 | `attention.py`   | scaled_dot_product_attention (fused, causal, grouped-query)     |
+| `rope.py`        | apply_rope (rotary position embedding)                          |
 """
 
 from .attention import scaled_dot_product_attention
@@ -35,11 +36,13 @@ from .indexing import embedding, getitem, where
 from .linalg import matmul
 from .norms import layer_norm, rms_norm
 from .reduce import max, mean, sum
+from .rope import apply_rope
 from .shape import concat, permute, reshape, stack, transpose
 from .softmax import cross_entropy, log_softmax, softmax
 
 __all__ = [
     "add",
+    "apply_rope",
     "astype",
     "concat",
     "cross_entropy",

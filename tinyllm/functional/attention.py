@@ -15,7 +15,8 @@ query heads of a group are stacked along the time axis, (B, H_kv, G*T, D), so on
 matmul serves the whole group and dK, dV come out already summed over it.
 
 With ``causal=True`` and more keys than queries (S_len > T, as when a KV cache holds the
-past), query i sits at position S_len - T + i and sees keys up to there.
+past), query i sits at position S_len - T + i and sees keys up to there. A sliding
+``window`` (Mistral) hides, in addition, the keys ``window`` or more positions back.
 
 >>> import numpy as np, tinyllm
 >>> q = k = v = tinyllm.Tensor(np.eye(2, dtype=np.float32).reshape(1, 1, 2, 2))
@@ -50,7 +51,7 @@ def _check(q, k, v):
 
 class ScaledDotProductAttention(Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal=True, scale=None):
+    def forward(ctx, q, k, v, causal=True, scale=None, window=None):
         _check(q, k, v)
         xp, backend = ctx.xp, ctx.backend
         B, H, T, D = q.shape
@@ -60,8 +61,10 @@ class ScaledDotProductAttention(Function):
 
         q_scaled = (q * scale).reshape(B, H_kv, G * T, D)  # query heads of a group stacked
         scores = q_scaled @ xp.swapaxes(k, -1, -2)  # (B, H_kv, G*T, S), fresh: ours to overwrite
-        if causal:  # add -inf where a key lies in a query's future
+        if causal:  # add -inf where a key lies in a query's future (or too far in its past)
             visible = xp.tril(xp.ones((T, S), dtype=bool), k=S - T)  # (T, S)
+            if window is not None:
+                visible &= ~xp.tril(xp.ones((T, S), dtype=bool), k=S - T - window)
             mask = xp.where(visible, 0.0, -xp.inf).astype(scores.dtype)  # (T, S)
             scores = backend.overwrite(xp.add, scores.reshape(B, H_kv, G, T, S), mask)
             scores = scores.reshape(B, H_kv, G * T, S)
@@ -92,9 +95,12 @@ class ScaledDotProductAttention(Function):
         return grad_q, grad_k, grad_v
 
 
-def scaled_dot_product_attention(q, k, v, causal=True, scale=None):
+def scaled_dot_product_attention(q, k, v, causal=True, scale=None, window=None):
     """Attention of ``q`` (B, H, T, D) over ``k``, ``v`` (B, H_kv, S, D); returns (B, H, T, D).
 
-    ``scale`` defaults to 1/sqrt(D); ``causal`` hides keys after each query's position.
+    ``scale`` defaults to 1/sqrt(D); ``causal`` hides keys after each query's position, and
+    ``window`` (with ``causal``) those ``window`` or more positions before it.
     """
-    return ScaledDotProductAttention.apply(q, k, v, causal=causal, scale=scale)
+    if window is not None and (not causal or window < 1):
+        raise ValueError(f"attention: window={window} needs causal=True and a window of >= 1 keys")
+    return ScaledDotProductAttention.apply(q, k, v, causal=causal, scale=scale, window=window)

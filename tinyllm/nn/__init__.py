@@ -1,14 +1,33 @@
-"""Layers and the Module container models are built from."""
+"""Layers and the Module container models are built from.
 
+| file           | what it holds                                              |
+|----------------|------------------------------------------------------------|
+| `module.py`    | Module, Parameter: naming, saving, modes, binding for jit  |
+| `layers.py`    | Linear, Embedding, RMSNorm, LayerNorm, Dropout             |
+| `mlp.py`       | MLP (GELU), SwiGLU                                         |
+| `rope.py`      | RotaryEmbedding, with linear / dynamic NTK / YaRN scaling  |
+| `attention.py` | CausalSelfAttention: multi-head, grouped-query, multi-query|
+| `moe.py`       | MoE: top-k routing, load-balancing loss, expert counts     |
+"""
+
+from .attention import CausalSelfAttention
 from .layers import Dropout, Embedding, LayerNorm, Linear, RMSNorm
+from .mlp import MLP, SwiGLU
 from .module import Module, Parameter
+from .moe import MoE
+from .rope import RotaryEmbedding
 
 __all__ = [
+    "MLP",
+    "CausalSelfAttention",
     "Dropout",
     "Embedding",
     "LayerNorm",
     "Linear",
+    "MoE",
     "Module",
     "Parameter",
     "RMSNorm",
+    "RotaryEmbedding",
+    "SwiGLU",
 ]

@@ -1,0 +1,179 @@
+"""Hugging Face format: logits equal ``transformers``' both ways, safetensors read and written."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tinyllm.models import Transformer, get_preset
+from tinyllm.models.hf import config_from_hf
+from tinyllm.models.weights import load_weights, read_safetensors, write_safetensors
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+SMALL = dict(
+    vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2,
+)  # fmt: skip
+GPT2 = dict(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=32)
+
+CASES = {
+    "gpt2": ("GPT2", GPT2),
+    "gpt2-untied": ("GPT2", {**GPT2, "tie_word_embeddings": False}),
+    "llama-gqa": ("Llama", SMALL),
+    "llama-mqa-tied": ("Llama", {**SMALL, "num_key_value_heads": 1, "tie_word_embeddings": True}),
+    "llama-linear-rope": ("Llama", {**SMALL, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    "llama-dynamic-rope": ("Llama", {**SMALL, "max_position_embeddings": 8,
+                                     "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}),
+    "llama-yarn-rope": ("Llama", {**SMALL, "rope_scaling": {
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8}}),
+    "mistral-sliding-window": ("Mistral", {**SMALL, "sliding_window": 5}),
+    "qwen2": ("Qwen2", SMALL),
+    "mixtral": ("Mixtral", {**SMALL, "num_local_experts": 4, "num_experts_per_tok": 2}),
+}  # fmt: skip
+
+
+def hf_model(case):
+    family, options = CASES[case]
+    torch.manual_seed(0)
+    config = getattr(transformers, f"{family}Config")(**options)
+    head = "LMHeadModel" if family == "GPT2" else "ForCausalLM"
+    return getattr(transformers, f"{family}{head}")(config).eval()
+
+
+def hf_logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor(ids)).logits.numpy()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_logits_equal_transformers_after_load_and_after_save(case, tmp_path):
+    reference = hf_model(case)
+    reference.save_pretrained(tmp_path / "hf")
+    ours = Transformer.from_pretrained(tmp_path / "hf")
+    assert not ours.training  # like transformers: loaded for inference
+    ids = np.random.default_rng(0).integers(0, 97, (2, 12))  # 12 > sliding window and 8 positions
+    logits, _ = ours(ids)
+    np.testing.assert_allclose(logits.numpy(), hf_logits(reference, ids), atol=1e-4, rtol=0)
+
+    ours.save_pretrained(tmp_path / "ours")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours").eval()
+    assert type(reloaded).__name__ == type(reference).__name__
+    np.testing.assert_allclose(hf_logits(reloaded, ids), logits.numpy(), atol=1e-4, rtol=0)
+
+
+def test_tinyllm_presets_load_in_transformers_with_the_same_logits(tmp_path):
+    for preset in ("tiny", "tiny-llama", "tiny-moe"):
+        model = Transformer(get_preset(preset, n_layer=2), seed=1).eval()
+        model.save_pretrained(tmp_path / preset)
+        reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / preset).eval()
+        ids = np.random.default_rng(1).integers(0, 65, (2, 10))
+        np.testing.assert_allclose(
+            hf_logits(reloaded, ids), model(ids)[0].numpy(), atol=1e-4, rtol=0, err_msg=preset
+        )
+        saved = json.loads((tmp_path / preset / "config.json").read_text())
+        assert saved["torch_dtype"] == "float32"
+        assert all(a.dtype == np.float32 for a in load_weights(tmp_path / preset).values())
+
+
+@pytest.mark.parametrize(
+    "hf, message",
+    [
+        ({"model_type": "bert"}, "model_type 'bert' is not supported"),
+        ({**SMALL, "model_type": "llama", "hidden_act": "gelu"}, "hidden_act='gelu'"),
+        ({**SMALL, "model_type": "llama", "attention_bias": True}, "attention_bias=True"),
+        ({**SMALL, "model_type": "llama", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+         "rope_type='llama3'"),
+        ({**SMALL, "model_type": "qwen2", "use_sliding_window": True}, "use_sliding_window=True"),
+        ({**GPT2, "model_type": "gpt2", "activation_function": "relu"}, "activation_function='relu'"),
+    ],
+)  # fmt: skip
+def test_unsupported_architectures_and_options_are_named(hf, message):
+    with pytest.raises(ValueError, match=message):
+        config_from_hf(hf)
+
+
+def test_a_config_no_architecture_has_cannot_be_saved(tmp_path):
+    odd = get_preset("tiny", norm="rmsnorm")  # learned positions with RMSNorm: no HF family
+    with pytest.raises(ValueError, match="norm='rmsnorm'"):
+        Transformer(odd).save_pretrained(tmp_path)
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_missing_weights_and_missing_files_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        Transformer.from_pretrained(tmp_path)
+    model = Transformer(get_preset("tiny-llama", n_layer=1))
+    model.save_pretrained(tmp_path)
+    tensors = read_safetensors(tmp_path / "model.safetensors")
+    del tensors["model.norm.weight"]
+    write_safetensors(tmp_path / "model.safetensors", tensors)
+    with pytest.raises(KeyError, match="no 'model.norm.weight'"):
+        Transformer.from_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="never pickled"):
+        Transformer.from_pretrained(tmp_path)
+
+
+# --- safetensors ---------------------------------------------------------------------------
+def test_safetensors_files_agree_with_the_reference_library(tmp_path):
+    import safetensors.numpy
+
+    arrays = {
+        "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "b": np.array([1, -2], np.int64),
+        "c": np.ones((1, 2, 3), np.float16),
+    }
+    write_safetensors(tmp_path / "ours.safetensors", arrays, metadata={"format": "pt"})
+    theirs = safetensors.numpy.load_file(tmp_path / "ours.safetensors")
+    safetensors.numpy.save_file(arrays, tmp_path / "theirs.safetensors")
+    back = read_safetensors(tmp_path / "theirs.safetensors")
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(theirs[name], array)
+        np.testing.assert_array_equal(back[name], array)
+        assert back[name].dtype == array.dtype
+
+
+def test_bfloat16_weights_are_read_as_float32(tmp_path):
+    import safetensors.torch
+
+    values = torch.randn(4, 5)
+    safetensors.torch.save_file({"w": values.to(torch.bfloat16)}, tmp_path / "bf16.safetensors")
+    w = read_safetensors(tmp_path / "bf16.safetensors")["w"]
+    assert w.dtype == np.float32
+    np.testing.assert_array_equal(w, values.to(torch.bfloat16).float().numpy())
+
+
+def test_truncated_safetensors_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "model.safetensors"
+    write_safetensors(path, {"w": np.ones((64, 64), np.float32)})
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="not a valid safetensors file.*ends at byte 16384"):
+        read_safetensors(path)
+    path.write_bytes(b"\x05")
+    with pytest.raises(ValueError, match="only 1 bytes"):
+        read_safetensors(path)
+
+
+def test_sharded_checkpoints_load_through_their_index(tmp_path):
+    reference = hf_model("llama-gqa")
+    reference.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    ours = Transformer.from_pretrained(tmp_path)
+    ids = np.random.default_rng(0).integers(0, 97, (1, 6))
+    np.testing.assert_allclose(ours(ids)[0].numpy(), hf_logits(reference, ids), atol=1e-4)
+
+
+def test_float16_save_halves_the_file_and_loads_back_close(tmp_path):
+    model = Transformer(get_preset("tiny-llama", n_layer=1), seed=0)
+    model.save_pretrained(tmp_path / "f32")
+    model.save_pretrained(tmp_path / "f16", dtype="float16")
+    size = {d: (tmp_path / d / "model.safetensors").stat().st_size for d in ("f32", "f16")}
+    assert size["f16"] < 0.51 * size["f32"]
+    back = Transformer.from_pretrained(tmp_path / "f16")
+    np.testing.assert_allclose(
+        back.state_dict()["lm_head.weight"], model.state_dict()["lm_head.weight"], atol=1e-4
+    )
+    with pytest.raises(ValueError, match="dtype 'int8'"):
+        model.save_pretrained(tmp_path / "x", dtype="int8")

@@ -1,0 +1,6 @@
+"""Models: the config dataclass, the decoder-only Transformer, Hugging Face load/save."""
+
+from .config import PRESETS, ModelConfig, get_preset
+from .transformer import Block, Transformer
+
+__all__ = ["PRESETS", "Block", "ModelConfig", "Transformer", "get_preset"]

@@ -1,0 +1,167 @@
+"""The decoder-only Transformer: token ids in, next-token logits out.
+
+    ids (B, T)
+      -> token embedding (+ learned position embedding, GPT-2)      (B, T, d_model)
+      -> n_layer blocks, each:  x = x + attention(norm(x))           RoPE inside (Llama)
+                                x = x + mlp(norm(x))                 or a mixture of experts
+      -> final norm -> output layer (the token embedding, when tied) (B, T, vocab_size)
+
+``forward(ids, targets)`` always returns ``(logits, loss)``; ``loss`` is ``None`` without
+targets. With experts, the loss adds ``router_aux_loss_coef`` times the mean
+load-balancing loss of the layers.
+
+>>> from tinyllm.models import get_preset
+>>> model = Transformer(get_preset("tiny", vocab_size=10, n_layer=1), seed=0)
+>>> logits, loss = model([[1, 2, 3]], targets=[[2, 3, 4]])
+>>> logits.shape, abs(loss.item() - math.log(10)) < 0.2     # about ln(10) before training
+((1, 3, 10), True)
+"""
+
+import math
+
+import numpy as np
+
+from .. import functional as F
+from ..autograd import Tensor
+from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, RMSNorm
+from ..nn.attention import CausalSelfAttention
+from ..nn.mlp import MLP, SwiGLU
+from ..nn.moe import MoE
+from ..nn.rope import RotaryEmbedding
+from .config import ModelConfig
+from .hf import load_pretrained, save_pretrained
+
+
+def _norm(config):
+    if config.norm == "layernorm":
+        return LayerNorm(config.d_model, config.norm_eps)
+    return RMSNorm(config.d_model, config.norm_eps)
+
+
+class Block(Module):
+    """Pre-norm residual block: attention, then an MLP (or a mixture of experts)."""
+
+    def __init__(self, config, rope=None, *, seed=0):
+        rng = np.random.default_rng(seed)
+        std = config.init_std
+        out_std = std / math.sqrt(2 * config.n_layer)  # residual outputs start small (GPT-2)
+        self.attention_norm = _norm(config)
+        self.attention = CausalSelfAttention(
+            config.d_model,
+            config.n_head,
+            config.kv_heads,
+            qkv_bias=config.qkv_bias,
+            bias=config.bias,
+            rope=rope,
+            window=config.sliding_window,
+            dropout=config.dropout,
+            std=std,
+            out_std=out_std,
+            seed=rng,
+        )
+        self.mlp_norm = _norm(config)
+        sizes = (config.d_model, config.ff_dim)
+        kwargs = dict(bias=config.bias, std=std, out_std=out_std, seed=rng)
+        if config.n_expert:
+            self.mlp = MoE(*sizes, config.n_expert, config.top_k, mlp=config.mlp, **kwargs)
+        else:
+            self.mlp = (SwiGLU if config.mlp == "swiglu" else MLP)(*sizes, **kwargs)
+        self.dropout = Dropout(config.dropout, seed=rng.integers(2**31))
+
+    def forward(self, x, start=0):
+        """``x`` (B, T, d_model) -> ``(x, aux_loss)``; ``aux_loss`` is None without experts."""
+        x = x + self.attention(self.attention_norm(x), start)
+        h, aux_loss = self.mlp(self.mlp_norm(x)), None
+        if isinstance(self.mlp, MoE):
+            h, aux_loss = h
+        return x + self.dropout(h), aux_loss
+
+
+class Transformer(Module):
+    """A decoder-only language model built from a :class:`ModelConfig`; see the module doc."""
+
+    def __init__(self, config, *, seed=0):
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"Transformer needs a ModelConfig, got {type(config).__name__}")
+        rng = np.random.default_rng(seed)
+        self.config = config
+        self.token_embedding = Embedding(config.vocab_size, config.d_model, seed=rng)
+        self.position_embedding = None
+        rope = None
+        if config.position == "learned":
+            self.position_embedding = Embedding(config.context_length, config.d_model, seed=rng)
+        else:
+            rope = RotaryEmbedding(
+                config.head_dim, config.rope_theta, config.rope_scaling, config.context_length
+            )
+        self.dropout = Dropout(config.dropout, seed=rng.integers(2**31))
+        self.blocks = [Block(config, rope, seed=rng) for _ in range(config.n_layer)]
+        self.final_norm = _norm(config)
+        self.lm_head = None
+        if not config.tie_embeddings:
+            self.lm_head = Linear(config.d_model, config.vocab_size, bias=False, seed=rng)
+
+    def _ids(self, ids, name):
+        """``ids`` as an integer array (B, T) on the parameters' backend."""
+        backend = self.token_embedding.weight.backend
+        ids = ids.data if isinstance(ids, Tensor) else backend.asarray(np.asarray(ids))
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(
+                f"Transformer: {name} must be integer token ids of shape (batch, time); got "
+                f"shape {tuple(ids.shape)} and dtype {ids.dtype}"
+            )
+        return ids
+
+    def forward(self, ids, targets=None, start=0):
+        """Logits (B, T, vocab_size) for ``ids`` (B, T) at positions ``start ..``, and the loss.
+
+        ``targets`` (B, T) are the next tokens; entries equal to -100 are not scored.
+        """
+        ids = self._ids(ids, "ids")
+        B, T = ids.shape
+        if start + T > self.config.context_length:
+            raise ValueError(
+                f"Transformer: a sequence of {T} tokens at position {start} runs past the "
+                f"context_length of {self.config.context_length}"
+            )
+        x = self.token_embedding(ids)  # (B, T, d_model)
+        if self.position_embedding is not None:
+            positions = x.backend.xp.arange(start, start + T)
+            x = x + self.position_embedding(positions)  # (T, d_model) broadcast over B
+        x = self.dropout(x)
+        aux_losses = []
+        for block in self.blocks:
+            x, aux_loss = block(x, start)
+            if aux_loss is not None:
+                aux_losses.append(aux_loss)
+        x = self.final_norm(x)
+        if self.lm_head is None:
+            logits = x @ self.token_embedding.weight.T  # (B, T, vocab_size), tied weights
+        else:
+            logits = self.lm_head(x)  # (B, T, vocab_size)
+        if targets is None:
+            return logits, None
+        targets = self._ids(targets, "targets")
+        if targets.shape != ids.shape:
+            raise ValueError(
+                f"Transformer: targets of shape {tuple(targets.shape)} must match ids "
+                f"{tuple(ids.shape)}"
+            )
+        loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(-1))
+        if aux_losses:
+            loss = loss + self.config.router_aux_loss_coef * (sum(aux_losses) / len(aux_losses))
+        return logits, loss
+
+    def expert_counts(self):
+        """(n_layer, n_expert) tokens routed to each expert in the last forward, for plots."""
+        return np.stack([block.mlp.expert_counts for block in self.blocks])
+
+    # --- Hugging Face format ----------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, directory):
+        """Load a ``transformers`` directory (config.json + model.safetensors) or our own."""
+        return load_pretrained(cls, directory)
+
+    def save_pretrained(self, directory, dtype="float32"):
+        """Write ``config.json`` + ``model.safetensors`` that ``transformers`` can load."""
+        save_pretrained(self, directory, dtype=dtype)

@@ -1,0 +1,81 @@
+"""Causal self-attention: every position gathers information from the positions before it.
+
+Each of ``n_head`` heads projects the input to queries, keys and values of ``head_dim``
+features. With grouped-query attention only ``n_kv_head`` heads of keys and values are
+made, each shared by ``n_head / n_kv_head`` query heads - the KV cache shrinks by that
+factor. ``n_kv_head == n_head`` is classic multi-head attention; ``n_kv_head == 1`` is
+multi-query attention.
+
+    x (B, T, d_model) -> q (B, n_head, T, head_dim), k, v (B, n_kv_head, T, head_dim)
+    [RoPE rotates q and k by their positions]
+    attention over the past -> (B, n_head, T, head_dim) -> merge heads -> output projection
+
+>>> import numpy as np
+>>> attn = CausalSelfAttention(d_model=8, n_head=4, n_kv_head=2, seed=0)
+>>> attn.k_proj.weight.shape            # 2 key heads of 2 features each
+(8, 4)
+>>> attn(np.ones((1, 3, 8), np.float32)).shape
+(1, 3, 8)
+"""
+
+import numpy as np
+
+from .. import functional as F
+from .layers import Dropout, Linear
+from .module import Module
+
+
+class CausalSelfAttention(Module):
+    """Multi-head / grouped-query / multi-query causal attention, with optional RoPE.
+
+    ``rope`` is a ``RotaryEmbedding`` shared by the model's layers, or ``None`` when
+    positions are added to the input instead (GPT-2). ``window`` limits how many past keys
+    each query sees (sliding-window attention).
+    """
+
+    def __init__(
+        self,
+        d_model,
+        n_head,
+        n_kv_head=None,
+        *,
+        qkv_bias=False,
+        bias=False,
+        rope=None,
+        window=None,
+        dropout=0.0,
+        std=0.02,
+        out_std=None,
+        seed=0,
+    ):
+        n_kv_head = n_kv_head or n_head
+        if d_model % n_head or n_head % n_kv_head:
+            raise ValueError(
+                f"CausalSelfAttention: need d_model ({d_model}) divisible by n_head ({n_head}) "
+                f"and n_head divisible by n_kv_head ({n_kv_head})"
+            )
+        rng = np.random.default_rng(seed)
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, d_model // n_head
+        self.q_proj = Linear(d_model, n_head * self.head_dim, qkv_bias, std=std, seed=rng)
+        self.k_proj = Linear(d_model, n_kv_head * self.head_dim, qkv_bias, std=std, seed=rng)
+        self.v_proj = Linear(d_model, n_kv_head * self.head_dim, qkv_bias, std=std, seed=rng)
+        self.o_proj = Linear(n_head * self.head_dim, d_model, bias, std=out_std or std, seed=rng)
+        self.rope = rope
+        self.window = window
+        self.dropout = Dropout(dropout, seed=rng.integers(2**31))
+
+    def _heads(self, x, n):
+        B, T, _ = x.shape
+        return x.reshape(B, T, n, self.head_dim).transpose(0, 2, 1, 3)  # (B, n, T, head_dim)
+
+    def forward(self, x, start=0):
+        """``x`` (B, T, d_model) at positions ``start .. start + T - 1`` -> (B, T, d_model)."""
+        B, T, _ = x.shape
+        q = self._heads(self.q_proj(x), self.n_head)  # (B, n_head, T, head_dim)
+        k = self._heads(self.k_proj(x), self.n_kv_head)  # (B, n_kv_head, T, head_dim)
+        v = self._heads(self.v_proj(x), self.n_kv_head)  # (B, n_kv_head, T, head_dim)
+        if self.rope is not None:
+            q, k = self.rope(q, start), self.rope(k, start)
+        y = F.scaled_dot_product_attention(q, k, v, causal=True, window=self.window)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, self.n_head * self.head_dim)  # merge heads
+        return self.dropout(self.o_proj(y))  # (B, T, d_model)
