@@ -147,3 +147,14 @@ def test_rms_norm_layer_and_parameter_defaults():
         norm(x).numpy(), [[1 / np.sqrt(3), 2 / np.sqrt(3), 2 / np.sqrt(3)]], rtol=1e-5
     )
     assert Parameter(np.zeros(2, np.float32)).requires_grad
+
+
+def test_state_dict_is_a_snapshot_and_load_copies():
+    net = TinyNet()
+    snapshot = net.state_dict()
+    before = snapshot["blocks.0.weight"].copy()
+    net.blocks[0].weight.data += 1.0  # an in-place update, as an optimizer does
+    np.testing.assert_array_equal(snapshot["blocks.0.weight"], before)
+    other = TinyNet(seed=9).load_state_dict(snapshot)
+    snapshot["blocks.0.weight"] += 5.0
+    np.testing.assert_array_equal(other.blocks[0].weight.numpy(), before)

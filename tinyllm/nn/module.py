@@ -114,8 +114,11 @@ class Module:
 
     # --- saving and loading --------------------------------------------------------------------
     def state_dict(self):
-        """``{path: NumPy array}`` of every parameter, in float32 as stored."""
-        return {name: to_numpy(p) for name, p in self.named_parameters()}
+        """``{path: NumPy array}`` of every parameter, in float32 as stored.
+
+        The arrays are copies: a snapshot that later training steps do not change.
+        """
+        return {name: np.array(to_numpy(p)) for name, p in self.named_parameters()}
 
     def load_state_dict(self, state, strict=True):
         """Copy arrays into the parameters by path, on each parameter's backend and dtype.
@@ -139,7 +142,7 @@ class Module:
                     f"{type(self).__name__}.load_state_dict: {name} has shape {value.shape}, "
                     f"expected {p.shape}"
                 )
-            p.data = p.backend.asarray(value.astype(p.dtype, copy=False))
+            p.data = p.backend.asarray(value.astype(p.dtype))  # a copy: not tied to `state`
         return self
 
     @contextlib.contextmanager
