@@ -19,8 +19,9 @@ loss (Switch Transformer; Mixtral in Hugging Face) pushes it back:
     aux = n_expert * sum_e  f_e * P_e      f_e: share of routed slots that went to e
                                             P_e: mean router probability of e
 
-Its minimum, ``top_k``, is reached when both are uniform. ``f`` is counted, so only ``P``
-carries gradient - the router learns to lower the probability of busy experts.
+Under uniform routing it equals ``top_k``; it grows as routing piles onto a few experts
+(all tokens on the same ``top_k`` experts give ``n_expert``). ``f`` is counted, so only
+``P`` carries gradient - the router learns to lower the probability of busy experts.
 
 The experts run vectorized over tokens: the (token, choice) slots are sorted by expert,
 each expert takes its contiguous slice in one batched call, and the outputs are put back
