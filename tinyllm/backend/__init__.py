@@ -24,6 +24,7 @@ import os
 
 import numpy as np
 
+from .allocator import keep_freed_memory
 from .base import Backend, BackendUnavailable
 
 NAMES = ("numpy", "cupy", "jax")
@@ -35,6 +36,7 @@ _current = contextvars.ContextVar("tinyllm_backend", default=None)
 @functools.cache  # each backend is created once, on first use; failures are not cached
 def _create(name):
     if name == "numpy":
+        keep_freed_memory()  # NumPy allocates every op's result on the host
         return Backend()
     if name == "cupy":
         from .cupy_backend import CupyBackend

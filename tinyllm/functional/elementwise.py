@@ -217,11 +217,14 @@ class Gelu(Function):
     @staticmethod
     def forward(ctx, a, approximate="tanh"):
         xp = ctx.xp
-        if approximate == "tanh":
-            t = xp.tanh(_SQRT_2_OVER_PI * (a + 0.044715 * (a * a * a)))  # not a**3: float32 pow is slow
+        if approximate == "tanh":  # tanh(c * (a + 0.044715 a^3)), in one fresh array
+            ov = ctx.backend.overwrite
+            t = ov(xp.multiply, a * a, a)  # not a**3: float32 pow is slow
+            t = ov(xp.add, ov(xp.multiply, t, 0.044715), a)
+            t = ov(xp.tanh, ov(xp.multiply, t, _SQRT_2_OVER_PI))
             ctx.save_for_backward(a, t)
             ctx.approximate = True
-            return 0.5 * a * (1 + t)
+            return ov(xp.multiply, ov(xp.multiply, t + 1.0, a), 0.5)  # 0.5 a (1 + t)
         if approximate == "none":
             cdf = 0.5 * (1 + ctx.backend.erf(a * (1 / math.sqrt(2.0))))
             ctx.save_for_backward(a, cdf)
@@ -232,10 +235,13 @@ class Gelu(Function):
     @staticmethod
     def backward(ctx, grad):
         a, t_or_cdf = ctx.saved
-        if ctx.approximate:
-            t = t_or_cdf
-            du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * a * a)
-            return grad * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * du)
+        if ctx.approximate:  # 0.5 * (1 + t + (1 - t^2) * a * c * (1 + 3 * 0.044715 a^2))
+            t, xp, ov = t_or_cdf, ctx.xp, ctx.backend.overwrite
+            du = ov(xp.add, ov(xp.multiply, a * a, 3 * 0.044715), 1.0)
+            du = ov(xp.multiply, ov(xp.multiply, du, a), _SQRT_2_OVER_PI)
+            slope = ov(xp.add, ov(xp.multiply, t * t, -1.0), 1.0)  # 1 - t^2
+            slope = ov(xp.add, ov(xp.add, ov(xp.multiply, slope, du), t), 1.0)
+            return ov(xp.multiply, ov(xp.multiply, slope, 0.5), grad)
         pdf = ctx.xp.exp(-0.5 * a * a) * (1 / math.sqrt(2 * math.pi))
         return grad * (t_or_cdf + a * pdf)
 
