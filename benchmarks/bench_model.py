@@ -10,11 +10,11 @@ of ``--steps`` steps is reported with tokens/s and the ratio tinyllm/torch throu
 """
 
 import argparse
-import platform
 import statistics
 import time
 
 import numpy as np
+from common import machine
 
 from tinyllm.models import Transformer, get_preset
 from tinyllm.optim import AdamW
@@ -104,7 +104,7 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="timed steps per shape")
     args = parser.parse_args()
     shapes = ["tiny"] if args.quick else ["tiny", "small"]
-    print(f"machine: {platform.processor() or platform.machine()}, numpy {np.__version__}")
+    print(machine())
     print(f"{'shape':<6} {'tinyllm ms':>11} {'torch ms':>9} {'tinyllm tok/s':>14} "
           f"{'torch tok/s':>12} {'ratio':>6}")  # fmt: skip
     for name in shapes:

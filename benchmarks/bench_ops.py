@@ -16,12 +16,11 @@ Shapes follow DESIGN.md: "tiny" is nanoGPT's CPU recipe (batch 12, context 64, w
 
 import argparse
 import dataclasses
-import os
-import platform
 import statistics
 import time
 
 import numpy as np
+from common import machine
 
 import tinyllm
 import tinyllm.functional as F
@@ -161,21 +160,6 @@ def bench_case(case, warmup, repeat):
     ms_ours = median_ms(forward_backward(tinyllm_fn, ours, up_ours), warmup, repeat)
     ms_theirs = median_ms(forward_backward(torch_fn, theirs, up_theirs), warmup, repeat)
     return label, ms_ours, ms_theirs
-
-
-def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu, cores = names[0], len(names)
-    except (OSError, IndexError):
-        cores = "?"
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"{cpu}, {cores} cores (load average {load}); numpy {np.__version__}, "
-        f"torch {torch.__version__} (threads: {torch.get_num_threads()})"
-    )
 
 
 def main():

@@ -21,12 +21,11 @@ vocab 65); "small" is context 256, width 384, 6 layers.
 """
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
 import numpy as np
+from common import machine
 
 import tinyllm
 from tinyllm.nn import Parameter
@@ -115,21 +114,6 @@ def torch_step(shapes, rng, **options):
         (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=1e-3, **options).step
-
-
-def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu, cores = names[0], len(names)
-    except (OSError, IndexError):
-        cores = "?"
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"{cpu}, {cores} cores (load average {load}); numpy {np.__version__}, "
-        f"torch {torch.__version__} (threads: {torch.get_num_threads()})"
-    )
 
 
 def main():

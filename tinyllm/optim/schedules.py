@@ -25,26 +25,30 @@ import math
 import numbers
 
 
-def warmup_cosine(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
-    """Linear warmup to ``max_lr``, then cosine decay to ``min_lr`` at ``total_steps``."""
-    _check(step, max_lr, warmup_steps, total_steps, min_lr, "warmup_cosine")
+def _warmup_then_decay(name, fraction_left, step, max_lr, warmup_steps, total_steps, min_lr):
+    """Linear warmup, then ``min_lr + fraction_left(progress) * (max_lr - min_lr)``."""
+    _check(step, max_lr, warmup_steps, total_steps, min_lr, name)
     if step < warmup_steps:
         return _warmup(step, max_lr, warmup_steps)
     if step >= total_steps:
         return float(min_lr) if step > warmup_steps else float(max_lr)
     progress = (step - warmup_steps) / (total_steps - warmup_steps)  # 0 -> 1
-    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+    return min_lr + fraction_left(progress) * (max_lr - min_lr)
+
+
+def warmup_cosine(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+    """Linear warmup to ``max_lr``, then cosine decay to ``min_lr`` at ``total_steps``."""
+    return _warmup_then_decay(
+        "warmup_cosine", lambda p: 0.5 * (1 + math.cos(math.pi * p)),
+        step, max_lr, warmup_steps, total_steps, min_lr,
+    )  # fmt: skip
 
 
 def warmup_linear(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
     """Linear warmup to ``max_lr``, then linear decay to ``min_lr`` at ``total_steps``."""
-    _check(step, max_lr, warmup_steps, total_steps, min_lr, "warmup_linear")
-    if step < warmup_steps:
-        return _warmup(step, max_lr, warmup_steps)
-    if step >= total_steps:
-        return float(min_lr) if step > warmup_steps else float(max_lr)
-    progress = (step - warmup_steps) / (total_steps - warmup_steps)  # 0 -> 1
-    return max_lr - progress * (max_lr - min_lr)
+    return _warmup_then_decay(
+        "warmup_linear", lambda p: 1 - p, step, max_lr, warmup_steps, total_steps, min_lr
+    )
 
 
 def constant(step, max_lr, warmup_steps=0, total_steps=None, min_lr=0.0):
