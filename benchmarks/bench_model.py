@@ -10,11 +10,9 @@ of ``--steps`` steps is reported with tokens/s and the ratio tinyllm/torch throu
 """
 
 import argparse
-import statistics
-import time
 
 import numpy as np
-from common import machine
+from common import machine, median_ms
 
 from tinyllm.models import Transformer, get_preset
 from tinyllm.optim import AdamW
@@ -23,17 +21,6 @@ SHAPES = {  # name: (config changes, batch size)
     "tiny": (dict(n_layer=4, n_head=4, d_model=128, context_length=64), 12),
     "small": (dict(n_layer=6, n_head=6, d_model=384, context_length=256), 12),
 }
-
-
-def median_step(step, warmup, steps):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def tinyllm_step(config, x, y):
@@ -115,9 +102,9 @@ def main():
         y = rng.integers(0, config.vocab_size, (batch, config.context_length))
         steps = args.steps or (5 if args.quick else {"tiny": 50, "small": 10}[name])
         warmup = 2 if args.quick else {"tiny": 10, "small": 3}[name]
-        ours = median_step(tinyllm_step(config, x, y), warmup, steps)
+        ours = median_ms(tinyllm_step(config, x, y), warmup, steps) / 1000
         step, threads = torch_step(config, x, y)
-        theirs = median_step(step, warmup, steps)
+        theirs = median_ms(step, warmup, steps) / 1000
         tokens = batch * config.context_length
         print(f"{name:<6} {ours * 1e3:>11.1f} {theirs * 1e3:>9.1f} {tokens / ours:>14,.0f} "
               f"{tokens / theirs:>12,.0f} {theirs / ours:>6.2f}")  # fmt: skip

@@ -16,11 +16,9 @@ Shapes follow DESIGN.md: "tiny" is nanoGPT's CPU recipe (batch 12, context 64, w
 
 import argparse
 import dataclasses
-import statistics
-import time
 
 import numpy as np
-from common import machine
+from common import machine, median_ms
 
 import tinyllm
 import tinyllm.functional as F
@@ -45,23 +43,6 @@ SHAPES = {
     "tiny": Shape("tiny", batch=12, context=64, width=128, n_head=4),
     "small": Shape("small", batch=12, context=256, width=384, n_head=6),
 }
-
-
-def median_ms(step, warmup, repeat):
-    """Median wall time of ``step()`` in milliseconds, after ``warmup`` untimed calls.
-
-    Each library is timed in a block of its own rather than taking turns call by call:
-    both keep worker threads spinning for a while after a call (OpenBLAS for NumPy, OpenMP
-    for torch), and on two cores the spinners of one slow the other down several-fold.
-    """
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def forward_backward(run, leaves, upstream):

@@ -21,11 +21,9 @@ vocab 65); "small" is context 256, width 384, 6 layers.
 """
 
 import argparse
-import statistics
-import time
 
 import numpy as np
-from common import machine
+from common import machine, median_ms
 
 import tinyllm
 from tinyllm.nn import Parameter
@@ -62,18 +60,6 @@ def transformer_shapes(n_layer, width, context, vocab):
         }
     shapes |= {"norm.weight": (width,), "norm.bias": (width,), "head.weight": (width, vocab)}
     return shapes
-
-
-def median_ms(step, warmup, repeat):
-    """Median wall time of ``step()`` in milliseconds, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def tinyllm_step(shapes, rng):
