@@ -86,6 +86,7 @@ def test_tinyllm_presets_load_in_transformers_with_the_same_logits(tmp_path):
         ({**SMALL, "model_type": "llama", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
          "rope_type='llama3'"),
         ({**SMALL, "model_type": "qwen2", "use_sliding_window": True}, "use_sliding_window=True"),
+        ({**SMALL, "model_type": "llama", "partial_rotary_factor": 0.5}, "partial_rotary_factor=0.5"),
         ({**GPT2, "model_type": "gpt2", "activation_function": "relu"}, "activation_function='relu'"),
     ],
 )  # fmt: skip

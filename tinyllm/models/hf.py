@@ -45,10 +45,9 @@ def _rope_from_hf(hf, model_type):
     params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
     theta = params.pop("rope_theta", hf.get("rope_theta", 10000.0))
     kind = params.pop("rope_type", params.pop("type", "default"))
-    if params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
-        raise _unsupported(
-            model_type, "partial_rotary_factor", params["partial_rotary_factor"], 1.0
-        )
+    partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        raise _unsupported(model_type, "partial_rotary_factor", partial, 1.0)
     context = hf.get("max_position_embeddings", 2048)
     if kind == "default":
         return theta, None, context
