@@ -89,8 +89,8 @@ class MoE(Module):
         ]
         self.expert_counts = None
 
-    def forward(self, x, dense=None):
-        """``x`` (B, T, d) -> ``(y (B, T, d), aux_loss)``; ``dense`` forces a dispatch."""
+    def forward(self, x, dense=False):
+        """``x`` (B, T, d) -> ``(y (B, T, d), aux_loss)``; ``dense=True`` forces the dense dispatch."""
         x = x if isinstance(x, Tensor) else Tensor(x)
         B, T, d = x.shape
         xp, backend = x.backend.xp, x.backend
@@ -104,13 +104,13 @@ class MoE(Module):
         counts = one_hot.sum(axis=(0, 1))  # (E,) slots routed to each expert
         aux_loss = load_balancing_loss(probs, counts)
 
-        traced = backend.is_traced(tokens.data)
+        traced = backend.is_traced(tokens.data)  # under jax.jit counts are not known yet
         if not traced:
-            self.expert_counts = backend.to_numpy(counts)
-        if traced if dense is None else dense:
+            self.expert_counts = backend.to_numpy(counts)  # on the host: for plots and slicing
+        if traced or dense:
             y = self._dense(tokens, gates, one_hot)
         else:
-            y = self._sorted(tokens, gates, chosen, backend.to_numpy(counts))
+            y = self._sorted(tokens, gates, chosen, self.expert_counts)
         return y.reshape(B, T, d), aux_loss
 
     def _sorted(self, tokens, gates, chosen, counts):
