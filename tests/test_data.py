@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tinyllm.data import (
     CharVocab,
-    batch_iterator,
+    RandomBatches,
     corpus_tokens,
     encode_corpus,
     load_corpus,
@@ -158,9 +158,21 @@ def test_random_batches_are_shifted_windows(n_tokens, context, batch_size, seed)
     assert np.array_equal(x, x2) and np.array_equal(y, y2)  # same seed, same batch
 
 
-def test_batch_iterator_is_reproducible():
+def test_random_batches_are_reproducible_and_resume_exactly():
     tokens = np.arange(500)
-    first_x, _ = next(batch_iterator(tokens, 4, 16, seed=3))
-    stream = batch_iterator(tokens, 4, 16, seed=3)
+    first_x, _ = next(RandomBatches(tokens, 4, 16, seed=3))
+    stream = RandomBatches(tokens, 4, 16, seed=3)
     assert np.array_equal(next(stream)[0], first_x)
     assert not np.array_equal(next(stream)[0], first_x)  # a stream moves on
+    saved = json.loads(json.dumps(stream.state_dict()))  # survives a JSON file
+    expected = [next(stream)[0] for _ in range(3)]
+    resumed = RandomBatches(tokens, 4, 16, seed=99).load_state_dict(saved)
+    assert resumed.batches_drawn == 2
+    assert all(np.array_equal(next(resumed)[0], x) for x in expected)
+
+
+def test_random_batches_that_do_not_fit_the_data_fail_clearly():
+    with pytest.raises(ValueError, match="does not fit the data: 10 tokens .* context=16"):
+        RandomBatches(np.arange(10), 4, 16, seed=0)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        RandomBatches(np.arange(100), 0, 16, seed=0)

@@ -55,10 +55,14 @@ class JaxBackend(Backend):
         return self.jax.scipy.special.erf(x)
 
     def uniform(self, seed, shape, dtype=np.float32):
-        if not self.is_traced(seed):
+        parts = seed if isinstance(seed, tuple) else (seed,)  # an int, or a tuple of ints
+        if not any(self.is_traced(part) for part in parts):
             return super().uniform(seed, shape, dtype)  # same numbers as NumPy
         # A traced seed (inside jax.jit) cannot reach the host: draw on the device.
-        return self.jax.random.uniform(self.jax.random.PRNGKey(seed), shape, dtype)
+        key = self.jax.random.PRNGKey(0)
+        for part in parts:
+            key = self.jax.random.fold_in(key, part)
+        return self.jax.random.uniform(key, shape, dtype)
 
     def jit(self, fn, **kwargs):
         return self.jax.jit(fn, **kwargs)

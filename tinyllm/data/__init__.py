@@ -11,21 +11,29 @@ BPE token views cached as ``.npy`` files, and seeded random-window batches.
 ((4, 8), True)
 """
 
-from .batches import batch_iterator, random_batch, train_val_split
+from .batches import RandomBatches, random_batch, train_val_split
 from .char_vocab import CharVocab
 from .corpus import HUB_CORPORA, SHIPPED_CORPORA, load_corpus, load_hub_corpus
-from .tokens import CorpusTokens, corpus_tokens, encode_corpus, resolve_cache_dir, train_bpe_cached
+from .tokens import (
+    CorpusTokens,
+    corpus_tokens,
+    encode_corpus,
+    load_tokenizer,
+    resolve_cache_dir,
+    train_bpe_cached,
+)
 
 __all__ = [
     "CharVocab",
     "CorpusTokens",
+    "RandomBatches",
     "HUB_CORPORA",
     "SHIPPED_CORPORA",
-    "batch_iterator",
     "corpus_tokens",
     "encode_corpus",
     "load_corpus",
     "load_hub_corpus",
+    "load_tokenizer",
     "random_batch",
     "resolve_cache_dir",
     "train_bpe_cached",

@@ -50,14 +50,46 @@ def random_batch(tokens, batch_size, context, *, rng):
     return x, y
 
 
-def batch_iterator(tokens, batch_size, context, *, seed):
-    """An endless stream of ``random_batch`` draws from one generator seeded with ``seed``:
-    the same seed gives the same batches, in the same order.
+class RandomBatches:
+    """An endless stream of ``random_batch`` draws from one generator seeded with ``seed``,
+    that can be saved and resumed: the same seed gives the same batches in the same order,
+    and ``load_state_dict(state_dict())`` continues exactly where the stream stood.
 
-    >>> batches = batch_iterator(np.arange(50), batch_size=1, context=3, seed=0)
+    >>> batches = RandomBatches(np.arange(50), batch_size=1, context=3, seed=0)
     >>> next(batches)[0], next(batches)[0]
     (array([[39, 40, 41]]), array([[29, 30, 31]]))
+    >>> saved = batches.state_dict()
+    >>> later = next(batches)[0]
+    >>> bool((next(batches.load_state_dict(saved))[0] == later).all())
+    True
     """
-    rng = np.random.default_rng(seed)
-    while True:
-        yield random_batch(tokens, batch_size, context, rng=rng)
+
+    def __init__(self, tokens, batch_size, context, *, seed):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
+        if len(tokens) <= context:
+            raise ValueError(
+                f"a batch does not fit the data: {len(tokens)} tokens are too few for windows "
+                f"of context={context}; expected at least {context + 1} (a window plus its next "
+                "token): use a shorter context or more text"
+            )
+        self.tokens, self.batch_size, self.context = tokens, batch_size, context
+        self.rng = np.random.default_rng(seed)
+        self.batches_drawn = 0  # the data position, for the record
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.batches_drawn += 1
+        return random_batch(self.tokens, self.batch_size, self.context, rng=self.rng)
+
+    def state_dict(self):
+        """The generator's state and the batch count, as JSON-ready values."""
+        return {"rng": self.rng.bit_generator.state, "batches_drawn": self.batches_drawn}
+
+    def load_state_dict(self, state):
+        """Continue from a ``state_dict()``; returns ``self``."""
+        self.rng.bit_generator.state = state["rng"]
+        self.batches_drawn = int(state["batches_drawn"])
+        return self

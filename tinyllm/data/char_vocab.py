@@ -10,6 +10,10 @@ vocabulary tiny - the opposite trade-off to BPE (lesson 01).
 """
 
 import hashlib
+import json
+from pathlib import Path
+
+from ..files import atomic_open
 
 
 class CharVocab:
@@ -69,3 +73,27 @@ class CharVocab:
                 )
             chars.append(self.chars[i])
         return "".join(chars)
+
+    # --- files ---------------------------------------------------------------------------------
+    FILE_NAME = "char_vocab.json"
+
+    def save(self, directory):
+        """Write ``directory/char_vocab.json`` (atomically); returns its path."""
+        path = Path(directory) / self.FILE_NAME
+        with atomic_open(path, "w", encoding="utf-8") as file:
+            json.dump({"type": "char", "chars": self.chars}, file, ensure_ascii=False)
+        return path
+
+    @classmethod
+    def load(cls, path):
+        """Read a ``char_vocab.json`` written by ``save`` (or a directory holding one)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / cls.FILE_NAME
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("type") != "char" or not isinstance(data.get("chars"), str):
+                raise ValueError("expected {'type': 'char', 'chars': '...'}")
+        except (OSError, ValueError, AttributeError) as err:
+            raise ValueError(f"cannot read {path} as a character vocabulary: {err}") from None
+        return cls(data["chars"])

@@ -101,3 +101,22 @@ def corpus_tokens(
     else:
         raise ValueError(f"unknown corpus view {view!r}: expected 'char' or 'bpe'")
     return CorpusTokens(encode_corpus(text, tokenizer, name=key, cache_dir=cache_dir), tokenizer)
+
+
+def load_tokenizer(directory):
+    """The tokenizer saved in ``directory``: a BPE ``tokenizer.json`` or a ``char_vocab.json``.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     _ = CharVocab("abc").save(tmp)
+    ...     load_tokenizer(tmp)
+    CharVocab(vocab_size=3)
+    """
+    directory = Path(directory)
+    if (directory / "tokenizer.json").is_file():
+        return Tokenizer.load(directory)
+    if (directory / CharVocab.FILE_NAME).is_file():
+        return CharVocab.load(directory)
+    raise FileNotFoundError(
+        f"no tokenizer in {directory}: expected tokenizer.json (BPE) or {CharVocab.FILE_NAME}"
+    )

@@ -130,6 +130,8 @@ _LLAMA = dict(
 PRESETS = {
     # nanoGPT's CPU recipe for Shakespeare characters
     "tiny": ModelConfig(),
+    # nanoGPT's GPU recipe for Shakespeare characters
+    "small": ModelConfig(context_length=256, d_model=384, n_layer=6, n_head=6, dropout=0.2),
     "tiny-llama": ModelConfig(n_kv_head=2, d_ff=384, **_LLAMA),
     "tiny-moe": ModelConfig(n_kv_head=2, d_ff=256, n_expert=4, top_k=2, **_LLAMA),
     # the shapes of the real families at their smallest published sizes

@@ -104,7 +104,12 @@ class Transformer(Module):
     def _ids(self, ids, name):
         """``ids`` as an integer array (B, T) on the parameters' backend."""
         backend = self.token_embedding.weight.backend
-        ids = ids.data if isinstance(ids, Tensor) else backend.asarray(np.asarray(ids))
+        if isinstance(ids, Tensor):
+            ids = ids.data
+        elif not backend.owns(
+            ids
+        ):  # a list or NumPy array; a backend array (or a jit tracer) stays
+            ids = backend.asarray(np.asarray(ids))
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(
                 f"Transformer: {name} must be integer token ids of shape (batch, time); got "
