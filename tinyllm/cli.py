@@ -3,11 +3,16 @@
 tinyllm info                     version, and which backends work here (and why not)
 tinyllm grade [DIR]              grade the exercises (--solutions, --json results.json)
 tinyllm tokenizer train|encode   train a byte-level BPE (writes tokenizer.json), encode text
+tinyllm pretrain                 train a model on a corpus (flags map onto TrainConfig etc.)
+tinyllm sample DIR               generate text from a trained model folder
+tinyllm speedrun                 the main job: tokenizer, pretraining, samples and a report
 """
 
 import argparse
+import dataclasses
 import platform
 import sys
+import types
 
 import numpy as np
 
@@ -122,10 +127,149 @@ def run_tokenizer(args):
     return 0
 
 
+# --- flags from dataclasses -------------------------------------------------------------------
+def add_dataclass_flags(parser, cls, skip=()):
+    """One ``--field-name`` flag per field of dataclass ``cls``, typed from its annotation."""
+    group = parser.add_argument_group(cls.__name__)
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if field.type is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+            continue
+        group.add_argument(
+            flag,
+            type=_flag_type(field.type),
+            default=field.default,
+            metavar=field.name.upper(),
+            help=f"(default: {field.default})",
+        )
+
+
+def dataclass_from_flags(cls, args, **fixed):
+    """An instance of ``cls`` from the parsed flags that name its fields."""
+    values = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
+    }
+    return cls(**{**values, **fixed})
+
+
+def _flag_type(annotation):
+    """The argparse ``type`` for a field annotated ``int``, ``float``, ``str`` or ``X | None``."""
+    if isinstance(annotation, types.UnionType):  # X | None: the word "none" gives None
+        (base,) = [t for t in annotation.__args__ if t is not type(None)]
+
+        def optional(text):
+            return None if text.lower() == "none" else base(text)
+
+        optional.__name__ = base.__name__  # argparse names the type in its error messages
+        return optional
+    return annotation
+
+
+# --- tinyllm pretrain -------------------------------------------------------------------------
+def configure_pretrain(parser):
+    from tinyllm.recipes import PretrainConfig
+    from tinyllm.train import TrainConfig
+
+    parser.description = (
+        "Train a model on a corpus. Writes the run folder --out: config.json, "
+        "model.safetensors and the tokenizer (read by tinyllm sample and "
+        "Transformer.from_pretrained), metrics.jsonl, loss.png and checkpoints/."
+    )
+    add_dataclass_flags(parser, PretrainConfig)
+    add_dataclass_flags(parser, TrainConfig)
+
+
+def run_pretrain(args):
+    from tinyllm.recipes import PretrainConfig, pretrain
+    from tinyllm.train import TrainConfig
+
+    run = pretrain(
+        dataclass_from_flags(PretrainConfig, args), dataclass_from_flags(TrainConfig, args)
+    )
+    result = run.result
+    print(
+        f"step {result.step}: train loss {result.train_loss:.4f}, val loss "
+        f"{result.val_loss if result.val_loss is None else round(result.val_loss, 4)}, "
+        f"{result.tokens_per_second:,.0f} tokens/s; model in {run.out}"
+    )
+    if result.stopped_by:
+        print(f"stopped by {result.stopped_by}; continue with the same command and --resume")
+    return 0
+
+
+# --- tinyllm sample ---------------------------------------------------------------------------
+def configure_sample(parser):
+    parser.description = "Generate text from a model folder (one written by tinyllm pretrain)."
+    parser.add_argument("directory", metavar="DIR", help="the model folder")
+    parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    parser.add_argument("--tokens", type=int, default=200, help="tokens to generate")
+    parser.add_argument("--num-samples", type=int, default=1)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run_sample(args):
+    from tinyllm.data import load_tokenizer
+    from tinyllm.infer import generate
+    from tinyllm.models import Transformer
+
+    tokenizer = load_tokenizer(args.directory)
+    model = Transformer.from_pretrained(args.directory)
+    prompt = tokenizer.encode(args.prompt.replace("\\n", "\n"))  # "\\n" typed in a shell
+    for index in range(args.num_samples):
+        ids = generate(
+            model, [prompt], args.tokens, temperature=args.temperature, top_k=args.top_k,
+            top_p=args.top_p, seed=args.seed + index,
+        )  # fmt: skip
+        print(tokenizer.decode(ids[0].tolist()))
+        if index + 1 < args.num_samples:
+            print("-" * 40)
+    return 0
+
+
+# --- tinyllm speedrun -------------------------------------------------------------------------
+def configure_speedrun(parser):
+    from tinyllm.recipes.speedrun import PRESETS
+
+    parser.description = (
+        "The main job: train a BPE tokenizer on the shipped corpus, pretrain a model, sample "
+        "from it, and write OUT/report.md with the losses, throughput, samples and plots."
+    )
+    parser.add_argument("--out", default="runs/speedrun", help="the run folder")
+    parser.add_argument("--backend", default=None, help="numpy, cupy or jax (default: current)")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), help="default: cpu on NumPy, gpu on CuPy/JAX"
+    )
+    parser.add_argument("--steps", type=int, help="override the preset's optimizer steps")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_speedrun(args):
+    from tinyllm.recipes.speedrun import speedrun
+
+    changes = {"progress": not args.no_progress}
+    if args.steps is not None:
+        changes["steps"] = args.steps
+    report = speedrun(
+        args.out, backend=args.backend, preset=args.preset, resume=args.resume, **changes
+    )
+    print(f"wrote {report}")
+    return 0
+
+
 COMMANDS = {
     "info": (configure_info, run_info),
     "grade": (configure_grade, run_grade),
     "tokenizer": (configure_tokenizer, run_tokenizer),
+    "pretrain": (configure_pretrain, run_pretrain),
+    "sample": (configure_sample, run_sample),
+    "speedrun": (configure_speedrun, run_speedrun),
 }
 
 
@@ -144,7 +288,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, tinyllm.BackendUnavailable) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, tinyllm.BackendUnavailable) as err:
         print(f"tinyllm {args.command}: error: {err}", file=sys.stderr)
         return 2
 

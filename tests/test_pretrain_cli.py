@@ -1,0 +1,92 @@
+"""`tinyllm pretrain`, `tinyllm sample` and `tinyllm speedrun`: flags onto dataclasses, a run
+folder the library and transformers read, clear errors that leave nothing behind."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from tinyllm.cli import main
+from tinyllm.data import load_tokenizer
+from tinyllm.models import Transformer
+
+QUICK = ["--steps", "3", "--warmup-steps", "1", "--batch-size", "4", "--eval-batches", "1",
+         "--samples", "1", "--sample-tokens", "5", "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYLLM_CACHE", str(tmp_path / "cache"))
+
+
+def test_pretrain_writes_a_model_folder_that_sample_and_transformers_read(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["pretrain", "--out", str(out), "--context-length", "32", "--lr", "3e-3", *QUICK]
+    assert main(args) == 0
+    assert "step 3: train loss" in capsys.readouterr().out
+    model = Transformer.from_pretrained(out)
+    assert model.config.context_length == 32 and model.config.vocab_size == 65
+    assert load_tokenizer(out).vocab_size == 65
+    state = json.loads((out / "checkpoints/step-000003/trainer_state.json").read_text())
+    assert state["train_config"]["lr"] == 3e-3  # the flag reached TrainConfig
+
+    assert main(["sample", str(out), "--prompt", "ROMEO:", "--tokens", "20", "--seed", "1"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("ROMEO:") and len(text.rstrip("\n")) == len("ROMEO:") + 20
+
+    if importlib.util.find_spec("transformers"):
+        import torch
+        import transformers
+
+        hf = transformers.AutoModelForCausalLM.from_pretrained(out)
+        ids = np.arange(10).reshape(1, 10)
+        with torch.no_grad():
+            expected = hf(torch.tensor(ids)).logits.numpy()
+        np.testing.assert_allclose(model(ids)[0].numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--preset", "huge"], "unknown model preset 'huge'"),
+        (["--corpus", "no-such-corpus"], "no-such-corpus"),
+        (["--context-length", "5000"], "does not fit the data"),
+        (["--tokenizer", "words"], "tokenizer='words'"),
+        (["--schedule", "cosin"], "unknown schedule 'cosin'"),
+    ],
+)
+def test_bad_pretrain_flags_are_clear_errors(tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("To be, or not to be: that is the question.\n" * 20)
+    corpus = ["--corpus", str(tiny)] if "--corpus" not in flags else []
+    assert main(["pretrain", "--out", str(out), *corpus, *QUICK, *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "checkpoints").exists()  # nothing was written
+
+
+def test_pretrain_into_an_existing_run_needs_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["pretrain", "--out", str(out), "--context-length", "16", *QUICK]
+    assert main(base) == 0
+    before = (out / "model.safetensors").read_bytes()
+    assert main(base) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before
+    assert main([*base, "--steps", "5", "--resume"]) == 0
+    assert "step 5:" in capsys.readouterr().out
+
+
+def test_speedrun_writes_a_report(tmp_path, capsys):
+    out = tmp_path / "speedrun"
+    assert main(["speedrun", "--out", str(out), "--steps", "2", "--no-progress"]) == 0
+    assert f"wrote {out / 'report.md'}" in capsys.readouterr().out
+    report = (out / "report.md").read_text()
+    for part in ("# tinyllm speedrun", "byte-level BPE, 1,024 tokens", "2 steps", "![loss curves]",
+                 "## Samples", "### train_config"):  # fmt: skip
+        assert part in report
+    facts = json.loads((out / "report.json").read_text())
+    assert facts["steps"] == 2 and np.isfinite(facts["val_loss"])
+    assert (out / "loss.png").exists() and (out / "tokenizer.json").exists()
+    assert Transformer.from_pretrained(out).config.vocab_size == 1024

@@ -1,0 +1,167 @@
+"""Checkpoints: everything a run needs to continue exactly where it stopped.
+
+Resuming exactly needs more than the weights. AdamW's moments and step counts decide the
+next update; the data stream's random state decides the next batch; dropout's counters
+decide the next masks. A checkpoint folder holds all of it, in open formats:
+
+    checkpoints/step-000500/
+        config.json            the model config, in Hugging Face form
+        model.safetensors      the weights (transformers loads this folder as it is)
+        optimizer.safetensors  the optimizer's arrays, as "exp_avg/<parameter name>", ...
+        trainer_state.json     step, optimizer step counts, data and dropout state, config
+        tokenizer.json         (or char_vocab.json) when the run has a tokenizer
+
+A folder is written under a temporary name and renamed into place when complete, so a
+crash or a kill mid-write leaves the previous checkpoints whole; ``latest_checkpoint``
+only ever sees complete folders, and ``clean_partial`` removes the leftovers.
+
+>>> import tempfile, numpy as np
+>>> from tinyllm.models import Transformer, get_preset
+>>> from tinyllm.optim import AdamW
+>>> model = Transformer(get_preset("tiny", n_layer=1, d_model=32, n_head=2), seed=0)
+>>> optimizer = AdamW(model)
+>>> with tempfile.TemporaryDirectory() as run:
+...     path = save_checkpoint(run, model=model, optimizer=optimizer, state={"step": 7})
+...     state = load_checkpoint(latest_checkpoint(run), model=model, optimizer=optimizer)
+>>> path.name, state["step"]
+('step-000007', 7)
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..files import atomic_open
+from ..models.weights import read_safetensors, write_safetensors
+
+CHECKPOINTS = "checkpoints"
+_NAME = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dir(run_dir, step):
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:06d}"
+
+
+def save_checkpoint(run_dir, *, model, optimizer, state, opt_state=None, tokenizer=None):
+    """Write ``run_dir/checkpoints/step-NNNNNN`` atomically and return its path.
+
+    ``state`` is a JSON-ready dict holding at least ``"step"``; ``opt_state`` is the
+    optimizer state of a compiled loop (left out: the optimizer's own).
+    """
+    final = checkpoint_dir(run_dir, state["step"])
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        model.save_pretrained(partial)
+        optimizer_state = optimizer.state_dict(opt_state)
+        arrays = {
+            f"{key}/{name}": array
+            for key, per_name in optimizer_state.items()
+            if key != "step"
+            for name, array in per_name.items()
+        }
+        write_safetensors(partial / "optimizer.safetensors", arrays)
+        state = {**state, "optimizer_steps": optimizer_state["step"]}
+        with atomic_open(partial / "trainer_state.json", "w") as file:
+            json.dump(state, file, indent=1)
+        if tokenizer is not None:
+            tokenizer.save(partial)
+        _fsync_dir(partial)
+        if final.exists():  # the same step saved again (after a resume): replace it
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return final
+
+
+def list_checkpoints(run_dir):
+    """The complete checkpoint folders of a run, oldest first."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(run_dir):
+    """The newest complete checkpoint folder of a run, or None."""
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def prune_checkpoints(run_dir, keep):
+    """Delete all but the newest ``keep`` checkpoints."""
+    for path in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(path)
+
+
+def clean_partial(run_dir):
+    """Remove the temporary folders a killed save left behind; returns their names."""
+    folder = Path(run_dir) / CHECKPOINTS
+    leftovers = sorted(folder.glob(".step-*.tmp")) if folder.is_dir() else []
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return [path.name for path in leftovers]
+
+
+def load_checkpoint(path, *, model, optimizer):
+    """Load a checkpoint into ``model`` and ``optimizer``; returns its ``trainer_state``.
+
+    The checkpoint's model config must equal the model's: a checkpoint of another
+    architecture is refused (naming the fields that differ) before anything is loaded.
+    """
+    from ..models import Transformer  # the model classes sit above this module's helpers
+
+    path = Path(path)
+    state_path = path / "trainer_state.json"
+    if not state_path.is_file():
+        raise FileNotFoundError(f"{path}: no trainer_state.json; is this a checkpoint folder?")
+    saved = Transformer.from_pretrained(path)
+    ours, theirs = _architecture(model.config), _architecture(saved.config)
+    differ = {k: (theirs[k], ours[k]) for k in ours if ours[k] != theirs[k]}
+    if differ:
+        detail = ", ".join(f"{k}={a!r} (this model: {b!r})" for k, (a, b) in differ.items())
+        raise ValueError(f"{path} holds a checkpoint of another architecture: {detail}")
+    state = json.loads(state_path.read_text())
+    arrays = read_safetensors(path / "optimizer.safetensors")
+    optimizer_state = {"step": state.pop("optimizer_steps")}
+    for key_name, array in arrays.items():
+        key, name = key_name.split("/", 1)
+        optimizer_state.setdefault(key, {})[name] = array
+    optimizer.load_state_dict(optimizer_state)
+    model.load_state_dict(saved.state_dict())
+    return state
+
+
+def _architecture(config):
+    """The config fields that decide the function a model computes, numbers as float32 (so
+    10000 and 10000.0 match); training-only settings (dropout, init, aux-loss weight) left out."""
+    fields = config.replace(d_ff=config.ff_dim).to_dict()
+    for name in ("dropout", "init_std", "router_aux_loss_coef"):
+        del fields[name]
+    return {
+        name: float(np.float32(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+        for name, v in fields.items()
+    }
+
+
+def _fsync_dir(path):
+    """Make a rename or new files in ``path`` durable (where the OS lets a folder be synced)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,84 @@
+"""Metrics: one JSON object per line (JSONL) as training goes, and the loss curves as a PNG.
+
+JSONL suits a log that grows: each line is written whole and flushed, so a killed run
+keeps every line before the kill, and any tool (pandas, jq, a notebook) reads it back.
+
+>>> import tempfile, pathlib
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     log = MetricsLog(pathlib.Path(tmp) / "metrics.jsonl")
+...     log.write({"step": 1, "loss": 4.2})
+...     log.write({"step": 2, "loss": 3.9, "val_loss": 4.0})
+...     [row["loss"] for row in read_metrics(log.path)]
+[4.2, 3.9]
+"""
+
+import json
+import math
+from pathlib import Path
+
+
+class MetricsLog:
+    """Appends metric rows to a JSONL file; ``resume_at(step)`` drops rows after ``step``."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, row):
+        with open(self.path, "a", encoding="utf-8") as file:
+            file.write(json.dumps(row) + "\n")
+
+    def resume_at(self, step):
+        """Keep only the rows up to ``step``: a resumed run rewrites what came after."""
+        kept = [row for row in read_metrics(self.path) if row.get("step", 0) <= step]
+        with open(self.path, "w", encoding="utf-8") as file:
+            file.writelines(json.dumps(row) + "\n" for row in kept)
+
+
+def read_metrics(path):
+    """Every row of a metrics JSONL file (a torn last line from a kill is skipped)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def plot_losses(rows, path, title="training"):
+    """Save train and validation loss against step (and the learning rate) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no window, works on a server
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    lr = [(r["step"], r["lr"]) for r in rows if "lr" in r]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if train:
+        left.plot(*zip(*train), label="train", linewidth=1)
+    if val:
+        left.plot(*zip(*val), "o-", label="validation", markersize=3)
+        best = min(v for _, v in val)
+        left.set_title(f"{title}: best val loss {best:.3f} (ppl {math.exp(min(best, 50)):.1f})")
+    left.set_xlabel("step")
+    left.set_ylabel("cross-entropy (nats/token)")
+    left.grid(alpha=0.3)
+    left.legend()
+    if lr:
+        right.plot(*zip(*lr), color="tab:green")
+    right.set_xlabel("step")
+    right.set_ylabel("learning rate")
+    right.set_title("schedule")
+    right.grid(alpha=0.3)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
