@@ -8,5 +8,30 @@
 """
 
 from .pretrain import PretrainConfig, PretrainRun, pretrain, sample_texts
+from .scaling import (
+    ScalingLaw,
+    ScalingPoint,
+    chinchilla_optimal,
+    compute_optimal,
+    fit_scaling_law,
+    model_family,
+    plot_scaling,
+    scaling_sweep,
+)
+from .speedrun import speedrun
 
-__all__ = ["PretrainConfig", "PretrainRun", "pretrain", "sample_texts"]
+__all__ = [
+    "PretrainConfig",
+    "PretrainRun",
+    "ScalingLaw",
+    "ScalingPoint",
+    "chinchilla_optimal",
+    "compute_optimal",
+    "fit_scaling_law",
+    "model_family",
+    "plot_scaling",
+    "pretrain",
+    "sample_texts",
+    "scaling_sweep",
+    "speedrun",
+]
