@@ -37,7 +37,7 @@ import numpy as np
 from ..analysis import parameter_count
 from ..data import RandomBatches, corpus_tokens, train_val_split
 from ..models import Transformer, get_preset
-from ..train import Trainer, TrainConfig
+from ..train import TrainConfig, Trainer
 
 TOKENS_PER_PARAMETER = 20  # Chinchilla's rule of thumb
 
@@ -153,12 +153,10 @@ def scaling_sweep(budgets, configs, *, corpus="tinyshakespeare", batch_size=16, 
 
 def plot_scaling(points, law, path):
     """Loss against parameters, one curve per budget (IsoFLOP curves), with the fit."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4))  # no pyplot: no global state, no window
+    axis = figure.subplots()
     for index, budget in enumerate(sorted({p.budget for p in points})):
         run = sorted((p for p in points if p.budget == budget), key=lambda p: p.n_params)
         n = np.array([p.n_params for p in run], float)
@@ -176,5 +174,4 @@ def plot_scaling(points, law, path):
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path

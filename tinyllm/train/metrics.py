@@ -51,15 +51,13 @@ def read_metrics(path):
 
 def plot_losses(rows, path, title="training"):
     """Save train and validation loss against step (and the learning rate) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no window, works on a server
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     lr = [(r["step"], r["lr"]) for r in rows if "lr" in r]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    figure = Figure(figsize=(10, 3.6))  # no pyplot: no global state, no window
+    left, right = figure.subplots(1, 2)
     if train:
         left.plot(*zip(*train), label="train", linewidth=1)
     if val:
@@ -80,5 +78,4 @@ def plot_losses(rows, path, title="training"):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path
