@@ -190,9 +190,9 @@ def run_pretrain(args):
         dataclass_from_flags(PretrainConfig, args), dataclass_from_flags(TrainConfig, args)
     )
     result = run.result
+    val_loss = "-" if result.val_loss is None else f"{result.val_loss:.4f}"
     print(
-        f"step {result.step}: train loss {result.train_loss:.4f}, val loss "
-        f"{result.val_loss if result.val_loss is None else round(result.val_loss, 4)}, "
+        f"step {result.step}: train loss {result.train_loss:.4f}, val loss {val_loss}, "
         f"{result.tokens_per_second:,.0f} tokens/s; model in {run.out}"
     )
     if result.stopped_by:

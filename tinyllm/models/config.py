@@ -21,11 +21,13 @@ ValueError: ModelConfig: d_model=100 is not divisible by n_head=3; each head get
 
 import dataclasses
 
+from ..config import Config
+
 ROPE_SCALINGS = ("linear", "dynamic", "yarn")
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Config):
     vocab_size: int = 65
     context_length: int = 64  # the longest sequence the model accepts
     d_model: int = 128
@@ -105,21 +107,6 @@ class ModelConfig:
         if self.mlp == "gelu":
             return 4 * self.d_model
         return 256 * -(-(8 * self.d_model // 3) // 256)  # Llama: 8/3 d, rounded up to 256
-
-    def replace(self, **changes):
-        """A copy with some fields changed (and checked again)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"ModelConfig: unknown fields {unknown}; known are {sorted(known)}")
-        return cls(**values)
 
 
 _LLAMA = dict(

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import use_backend
+from ..config import Config
 from ..data import RandomBatches, corpus_tokens, train_val_split
 from ..infer import generate
 from ..models import Transformer, get_preset
@@ -29,7 +30,7 @@ VAL_FRACTION = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(Config):
     preset: str = "tiny"  # a model preset (tinyllm.models.PRESETS)
     corpus: str = "tinyshakespeare"  # a shipped corpus, a text file, or hf:<dataset>
     tokenizer: str = "char"  # "char" (one id per character) or "bpe"

@@ -14,11 +14,12 @@ ValueError: TrainConfig: steps=0 must be an integer >= 1
 
 import dataclasses
 
+from ..config import Config
 from ..optim import SCHEDULES
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     steps: int = 2000  # optimizer steps
     batch_size: int = 12  # sequences per optimizer step (split over grad_accum micro-batches)
     grad_accum: int = 1  # micro-batches per step: the same gradient, less memory
@@ -69,17 +70,3 @@ class TrainConfig:
     @property
     def micro_batch_size(self):
         return self.batch_size // self.grad_accum
-
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values):
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown fields {unknown}; known are {sorted(known)}")
-        return cls(**values)
