@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar: no widget dependency in notebooks
 
 from ..autograd import Tensor, no_grad, value_and_grad
 from ..nn import Dropout
