@@ -13,9 +13,11 @@ parameter (``chinchilla_optimal``).
 
 ``scaling_sweep`` trains a family of tiny models, each budget split several ways,
 ``fit_scaling_law`` fits the law to the results and ``compute_optimal`` reads off the best
-split. The models here are 100x smaller than the smallest Chinchilla run, so the fitted
-exponents are rough, but the shape - a U-shaped loss along each fixed-compute curve, with
-its bottom moving to larger models as the budget grows - is already there.
+split. The models here are 100x smaller than the smallest Chinchilla run and the budgets
+a laptop affords are tiny, so the fitted exponents are rough: at 1e10-1e11 FLOPs the
+smallest model usually wins outright, and the U-shaped loss along each fixed-compute curve,
+with its bottom moving to larger models as the budget grows, only appears at budgets a GPU
+run reaches.
 
 >>> law = ScalingLaw(E=1.69, A=406.4, alpha=0.34, B=410.7, beta=0.28)  # Chinchilla's fit
 >>> n, d = compute_optimal(law, 5.76e23)  # Chinchilla's own budget
