@@ -12,7 +12,7 @@ of ``--steps`` steps is reported with tokens/s and the ratio tinyllm/torch throu
 import argparse
 
 import numpy as np
-from common import machine, median_ms
+from common import machine, median_ms, torch_gpt
 
 from tinyllm.models import Transformer, get_preset
 from tinyllm.optim import AdamW
@@ -38,42 +38,8 @@ def tinyllm_step(config, x, y):
 
 def torch_step(config, x, y):
     import torch
-    from torch import nn
-    from torch.nn import functional as F
 
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            d = config.d_model
-            self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-            self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-            self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
-
-        def forward(self, h):
-            B, T, C = h.shape
-            q, k, v = self.qkv(self.ln1(h)).split(C, dim=2)
-            q, k, v = (t.view(B, T, config.n_head, -1).transpose(1, 2) for t in (q, k, v))
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            h = h + self.proj(a.transpose(1, 2).reshape(B, T, C))
-            return h + self.down(F.gelu(self.up(self.ln2(h)), approximate="tanh"))
-
-    class GPT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.tok = nn.Embedding(config.vocab_size, config.d_model)
-            self.pos = nn.Embedding(config.context_length, config.d_model)
-            self.blocks = nn.ModuleList(Block() for _ in range(config.n_layer))
-            self.ln_f = nn.LayerNorm(config.d_model)
-
-        def forward(self, ids, targets):
-            h = self.tok(ids) + self.pos(torch.arange(ids.shape[1]))
-            for block in self.blocks:
-                h = block(h)
-            logits = self.ln_f(h) @ self.tok.weight.T
-            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
-
-    torch.manual_seed(0)
-    model = GPT()
+    model = torch_gpt(config, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
 

@@ -22,11 +22,10 @@ side: the final validation loss and the wall time of the training loop, evaluati
 
 import argparse
 import dataclasses
-import math
 import time
 
 import numpy as np
-from common import machine
+from common import machine, torch_gpt
 
 from tinyllm.data import RandomBatches, corpus_tokens, train_val_split
 from tinyllm.models import Transformer, get_preset
@@ -91,50 +90,8 @@ def run_tinyllm(config, train, train_tokens, val_batches, init):
 def run_torch(config, train, train_tokens, val_batches, init=None):
     """nanoGPT's loop, plainly: schedule, forward, backward, clip, AdamW; evaluations inline."""
     import torch
-    from torch import nn
-    from torch.nn import functional as F
 
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            d = config.d_model
-            self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-            self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-            self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
-
-        def forward(self, h):
-            B, T, C = h.shape
-            q, k, v = self.qkv(self.ln1(h)).split(C, dim=2)
-            q, k, v = (t.view(B, T, config.n_head, -1).transpose(1, 2) for t in (q, k, v))
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            h = h + self.proj(a.transpose(1, 2).reshape(B, T, C))
-            return h + self.down(F.gelu(self.up(self.ln2(h)), approximate="tanh"))
-
-    class GPT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.tok = nn.Embedding(config.vocab_size, config.d_model)
-            self.pos = nn.Embedding(config.context_length, config.d_model)
-            self.blocks = nn.ModuleList(Block() for _ in range(config.n_layer))
-            self.ln_f = nn.LayerNorm(config.d_model)
-            for name, p in self.named_parameters():  # GPT-2's initialization, as nanoGPT's
-                if "ln" in name:  # LayerNorms keep their ones and zeros
-                    continue
-                if name.endswith("bias"):
-                    nn.init.zeros_(p)
-                    continue
-                small = name.endswith(("proj.weight", "down.weight"))  # into the residual
-                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * config.n_layer) if small else 0.02)
-
-        def forward(self, ids, targets):
-            h = self.tok(ids) + self.pos(torch.arange(ids.shape[1]))
-            for block in self.blocks:
-                h = block(h)
-            logits = self.ln_f(h) @ self.tok.weight.T  # tied output layer
-            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
-
-    torch.manual_seed(train.seed)
-    model = GPT()
+    model = torch_gpt(config, seed=train.seed)
     if init is not None:
         load_tinyllm_weights(model, init, config.n_layer)
     params = list(model.parameters())

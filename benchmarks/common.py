@@ -43,3 +43,56 @@ def median_ms(step, warmup, repeat):
         step()
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
+
+
+def torch_gpt(config, seed=0):
+    """A plain PyTorch GPT of ``config``'s GPT-2 shape (learned positions, pre-LayerNorm
+    blocks, GELU MLP, tied output layer) with GPT-2's initialization, as nanoGPT's:
+    ``model(ids, targets)`` returns the mean cross-entropy. The peer the benchmarks time."""
+    import math
+
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            d = config.d_model
+            self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+            self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+        def forward(self, h):
+            B, T, C = h.shape
+            q, k, v = self.qkv(self.ln1(h)).split(C, dim=2)
+            q, k, v = (t.view(B, T, config.n_head, -1).transpose(1, 2) for t in (q, k, v))
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            h = h + self.proj(a.transpose(1, 2).reshape(B, T, C))
+            return h + self.down(F.gelu(self.up(self.ln2(h)), approximate="tanh"))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok = nn.Embedding(config.vocab_size, config.d_model)
+            self.pos = nn.Embedding(config.context_length, config.d_model)
+            self.blocks = nn.ModuleList(Block() for _ in range(config.n_layer))
+            self.ln_f = nn.LayerNorm(config.d_model)
+            for name, p in self.named_parameters():  # GPT-2's initialization, as nanoGPT's
+                if "ln" in name:  # LayerNorms keep their ones and zeros
+                    continue
+                if name.endswith("bias"):
+                    nn.init.zeros_(p)
+                    continue
+                small = name.endswith(("proj.weight", "down.weight"))  # into the residual
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * config.n_layer) if small else 0.02)
+
+        def forward(self, ids, targets):
+            h = self.tok(ids) + self.pos(torch.arange(ids.shape[1]))
+            for block in self.blocks:
+                h = block(h)
+            logits = self.ln_f(h) @ self.tok.weight.T  # tied output layer
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+    torch.manual_seed(seed)
+    return GPT()
