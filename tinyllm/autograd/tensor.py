@@ -17,6 +17,8 @@ arrays of the same backend and dtype. The graph is freed as ``backward`` walks i
 call ``backward`` once per forward pass.
 """
 
+import functools
+
 import numpy as np
 
 from ..backend import backend_of, get_backend
@@ -26,6 +28,7 @@ from .function import Function
 _FREED = ("freed",)  # marks a node whose saved arrays were released by backward()
 
 
+@functools.cache  # looked up once: an import statement on every operator costs a microsecond
 def _ops():
     """The op library. Tensor's operators forward to it; imported late to avoid a cycle."""
     from .. import functional

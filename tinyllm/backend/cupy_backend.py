@@ -42,13 +42,19 @@ class CupyBackend(Backend):
         cupyx.scatter_add(target, index, values)
         return target
 
-    # Plain sums: a float32 matmul on a GPU may round through TF32. (``overwrite`` keeps
-    # the base class's in-place spelling: CuPy ufuncs take ``out=`` too.)
+    # Plain sums and maxima: a float32 matmul on a GPU may round through TF32. (``overwrite``
+    # keeps the base class's in-place spelling: CuPy ufuncs take ``out=`` too.)
     def row_sum(self, x):
         return x.sum(axis=-1, keepdims=True)
 
     def row_dot(self, a, b):
         return (a * b).sum(axis=-1, keepdims=True)
+
+    def column_sum(self, x):
+        return x.sum(axis=0)
+
+    def row_max(self, x):
+        return x.max(axis=-1, keepdims=True)
 
     def erf(self, x):
         from cupyx.scipy.special import erf

@@ -51,6 +51,12 @@ class JaxBackend(Backend):
     def row_dot(self, a, b):
         return (a * b).sum(axis=-1, keepdims=True)
 
+    def column_sum(self, x):
+        return x.sum(axis=0)
+
+    def row_max(self, x):
+        return x.max(axis=-1, keepdims=True)
+
     def erf(self, x):
         return self.jax.scipy.special.erf(x)
 

@@ -68,7 +68,7 @@ class ScaledDotProductAttention(Function):
             mask = xp.where(visible, 0.0, -xp.inf).astype(scores.dtype)  # (T, S)
             scores = backend.overwrite(xp.add, scores.reshape(B, H_kv, G, T, S), mask)
             scores = scores.reshape(B, H_kv, G * T, S)
-        shifted = backend.overwrite(xp.subtract, scores, scores.max(axis=-1, keepdims=True))
+        shifted = backend.overwrite(xp.subtract, scores, backend.row_max(scores))
         e = backend.overwrite(xp.exp, shifted)
         probs = backend.overwrite(xp.multiply, e, 1 / backend.row_sum(e))  # (B, H_kv, G*T, S)
         out = probs @ v  # (B, H_kv, G*T, D)

@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from ..autograd.function import Function
+from ..backend import backend_of
 
 
 def unbroadcast(grad, shape):
@@ -21,6 +22,9 @@ def unbroadcast(grad, shape):
     if tuple(grad.shape) == tuple(shape):
         return grad
     extra = grad.ndim - len(shape)
+    if extra > 0 and tuple(grad.shape[extra:]) == tuple(shape):  # a bias: only axes added
+        rows = grad.reshape(math.prod(grad.shape[:extra]), math.prod(shape))  # (N, size)
+        return backend_of(grad).column_sum(rows).reshape(shape)  # in BLAS on NumPy
     stretched = [i + extra for i, n in enumerate(shape) if n == 1 and grad.shape[i + extra] != 1]
     axes = tuple(range(extra)) + tuple(stretched)
     return grad.sum(axis=axes, keepdims=True).reshape(shape)
@@ -55,7 +59,9 @@ class Add(Function):
     @staticmethod
     def backward(ctx, grad):
         a_shape, b_shape = ctx.shapes
-        return unbroadcast(grad, a_shape), unbroadcast(grad, b_shape)
+        grad_a = unbroadcast(grad, a_shape) if ctx.needs_grad[0] else None
+        grad_b = unbroadcast(grad, b_shape) if ctx.needs_grad[1] else None
+        return grad_a, grad_b
 
 
 class Sub(Function):
@@ -212,19 +218,25 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 class Gelu(Function):
-    """GELU(x) = x * Phi(x). ``approximate="tanh"`` is GPT-2's formula; "none" is exact (erf)."""
+    """GELU(x) = x * Phi(x). ``approximate="tanh"`` is GPT-2's formula; "none" is exact (erf).
+
+    The tanh form keeps ``s = (1 + tanh(u)) / 2``, u = c (a + 0.044715 a^3), for backward:
+    GELU(a) = a s, and since 1 - tanh(u)^2 = 4 s (1 - s), the slope is
+    s + 2 s (1 - s) a c (1 + 3 * 0.044715 a^2). Each line below is one pass over memory,
+    written over an array the op just made.
+    """
 
     @staticmethod
     def forward(ctx, a, approximate="tanh"):
         xp = ctx.xp
-        if approximate == "tanh":  # tanh(c * (a + 0.044715 a^3)), in one fresh array
+        if approximate == "tanh":
             ov = ctx.backend.overwrite
-            t = ov(xp.multiply, a * a, a)  # not a**3: float32 pow is slow
-            t = ov(xp.add, ov(xp.multiply, t, 0.044715), a)
-            t = ov(xp.tanh, ov(xp.multiply, t, _SQRT_2_OVER_PI))
-            ctx.save_for_backward(a, t)
+            u = ov(xp.multiply, a * a, _SQRT_2_OVER_PI * 0.044715)  # not a**3: float32 pow is slow
+            u = ov(xp.multiply, ov(xp.add, u, _SQRT_2_OVER_PI), a)  # u = c (a + 0.044715 a^3)
+            s = ov(xp.add, ov(xp.multiply, ov(xp.tanh, u), 0.5), 0.5)  # s = (1 + tanh(u)) / 2
+            ctx.save_for_backward(a, s)
             ctx.approximate = True
-            return ov(xp.multiply, ov(xp.multiply, t + 1.0, a), 0.5)  # 0.5 a (1 + t)
+            return a * s
         if approximate == "none":
             cdf = 0.5 * (1 + ctx.backend.erf(a * (1 / math.sqrt(2.0))))
             ctx.save_for_backward(a, cdf)
@@ -234,16 +246,15 @@ class Gelu(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        a, t_or_cdf = ctx.saved
-        if ctx.approximate:  # 0.5 * (1 + t + (1 - t^2) * a * c * (1 + 3 * 0.044715 a^2))
-            t, xp, ov = t_or_cdf, ctx.xp, ctx.backend.overwrite
-            du = ov(xp.add, ov(xp.multiply, a * a, 3 * 0.044715), 1.0)
-            du = ov(xp.multiply, ov(xp.multiply, du, a), _SQRT_2_OVER_PI)
-            slope = ov(xp.add, ov(xp.multiply, t * t, -1.0), 1.0)  # 1 - t^2
-            slope = ov(xp.add, ov(xp.add, ov(xp.multiply, slope, du), t), 1.0)
-            return ov(xp.multiply, ov(xp.multiply, slope, 0.5), grad)
+        a, s_or_cdf = ctx.saved
+        if ctx.approximate:  # grad * (s + 2 s (1 - s) a c (1 + 3 * 0.044715 a^2))
+            s, xp, ov = s_or_cdf, ctx.xp, ctx.backend.overwrite
+            du = ov(xp.multiply, a * a, -6 * 0.044715 * _SQRT_2_OVER_PI)
+            du = ov(xp.multiply, ov(xp.add, du, -2 * _SQRT_2_OVER_PI), a)  # -2 a c (1 + 3k a^2)
+            slope = ov(xp.multiply, du, ov(xp.subtract, s * s, s))  # times -s (1 - s)
+            return ov(xp.multiply, ov(xp.add, slope, s), grad)
         pdf = ctx.xp.exp(-0.5 * a * a) * (1 / math.sqrt(2 * math.pi))
-        return grad * (t_or_cdf + a * pdf)
+        return grad * (s_or_cdf + a * pdf)
 
 
 class Silu(Function):

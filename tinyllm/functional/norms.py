@@ -8,8 +8,9 @@ Its backward, per row of C features (g = dy * w):
 LayerNorm first centres x (``xc = x - mean(x)``, r from the variance) and adds a bias; its
 centring adds one term: ``dx = r * (g - mean(g) - xhat * mean(g * xhat))``.
 
-The per-row means go through ``backend.row_sum`` / ``backend.row_dot`` (sums in BLAS), and
-``backend.overwrite`` reuses arrays the op itself just made; see ``tinyllm/backend/base.py``.
+The per-row means and the bias gradient go through ``backend.row_sum`` / ``row_dot`` /
+``column_sum`` (sums in BLAS), and ``backend.overwrite`` reuses arrays the op itself just
+made; see ``tinyllm/backend/base.py``.
 
 >>> import tinyllm, numpy as np
 >>> x = tinyllm.Tensor([[3.0, 4.0]])
@@ -20,13 +21,8 @@ array([[0.8485, 1.1314]], dtype=float32)
 from ..autograd.function import Function
 
 
-def _sum_rows(a):
-    """Sum over every axis but the last: (..., C) -> (C,)."""
-    return a.reshape(-1, a.shape[-1]).sum(axis=0)
-
-
 def _sum_rows_of_product(xp, a, b):
-    """``_sum_rows(a * b)`` without storing the (..., C) product: (..., C) x2 -> (C,)."""
+    """The sum over rows of ``a * b``, without storing the product: (..., C) x2 -> (C,)."""
     C = a.shape[-1]
     return xp.einsum("nc,nc->c", a.reshape(-1, C), b.reshape(-1, C))
 
@@ -94,7 +90,7 @@ class LayerNorm(Function):
         if ctx.needs_grad[1]:
             grad_w = _sum_rows_of_product(xp, grad, xhat)
         if ctx.needs_grad[2]:
-            grad_b = _sum_rows(grad)
+            grad_b = backend.column_sum(grad.reshape(-1, C))  # (C,): the sum over rows
         return grad_x, grad_w, grad_b
 
 

@@ -8,10 +8,12 @@ and the backward is a single line of calculus:
     y = log_softmax(x)        dx = dy - softmax(x) * sum(dy)
     loss = -log_softmax(x)[t] dx = softmax(x) - onehot(t)             (per row, / rows)
 
-Every op subtracts the row maximum first, so ``exp`` never overflows. Two spellings are
-for speed: ``backend.row_sum(e)`` is ``e.sum(axis=-1, keepdims=True)`` done in BLAS, and
-``backend.overwrite(xp.exp, shifted)`` is ``xp.exp(shifted)`` written over ``shifted``, an
-array the op just made and owns (JAX, whose arrays are immutable, returns a new one).
+Every op subtracts the row maximum first, so ``exp`` never overflows. Three spellings are
+for speed: ``backend.row_max(x)`` and ``backend.row_sum(e)`` are ``x.max(axis=-1,
+keepdims=True)`` and ``e.sum(axis=-1, keepdims=True)`` done the fast way for NumPy (argmax,
+BLAS), and ``backend.overwrite(xp.exp, shifted)`` is ``xp.exp(shifted)`` written over
+``shifted``, an array the op just made and owns (JAX, whose arrays are immutable, returns a
+new one).
 
 >>> import numpy as np, tinyllm
 >>> logits = tinyllm.Tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
@@ -22,46 +24,53 @@ array the op just made and owns (JAX, whose arrays are immutable, returns a new 
 from ..autograd.function import Function
 
 
+def _move(xp, a, source, destination):
+    """``xp.moveaxis``, skipped when the axis is already in place (it costs microseconds)."""
+    if source % a.ndim == destination % a.ndim:
+        return a
+    return xp.moveaxis(a, source, destination)
+
+
 class Softmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
         xp, backend = ctx.xp, ctx.backend
-        x = xp.moveaxis(x, axis, -1)  # (..., n): the softmax axis last (a view)
-        shifted = x - x.max(axis=-1, keepdims=True)  # (..., n), a fresh array we own
+        x = _move(xp, x, axis, -1)  # (..., n): the softmax axis last (a view)
+        shifted = x - backend.row_max(x)  # (..., n), a fresh array we own
         e = backend.overwrite(xp.exp, shifted)
         y = backend.overwrite(xp.multiply, e, 1 / backend.row_sum(e))  # (..., n)
         ctx.save_for_backward(y)
         ctx.axis = axis
-        return xp.moveaxis(y, -1, axis)
+        return _move(xp, y, -1, axis)
 
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved
         xp, backend = ctx.xp, ctx.backend
-        grad = xp.moveaxis(grad, ctx.axis, -1)  # (..., n)
+        grad = _move(xp, grad, ctx.axis, -1)  # (..., n)
         grad_x = backend.overwrite(xp.multiply, grad - backend.row_dot(grad, y), y)
-        return xp.moveaxis(grad_x, -1, ctx.axis)
+        return _move(xp, grad_x, -1, ctx.axis)
 
 
 class LogSoftmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
         xp, backend = ctx.xp, ctx.backend
-        x = xp.moveaxis(x, axis, -1)  # (..., n)
-        shifted = x - x.max(axis=-1, keepdims=True)  # (..., n), fresh
+        x = _move(xp, x, axis, -1)  # (..., n)
+        shifted = x - backend.row_max(x)  # (..., n), fresh
         log_total = xp.log(backend.row_sum(xp.exp(shifted)))  # (..., 1)
         y = backend.overwrite(xp.subtract, shifted, log_total)
         ctx.save_for_backward(y)
         ctx.axis = axis
-        return xp.moveaxis(y, -1, axis)
+        return _move(xp, y, -1, axis)
 
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved
         xp, backend = ctx.xp, ctx.backend
-        grad = xp.moveaxis(grad, ctx.axis, -1)  # (..., n)
+        grad = _move(xp, grad, ctx.axis, -1)  # (..., n)
         probs_times_sum = backend.overwrite(xp.multiply, xp.exp(y), backend.row_sum(grad))
-        return xp.moveaxis(grad - probs_times_sum, -1, ctx.axis)
+        return _move(xp, grad - probs_times_sum, -1, ctx.axis)
 
 
 class CrossEntropy(Function):
@@ -95,14 +104,17 @@ class CrossEntropy(Function):
                 )
         rows = logits.reshape(-1, vocab)  # (N, V)
         safe_targets = xp.where(valid, targets, 0).reshape(-1)  # (N,)
-        shifted = rows - rows.max(axis=-1, keepdims=True)  # (N, V), fresh
-        picked = xp.take_along_axis(shifted, safe_targets[:, None], axis=-1)  # (N, 1)
+        # Where each row's target sits in the flattened (N * V,) logits: one flat index picks
+        # the targets here and adds into them in backward, the fastest spelling of both.
+        target_at = xp.arange(rows.shape[0]) * vocab + safe_targets  # (N,)
+        shifted = rows - ctx.backend.row_max(rows)  # (N, V), fresh
+        picked = shifted.reshape(-1)[target_at][:, None]  # (N, 1)
         e = ctx.backend.overwrite(xp.exp, shifted)  # shifted is not read again
         total = ctx.backend.row_sum(e)  # (N, 1)
         valid = valid.reshape(-1, 1)
         losses = (xp.log(total) - picked) * valid  # (N, 1)
 
-        ctx.save_for_backward(e, total, safe_targets, valid)
+        ctx.save_for_backward(e, total, target_at, valid)
         ctx.reduction, ctx.shape = reduction, logits.shape
         if reduction == "none":
             return losses.reshape(targets.shape)
@@ -114,8 +126,7 @@ class CrossEntropy(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        e, total, safe_targets, valid = ctx.saved
-        xp = ctx.xp
+        e, total, target_at, valid = ctx.saved
         if ctx.reduction == "none":
             coef = grad.reshape(-1, 1) * valid  # (N, 1): each row's own upstream gradient
         elif ctx.reduction == "sum":
@@ -123,9 +134,8 @@ class CrossEntropy(Function):
         else:
             coef = grad * valid / ctx.count
         coef = coef.astype(e.dtype)
-        grad_rows = e * (coef / total)  # softmax * coef, (N, V)
-        rows = xp.arange(grad_rows.shape[0])
-        grad_rows = ctx.backend.scatter_add(grad_rows, (rows, safe_targets), -coef[:, 0])
+        grad_rows = (e * (coef / total)).reshape(-1)  # softmax * coef, (N * V,)
+        grad_rows = ctx.backend.scatter_add(grad_rows, target_at, -coef[:, 0])
         return grad_rows.reshape(ctx.shape), None
 
 
