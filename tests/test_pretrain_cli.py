@@ -10,6 +10,7 @@ import pytest
 from tinyllm.cli import main
 from tinyllm.data import load_tokenizer
 from tinyllm.models import Transformer
+from tinyllm.train import read_metrics
 
 QUICK = ["--steps", "3", "--warmup-steps", "1", "--batch-size", "4", "--eval-batches", "1",
          "--samples", "1", "--sample-tokens", "5", "--no-progress"]  # fmt: skip
@@ -88,5 +89,7 @@ def test_speedrun_writes_a_report(tmp_path, capsys):
         assert part in report
     facts = json.loads((out / "report.json").read_text())
     assert facts["steps"] == 2 and np.isfinite(facts["val_loss"])
+    last = [row for row in read_metrics(out / "metrics.jsonl") if "samples" in row][-1]
+    assert facts["samples"] == last["samples"] and len(facts["samples"]) == 2  # the last eval's
     assert (out / "loss.png").exists() and (out / "tokenizer.json").exists()
     assert Transformer.from_pretrained(out).config.vocab_size == 1024

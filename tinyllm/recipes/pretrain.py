@@ -115,7 +115,8 @@ def _pretrain(config, train):
         "vocab_size": tokenizer.vocab_size,
         "tokenize_seconds": tokenize_seconds,
     }
-    return PretrainRun(model, tokenizer, result, Path(config.out), sample(model), data)
+    samples = result.samples if result.samples is not None else sample(model)  # not twice
+    return PretrainRun(model, tokenizer, result, Path(config.out), samples, data)
 
 
 def sample_texts(model, tokenizer, prompts, config, seed=0):

@@ -66,6 +66,7 @@ class TrainResult:
     seconds: float  # training time, all sessions of the run together
     stopped_by: str | None = None  # "SIGINT" / "SIGTERM" when interrupted, else None
     checkpoint: Path | None = None  # the last checkpoint written
+    samples: list | None = None  # sample_fn's texts when the last step was evaluated
 
 
 def language_model_loss(model, batch):
@@ -145,7 +146,7 @@ class Trainer:
         params = self._params()
         if self.compiled and self.opt_state is None:
             self.opt_state = self.optimizer.init_state(params)
-        last_loss, val_loss, saved = math.nan, None, None
+        last_loss, val_loss, saved, samples = math.nan, None, None, None
         session_start, session_tokens = time.perf_counter(), 0
         bar = tqdm(total=c.steps, initial=self.step, disable=not c.progress, desc=self.title)
         self._stop = None
@@ -168,6 +169,7 @@ class Trainer:
                 eval_due = c.eval_interval and self.step % c.eval_interval == 0
                 if eval_due or self.step == c.steps:
                     val_loss = self._evaluate(row, bar)
+                samples = row.get("samples")  # None unless this step was evaluated
                 if log is not None and (self.step % c.log_interval == 0 or "val_loss" in row):
                     log.write(row)
                 if self.out_dir is not None:
@@ -186,6 +188,7 @@ class Trainer:
             seconds=self.seconds + elapsed,
             stopped_by=self._stop,
             checkpoint=saved,
+            samples=samples,
         )
 
     def evaluate(self):
