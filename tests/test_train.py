@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,6 +129,30 @@ def test_checkpoints_are_kept_as_asked_and_the_run_folder_is_a_model(tmp_path):
     with tinyllm.no_grad():
         expected = trainer.model.eval()(ids)[0].numpy()
         np.testing.assert_allclose(exported(ids)[0].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_kill_while_old_checkpoints_are_deleted_leaves_only_whole_ones(tmp_path, monkeypatch):
+    from tinyllm.train import checkpoint
+
+    make_trainer(
+        tmp_path, config(steps=3, warmup_steps=0, checkpoint_interval=1, keep_checkpoints=3)
+    ).fit()
+    real_rmtree = checkpoint.shutil.rmtree
+
+    def killed_midway(path, **kwargs):  # deletes one file, then the process "dies"
+        next(Path(path).rglob("model.safetensors")).unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.prune_checkpoints(tmp_path, keep=1)
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", real_rmtree)
+    survivors = list_checkpoints(tmp_path)
+    assert [p.name for p in survivors] == ["step-000002", "step-000003"]
+    for path in survivors:
+        Transformer.from_pretrained(path)
+    assert checkpoint.clean_partial(tmp_path)[0].startswith(".step-000001.")
+    assert not list((tmp_path / "checkpoints").glob(".*"))
 
 
 def test_an_existing_run_is_not_overwritten(tmp_path):

@@ -12,8 +12,10 @@ decide the next masks. A checkpoint folder holds all of it, in open formats:
         tokenizer.json         (or char_vocab.json) when the run has a tokenizer
 
 A folder is written under a temporary name and renamed into place when complete, so a
-crash or a kill mid-write leaves the previous checkpoints whole; ``latest_checkpoint``
-only ever sees complete folders, and ``clean_partial`` removes the leftovers.
+crash or a kill mid-write leaves the previous checkpoints whole. Old folders are renamed
+out of the way before they are deleted, so a kill mid-delete leaves none half-gone either:
+``latest_checkpoint`` only ever sees complete folders, and ``clean_partial`` removes the
+leftovers.
 
 >>> import tempfile, numpy as np
 >>> from tinyllm.models import Transformer, get_preset
@@ -72,10 +74,11 @@ def save_checkpoint(run_dir, *, model, optimizer, state, opt_state=None, tokeniz
         if tokenizer is not None:
             tokenizer.save(partial)
         _fsync_dir(partial)
-        if final.exists():  # the same step saved again (after a resume): replace it
-            shutil.rmtree(final)
+        old = _set_aside(final) if final.exists() else None  # the same step saved again
         os.replace(partial, final)
         _fsync_dir(final.parent)
+        if old is not None:
+            shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -100,7 +103,7 @@ def latest_checkpoint(run_dir):
 def prune_checkpoints(run_dir, keep):
     """Delete all but the newest ``keep`` checkpoints."""
     for path in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(path)
+        shutil.rmtree(_set_aside(path))
 
 
 def clean_partial(run_dir):
@@ -110,6 +113,16 @@ def clean_partial(run_dir):
     for path in leftovers:
         shutil.rmtree(path, ignore_errors=True)
     return [path.name for path in leftovers]
+
+
+def _set_aside(path):
+    """Move a checkpoint folder out of the ``step-*`` names in one atomic rename and return
+    where it went: deleting it there can be cut short by a kill without ever leaving a
+    half-deleted ``step-*`` folder for ``latest_checkpoint`` to find (``clean_partial``
+    removes what a kill left)."""
+    trash = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    os.replace(path, trash / path.name)
+    return trash
 
 
 def load_checkpoint(path, *, model, optimizer):
