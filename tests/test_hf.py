@@ -146,6 +146,26 @@ def test_bfloat16_weights_are_read_as_float32(tmp_path):
     np.testing.assert_array_equal(w, values.to(torch.bfloat16).float().numpy())
 
 
+def test_bfloat16_writing_rounds_bit_for_bit_as_torch(tmp_path):
+    import safetensors.torch
+
+    rng = np.random.default_rng(0)
+    special = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, -1e-45, 3.4e38, -3.4e38, 1.00390625]
+    ties = (rng.integers(0, 0x7F80, 64, dtype=np.uint32) << 16 | 0x8000).view(np.float32)
+    normal = rng.standard_normal(1000).astype(np.float32) * 10
+    values = np.concatenate([normal, np.array(special, np.float32), ties])
+    path = tmp_path / "w.safetensors"
+    write_safetensors(path, {"w": values}, floats="BF16")
+    theirs = safetensors.torch.load_file(path)["w"]
+    assert theirs.dtype == torch.bfloat16
+    expected = torch.from_numpy(values).to(torch.bfloat16)
+    nan = torch.isnan(expected)
+    assert torch.equal(torch.isnan(theirs), nan)
+    assert torch.equal(theirs[~nan].view(torch.int16), expected[~nan].view(torch.int16))
+    with pytest.raises(ValueError, match="floats='bf16'; expected 'F32', 'F16' or 'BF16'"):
+        write_safetensors(path, {"w": values}, floats="bf16")
+
+
 def test_truncated_safetensors_file_is_a_clear_error(tmp_path):
     path = tmp_path / "model.safetensors"
     write_safetensors(path, {"w": np.ones((64, 64), np.float32)})
@@ -176,5 +196,23 @@ def test_float16_save_halves_the_file_and_loads_back_close(tmp_path):
     np.testing.assert_allclose(
         back.state_dict()["lm_head.weight"], model.state_dict()["lm_head.weight"], atol=1e-4
     )
-    with pytest.raises(ValueError, match="dtype 'int8'"):
+    with pytest.raises(ValueError, match="dtype 'int8' must be one of .*'bfloat16'"):
         model.save_pretrained(tmp_path / "x", dtype="int8")
+
+
+def test_bfloat16_save_loads_in_transformers_with_our_logits(tmp_path):
+    model = Transformer(get_preset("tiny-llama", n_layer=1, vocab_size=97), seed=0)
+    model.save_pretrained(tmp_path / "f32")
+    model.save_pretrained(tmp_path / "bf16", dtype="bfloat16")
+    size = {d: (tmp_path / d / "model.safetensors").stat().st_size for d in ("f32", "bf16")}
+    assert size["bf16"] < 0.51 * size["f32"]
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "bf16").float().eval()
+    back = Transformer.from_pretrained(tmp_path / "bf16")  # the rounded weights, as float32
+    expected = {
+        k: torch.from_numpy(v).bfloat16().float().numpy() for k, v in model.state_dict().items()
+    }
+    for name, array in back.state_dict().items():
+        np.testing.assert_array_equal(array, expected[name], err_msg=name)
+    ids = np.random.default_rng(0).integers(0, 97, (1, 10))
+    np.testing.assert_allclose(back(ids)[0].numpy(), hf_logits(reference, ids), atol=1e-4, rtol=0)

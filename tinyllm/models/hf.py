@@ -307,10 +307,16 @@ def load_pretrained(cls, directory):
     return model.load_state_dict(state).eval()
 
 
+SAVE_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
 def save_pretrained(model, directory, dtype="float32"):
-    """Write ``config.json`` and ``model.safetensors`` for ``transformers`` to load."""
-    if dtype not in ("float32", "float16"):
-        raise ValueError(f"save_pretrained: dtype {dtype!r} must be 'float32' or 'float16'")
+    """Write ``config.json`` and ``model.safetensors`` for ``transformers`` to load.
+
+    ``dtype`` is "float32", "float16" or "bfloat16" (the weights are rounded to nearest).
+    """
+    if dtype not in SAVE_DTYPES:
+        raise ValueError(f"save_pretrained: dtype {dtype!r} must be one of {list(SAVE_DTYPES)}")
     config, directory = model.config, Path(directory)
     hf_config = config_to_hf(config)
     hf_config["torch_dtype"] = dtype
@@ -318,7 +324,12 @@ def save_pretrained(model, directory, dtype="float32"):
     tensors = {}
     for hf_name, ours, transposed in weight_map(config, hf_config["model_type"]):
         array = np.concatenate([state[name] for name in ours], axis=-1)
-        tensors[hf_name] = np.ascontiguousarray(array.T if transposed else array).astype(dtype)
-    write_safetensors(directory / "model.safetensors", tensors, metadata={"format": "pt"})
+        tensors[hf_name] = array.T if transposed else array
+    write_safetensors(
+        directory / "model.safetensors",
+        tensors,
+        metadata={"format": "pt"},
+        floats=SAVE_DTYPES[dtype],
+    )
     with atomic_open(directory / "config.json", "w") as f:
         json.dump(hf_config, f, indent=2)

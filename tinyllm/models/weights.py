@@ -9,7 +9,8 @@ A safetensors file is simple enough to read by hand, and nothing in it is ever e
     the rest         every tensor's raw bytes, tensor ``name`` at [a, b) of this part
 
 bfloat16 (``BF16``), the usual dtype of released checkpoints, has no NumPy type: its
-16 bits are the top half of a float32, so shifting them left by 16 recovers the float32.
+16 bits are the top half of a float32, so shifting them left by 16 recovers the float32,
+and writing one keeps the top half after rounding the bottom half away (to nearest even).
 
 Big models are split into shards listed by ``model.safetensors.index.json``;
 ``load_weights(directory)`` reads either layout.
@@ -41,6 +42,14 @@ _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 def _bf16_to_f32(raw):
     """bfloat16 bits (uint16) -> float32: they are the float32's upper 16 bits."""
     return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+def _f32_to_bf16(array):
+    """float32 -> bfloat16 bits (uint16), rounded to nearest even as PyTorch rounds."""
+    bits = np.ascontiguousarray(array, np.float32).view(np.uint32)
+    rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16  # no overflow: NaN is fixed below
+    nan = np.isnan(array)
+    return np.where(nan, (bits >> 16) | 0x40, rounded).astype(np.uint16)  # NaN stays a NaN
 
 
 def read_safetensors(path):
@@ -80,15 +89,28 @@ def read_safetensors(path):
     return tensors
 
 
-def write_safetensors(path, tensors, metadata=None):
-    """Write ``{name: NumPy array}`` to ``path`` atomically (a temp file, then a rename)."""
+def write_safetensors(path, tensors, metadata=None, floats=None):
+    """Write ``{name: NumPy array}`` to ``path`` atomically (a temp file, then a rename).
+
+    ``floats`` ("F32", "F16" or "BF16") stores every floating array in that dtype; left
+    out, each array keeps its own.
+    """
+    if floats not in (None, "F32", "F16", "BF16"):
+        raise ValueError(f"write_safetensors: floats={floats!r}; expected 'F32', 'F16' or 'BF16'")
     header, offset = {}, 0
-    arrays = {name: np.ascontiguousarray(a) for name, a in sorted(tensors.items())}
-    for name, array in arrays.items():
+    arrays, dtypes = {}, {}
+    for name, array in sorted(tensors.items()):
+        array = np.ascontiguousarray(array)
         if array.dtype not in _NAMES:
             raise TypeError(f"write_safetensors: {name} has unsupported dtype {array.dtype}")
+        dtypes[name] = _NAMES[array.dtype]
+        if floats and np.issubdtype(array.dtype, np.floating):
+            dtypes[name] = floats
+            array = _f32_to_bf16(array) if floats == "BF16" else array.astype(_DTYPES[floats])
+        arrays[name] = array
+    for name, array in arrays.items():
         header[name] = {
-            "dtype": _NAMES[array.dtype],
+            "dtype": dtypes[name],
             "shape": list(array.shape),
             "data_offsets": [offset, offset + array.nbytes],
         }
