@@ -34,6 +34,19 @@ def to_float64(model):
         (dict(n_expert=4, top_k=5), "top_k=5 must be between 1 and n_expert=4"),
         (dict(mlp="relu"), "mlp='relu' is not one of"),
         (dict(position="rope", rope_scaling={"type": "ntk"}), "rope_scaling type 'ntk'"),
+        (
+            dict(
+                position="rope",
+                rope_scaling={
+                    "type": "llama3",
+                    "factor": 8.0,
+                    "low_freq_factor": 4,
+                    "high_freq_factor": 1,
+                    "original_context_length": 16,
+                },
+            ),
+            "0 < low_freq_factor < high_freq_factor .* got low_freq_factor=4, high_freq_factor=1",
+        ),
         (dict(n_layer=0), "n_layer=0 must be a positive integer"),
     ],
 )
@@ -132,6 +145,8 @@ def test_rope_gradient_and_tables_match_transformers():
         ({"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 32}, 64),
         ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
           "beta_fast": 16, "beta_slow": 2, "mscale": 1.0, "mscale_all_dim": 0.5}, 64),
+        ({"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 16,
+          "low_freq_factor": 1.0, "high_freq_factor": 4.0}, 64),
     ]:  # fmt: skip
         hf = LlamaConfig(
             hidden_size=64, num_attention_heads=2, max_position_embeddings=64,

@@ -23,7 +23,7 @@ import dataclasses
 
 from ..config import Config
 
-ROPE_SCALINGS = ("linear", "dynamic", "yarn")
+ROPE_SCALINGS = ("linear", "dynamic", "yarn", "llama3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +40,7 @@ class ModelConfig(Config):
     norm_eps: float = 1e-5
     position: str = "learned"  # "learned" absolute positions or "rope"
     rope_theta: float = 10000.0
-    rope_scaling: dict | None = None  # {"type": "linear"|"dynamic"|"yarn", "factor": ...}
+    rope_scaling: dict | None = None  # {"type": "linear"|"dynamic"|"yarn"|"llama3", "factor": ..}
     sliding_window: int | None = None  # each query sees at most this many keys (Mistral)
     bias: bool = True  # biases in the attention output and MLP projections
     qkv_bias: bool = True  # biases in the query/key/value projections (GPT-2, Qwen2)
@@ -83,6 +83,18 @@ class ModelConfig(Config):
                 fail(f"rope_scaling type {kind!r} is not one of {ROPE_SCALINGS}")
             if not self.rope_scaling.get("factor", 0) >= 1:
                 fail(f"rope_scaling factor {self.rope_scaling.get('factor')!r} must be >= 1")
+            if kind == "llama3":
+                low, high, original = (
+                    self.rope_scaling.get(k)
+                    for k in ("low_freq_factor", "high_freq_factor", "original_context_length")
+                )
+                numbers = all(isinstance(v, (int, float)) for v in (low, high, original))
+                if not (numbers and 0 < low < high and original >= 1):
+                    fail(
+                        "llama3 rope_scaling needs 0 < low_freq_factor < high_freq_factor and "
+                        f"original_context_length >= 1; got low_freq_factor={low!r}, "
+                        f"high_freq_factor={high!r}, original_context_length={original!r}"
+                    )
         if self.n_expert < 0:
             fail(f"n_expert={self.n_expert} must be 0 (dense) or a positive expert count")
         if self.n_expert and not 1 <= self.top_k <= self.n_expert:

@@ -51,12 +51,18 @@ def _rope_from_hf(hf, model_type):
     context = hf.get("max_position_embeddings", 2048)
     if kind == "default":
         return theta, None, context
-    if kind not in ("linear", "dynamic", "yarn"):
-        raise _unsupported(model_type, "rope_type", kind, "default, linear, dynamic or yarn")
+    if kind not in ("linear", "dynamic", "yarn", "llama3"):
+        raise _unsupported(
+            model_type, "rope_type", kind, "default, linear, dynamic, yarn or llama3"
+        )
     scaling = {"type": kind, "factor": float(params.get("factor") or 1.0)}
     if kind == "dynamic":  # trained on max_position_embeddings; runs `factor` times longer
         scaling["original_context_length"] = context
         context = int(context * scaling["factor"])
+    if kind == "llama3":  # max_position_embeddings is already the extended length
+        scaling["original_context_length"] = params.get("original_max_position_embeddings")
+        scaling["low_freq_factor"] = params.get("low_freq_factor")
+        scaling["high_freq_factor"] = params.get("high_freq_factor")
     if kind == "yarn":
         scaling["original_context_length"] = params.get("original_max_position_embeddings", context)
         for key in ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim"):

@@ -4,7 +4,7 @@ Pair i of a head's D features turns at the frequency ``inv_freq[i] = theta ** (-
 the first pairs spin fast (they tell neighbours apart), the last ones slowly (they tell
 far-apart positions apart). Position m turns pair i by ``m * inv_freq[i]``.
 
-A model trained on L positions has never seen angles beyond ``L * inv_freq``. Three ways
+A model trained on L positions has never seen angles beyond ``L * inv_freq``. Four ways
 to run it on a context ``factor`` times longer, all as in Hugging Face ``transformers``:
 
 - **linear** (position interpolation): divide every frequency by ``factor``, so the long
@@ -16,6 +16,10 @@ to run it on a context ``factor`` times longer, all as in Hugging Face ``transfo
   over L positions), keep the fast ones (more than ``beta_fast`` turns), blend linearly
   between; then scale the attention logits up by ``0.1 * ln(factor) + 1``, applied to
   cos and sin.
+- **llama3** (Llama 3.1 and 3.2): by wavelength ``2 pi / inv_freq`` against L. Pairs
+  shorter than ``L / high_freq_factor`` are kept, pairs longer than ``L / low_freq_factor``
+  are interpolated (divided by ``factor``), and those between blend the two by how many
+  times they turn over L. Unlike dynamic NTK it does not depend on the sequence's length.
 
 >>> rope = RotaryEmbedding(head_dim=4, theta=10000.0)
 >>> rope.inverse_frequencies(seq_len=8)[0].tolist()        # pair 0 fast, pair 1 slow
@@ -62,13 +66,22 @@ def _yarn(inv_freq, head_dim, theta, factor, original, scaling):
     return blended, attention_factor
 
 
+def _llama3(inv_freq, factor, original, scaling):
+    """Llama 3's frequencies: keep the fast pairs, interpolate the slow ones, blend between."""
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    turns = original * inv_freq / (2 * math.pi)  # times pair i turns over the trained length
+    blend = np.clip((turns - low) / (high - low), 0, 1)  # 0: interpolate, 1: keep
+    return inv_freq / factor * (1 - blend) + inv_freq * blend
+
+
 class RotaryEmbedding:
     """Angle tables for RoPE with ``theta`` and optional ``scaling``; it holds no parameters.
 
-    ``scaling`` is ``None`` or a dict: ``type`` ("linear", "dynamic", "yarn"), ``factor``,
-    ``original_context_length`` (the trained length L; default ``context_length``), and for
-    YaRN optionally ``beta_fast``, ``beta_slow``, ``attention_factor``, ``mscale``,
-    ``mscale_all_dim``, ``truncate``.
+    ``scaling`` is ``None`` or a dict: ``type`` ("linear", "dynamic", "yarn", "llama3"),
+    ``factor``, ``original_context_length`` (the trained length L; default
+    ``context_length``); for YaRN optionally ``beta_fast``, ``beta_slow``,
+    ``attention_factor``, ``mscale``, ``mscale_all_dim``, ``truncate``; for llama3
+    ``low_freq_factor`` and ``high_freq_factor``.
     """
 
     def __init__(self, head_dim, theta=10000.0, scaling=None, context_length=None):
@@ -88,6 +101,8 @@ class RotaryEmbedding:
             return inv_freq / factor, 1.0
         if kind == "yarn":
             return _yarn(inv_freq, D, theta, factor, self.original, self.scaling)
+        if kind == "llama3":
+            return _llama3(inv_freq, factor, self.original, self.scaling), 1.0
         return inv_freq, 1.0
 
     def tables(self, start, length, backend):
