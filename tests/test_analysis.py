@@ -207,6 +207,15 @@ def test_oracle_llama_grouped_query(tied):
     assert hf_parameter_count(model) == parameter_count(llama_like(tie_embeddings=tied)).total
 
 
+def test_oracle_llama_heads_wider_than_d_model_over_n_head():
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.LlamaConfig(**LLAMA_SHAPE, head_dim=16, tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(hf)
+    ours = llama_like(d_head=16)
+    assert hf_parameter_count(model) == parameter_count(ours).total
+    assert kv_cache_bytes(ours, seq_len=10) == 2 * 3 * 2 * 16 * 10 * 2  # 2 kv heads of 16
+
+
 def test_oracle_qwen2_qkv_bias():
     transformers = pytest.importorskip("transformers")
     hf = transformers.Qwen2Config(**LLAMA_SHAPE, tie_word_embeddings=False)

@@ -32,6 +32,8 @@ CASES = {
                               "rope_scaling": {"rope_type": "llama3", "factor": 8.0,
                                                "original_max_position_embeddings": 64,
                                                "low_freq_factor": 1.0, "high_freq_factor": 4.0}}),
+    "llama-wide-heads": ("Llama", {**SMALL, "head_dim": 16}),  # 4 x 16 > hidden_size 32
+    "qwen2-narrow-heads": ("Qwen2", {**SMALL, "head_dim": 4}),
     "mistral-sliding-window": ("Mistral", {**SMALL, "sliding_window": 5}),
     "qwen2": ("Qwen2", SMALL),
     "mixtral": ("Mixtral", {**SMALL, "num_local_experts": 4, "num_experts_per_tok": 2}),

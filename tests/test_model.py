@@ -48,6 +48,8 @@ def to_float64(model):
             "0 < low_freq_factor < high_freq_factor .* got low_freq_factor=4, high_freq_factor=1",
         ),
         (dict(n_layer=0), "n_layer=0 must be a positive integer"),
+        (dict(d_head=0), "d_head=0 must be a positive integer or None"),
+        (dict(position="rope", d_head=7), "head_dim=7 must be even"),
     ],
 )
 def test_bad_configs_name_the_bad_value(changes, message):

@@ -91,8 +91,9 @@ class ParameterCount:
 def parameter_count(config):
     """Count every parameter of the Transformer ``config`` describes (tied ones once).
 
-    Per block, with d = ``d_model``, the query and output projections are (d, d), the key
-    and value ones (d, kv_heads * head_dim), and the MLP holds two (GELU: up, down) or
+    Per block, with d = ``d_model``, the query and output projections are (d, n_head *
+    head_dim) - (d, d) unless ``d_head`` widens the heads - the key and value ones (d,
+    kv_heads * head_dim), and the MLP holds two (GELU: up, down) or
     three (SwiGLU: gate, up, down) matrices between d and ``ff_dim``; biases and norms add
     vectors of length d or ff. GPT-2 small, counted as a lesson would:
 
@@ -114,7 +115,7 @@ def parameter_count(config):
     """
     _check_config(config)
     d, vocab = config.d_model, config.vocab_size
-    q_width = config.n_head * config.head_dim  # == d_model
+    q_width = _attention_width(config)  # d_model, unless d_head says otherwise
     kv_width = config.kv_heads * config.head_dim  # smaller with grouped-query attention
 
     attention = d * q_width + 2 * d * kv_width + q_width * d  # q, k, v, output

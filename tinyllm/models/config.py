@@ -16,7 +16,7 @@ Three families differ in a handful of switches, and the presets name them:
 >>> ModelConfig(d_model=100, n_head=3)
 Traceback (most recent call last):
 ...
-ValueError: ModelConfig: d_model=100 is not divisible by n_head=3; each head gets d_model / n_head features
+ValueError: ModelConfig: d_model=100 is not divisible by n_head=3; each head gets d_model / n_head features (or set d_head)
 """
 
 import dataclasses
@@ -34,6 +34,7 @@ class ModelConfig(Config):
     n_layer: int = 4
     n_head: int = 4
     n_kv_head: int | None = None  # None: as many as n_head (multi-head); 1: multi-query
+    d_head: int | None = None  # features per head; None: d_model / n_head (Mistral NeMo: 128)
     d_ff: int | None = None  # hidden width of the MLP; None: 4 * d_model (GELU) or Llama's 8/3
     mlp: str = "gelu"  # "gelu" (two matrices) or "swiglu" (gate, up, down)
     norm: str = "layernorm"  # "layernorm" or "rmsnorm"
@@ -58,10 +59,12 @@ class ModelConfig(Config):
         for name in ("vocab_size", "context_length", "d_model", "n_layer", "n_head"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 fail(f"{name}={getattr(self, name)!r} must be a positive integer")
-        if self.d_model % self.n_head:
+        if self.d_head is not None and (not isinstance(self.d_head, int) or self.d_head < 1):
+            fail(f"d_head={self.d_head!r} must be a positive integer or None (d_model / n_head)")
+        if self.d_head is None and self.d_model % self.n_head:
             fail(
                 f"d_model={self.d_model} is not divisible by n_head={self.n_head}; "
-                "each head gets d_model / n_head features"
+                "each head gets d_model / n_head features (or set d_head)"
             )
         if self.n_kv_head is not None and (self.n_kv_head < 1 or self.n_head % self.n_kv_head):
             fail(
@@ -104,7 +107,8 @@ class ModelConfig(Config):
 
     @property
     def head_dim(self):
-        return self.d_model // self.n_head
+        """Features per head: ``d_head``, or ``d_model / n_head`` when it is None."""
+        return self.d_head or self.d_model // self.n_head
 
     @property
     def kv_heads(self):

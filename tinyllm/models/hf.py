@@ -106,11 +106,9 @@ def config_from_hf(hf):
 
     if hf.get("hidden_act", "silu") != "silu":
         raise _unsupported(model_type, "hidden_act", hf["hidden_act"], "silu")
-    d_model, n_head = hf["hidden_size"], hf["num_attention_heads"]
-    if hf.get("head_dim") not in (None, d_model // n_head):
-        raise _unsupported(
-            model_type, "head_dim", hf["head_dim"], f"hidden_size / heads = {d_model // n_head}"
-        )
+    d_model, n_head, head_dim = hf["hidden_size"], hf["num_attention_heads"], hf.get("head_dim")
+    if head_dim is not None and head_dim * n_head == d_model:
+        head_dim = None  # the usual width: leave it implied
     for option in ("attention_bias", "mlp_bias", "use_sliding_window"):
         if hf.get(option):
             raise _unsupported(model_type, option, hf[option], False)
@@ -123,6 +121,7 @@ def config_from_hf(hf):
         n_layer=hf["num_hidden_layers"],
         n_head=n_head,
         n_kv_head=hf.get("num_key_value_heads") or n_head,
+        d_head=head_dim,
         d_ff=hf["intermediate_size"],
         mlp="swiglu",
         norm="rmsnorm",
@@ -158,6 +157,7 @@ def model_type_of(config):
         need(config.mlp == "gelu", "mlp", "gelu with learned positions")
         need(config.bias and config.qkv_bias, "bias", "biases everywhere, as GPT-2")
         need(config.kv_heads == config.n_head, "n_kv_head", "n_head: GPT-2 has no GQA")
+        need(config.head_dim * config.n_head == config.d_model, "d_head", "d_model / n_head")
         need(not config.n_expert, "n_expert", "0 for GPT-2")
         need(config.sliding_window is None, "sliding_window", "None for GPT-2")
         return "gpt2"

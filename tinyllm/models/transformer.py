@@ -50,6 +50,7 @@ class Block(Module):
             config.d_model,
             config.n_head,
             config.kv_heads,
+            head_dim=config.head_dim,
             qkv_bias=config.qkv_bias,
             bias=config.bias,
             rope=rope,

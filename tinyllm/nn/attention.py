@@ -1,7 +1,8 @@
 """Causal self-attention: every position gathers information from the positions before it.
 
 Each of ``n_head`` heads projects the input to queries, keys and values of ``head_dim``
-features. With grouped-query attention only ``n_kv_head`` heads of keys and values are
+features (``d_model / n_head`` unless given; the output projection maps ``n_head *
+head_dim`` back to ``d_model`` either way). With grouped-query attention only ``n_kv_head`` heads of keys and values are
 made, each shared by ``n_head / n_kv_head`` query heads - the KV cache shrinks by that
 factor. ``n_kv_head == n_head`` is classic multi-head attention; ``n_kv_head == 1`` is
 multi-query attention.
@@ -39,6 +40,7 @@ class CausalSelfAttention(Module):
         n_head,
         n_kv_head=None,
         *,
+        head_dim=None,
         qkv_bias=False,
         bias=False,
         rope=None,
@@ -49,13 +51,14 @@ class CausalSelfAttention(Module):
         seed=0,
     ):
         n_kv_head = n_kv_head or n_head
-        if d_model % n_head or n_head % n_kv_head:
+        if (head_dim is None and d_model % n_head) or n_head % n_kv_head:
             raise ValueError(
                 f"CausalSelfAttention: need d_model ({d_model}) divisible by n_head ({n_head}) "
-                f"and n_head divisible by n_kv_head ({n_kv_head})"
+                f"unless head_dim is given, and n_head divisible by n_kv_head ({n_kv_head})"
             )
         rng = np.random.default_rng(seed)
-        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, d_model // n_head
+        self.n_head, self.n_kv_head = n_head, n_kv_head
+        self.head_dim = head_dim or d_model // n_head
         self.q_proj = Linear(d_model, n_head * self.head_dim, qkv_bias, std=std, seed=rng)
         self.k_proj = Linear(d_model, n_kv_head * self.head_dim, qkv_bias, std=std, seed=rng)
         self.v_proj = Linear(d_model, n_kv_head * self.head_dim, qkv_bias, std=std, seed=rng)

@@ -157,7 +157,7 @@ def load_checkpoint(path, *, model, optimizer):
 def _architecture(config):
     """The config fields that decide the function a model computes, numbers as float32 (so
     10000 and 10000.0 match); training-only settings (dropout, init, aux-loss weight) left out."""
-    fields = config.replace(d_ff=config.ff_dim).to_dict()
+    fields = config.replace(d_ff=config.ff_dim, d_head=config.head_dim).to_dict()
     for name in ("dropout", "init_std", "router_aux_loss_coef"):
         del fields[name]
     return {
