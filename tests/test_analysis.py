@@ -223,6 +223,14 @@ def test_oracle_qwen2_qkv_bias():
     assert hf_parameter_count(model) == parameter_count(llama_like(qkv_bias=True)).total
 
 
+def test_oracle_qwen3_query_key_norms():
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.Qwen3Config(**LLAMA_SHAPE, head_dim=16, tie_word_embeddings=False)
+    model = transformers.Qwen3ForCausalLM(hf)
+    ours = llama_like(d_head=16, qk_norm=True)
+    assert hf_parameter_count(model) == parameter_count(ours).total
+
+
 def test_oracle_mixtral_experts():
     transformers = pytest.importorskip("transformers")
     hf = transformers.MixtralConfig(

@@ -34,6 +34,7 @@ CASES = {
                                                "low_freq_factor": 1.0, "high_freq_factor": 4.0}}),
     "llama-wide-heads": ("Llama", {**SMALL, "head_dim": 16}),  # 4 x 16 > hidden_size 32
     "qwen2-narrow-heads": ("Qwen2", {**SMALL, "head_dim": 4}),
+    "qwen3-wide-heads-tied": ("Qwen3", {**SMALL, "head_dim": 16, "tie_word_embeddings": True}),
     "mistral-sliding-window": ("Mistral", {**SMALL, "sliding_window": 5}),
     "qwen2": ("Qwen2", SMALL),
     "mixtral": ("Mixtral", {**SMALL, "num_local_experts": 4, "num_experts_per_tok": 2}),
@@ -45,7 +46,12 @@ def hf_model(case):
     torch.manual_seed(0)
     config = getattr(transformers, f"{family}Config")(**options)
     head = "LMHeadModel" if family == "GPT2" else "ForCausalLM"
-    return getattr(transformers, f"{family}{head}")(config).eval()
+    model = getattr(transformers, f"{family}{head}")(config).eval()
+    with torch.no_grad():  # norms start at 1 and biases at 0: move them so a mix-up shows
+        for name, param in model.named_parameters():
+            if "norm" in name or "ln_" in name or name.endswith("bias"):
+                param.add_(0.1 * torch.randn_like(param))
+    return model
 
 
 def hf_logits(model, ids):

@@ -85,9 +85,13 @@ def test_config_dict_round_trip_and_unknown_fields():
 def test_parameter_count_matches_the_calculator():
     from tinyllm.analysis import parameter_count
 
-    for preset in ("tiny", "tiny-llama", "tiny-moe"):
-        config = get_preset(preset)
-        assert Transformer(config).num_parameters() == parameter_count(config).total, preset
+    for config in (
+        get_preset("tiny"),
+        get_preset("tiny-llama"),
+        get_preset("tiny-llama", qk_norm=True, d_head=48),
+        get_preset("tiny-moe"),
+    ):
+        assert Transformer(config).num_parameters() == parameter_count(config).total, config
 
 
 def test_same_seed_same_model_different_seed_different_model():
@@ -219,11 +223,19 @@ def test_moe_top_k_above_expert_count_is_an_error():
 
 
 # --- the whole model --------------------------------------------------------------------------
-@pytest.mark.parametrize("preset", ["tiny", "tiny-llama", "tiny-moe"])
-def test_whole_model_gradients_pass_finite_differences(preset):
+@pytest.mark.parametrize(
+    "preset, changes",
+    [
+        ("tiny", {}),
+        ("tiny-llama", {}),
+        ("tiny-llama", {"qk_norm": True, "d_head": 6}),  # Qwen3's shape
+        ("tiny-moe", {"n_expert": 3}),
+    ],
+)
+def test_whole_model_gradients_pass_finite_differences(preset, changes):
     config = get_preset(
-        preset, vocab_size=7, context_length=6, d_model=8, n_layer=1, n_head=2, d_ff=8
-    ).replace(**({"n_expert": 3} if preset == "tiny-moe" else {}))
+        preset, vocab_size=7, context_length=6, d_model=8, n_layer=1, n_head=2, d_ff=8, **changes
+    )
     model = to_float64(Transformer(config, seed=0))
     x, y = ids(config, (2, 5), seed=1), ids(config, (2, 5), seed=2)
     assert tinyllm.gradcheck(lambda *params: model(x, y)[1].reshape(1), model.parameters())

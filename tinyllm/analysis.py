@@ -123,6 +123,8 @@ def parameter_count(config):
         attention += q_width + 2 * kv_width
     if config.bias:
         attention += d
+    if config.qk_norm:
+        attention += 2 * config.head_dim  # one RMSNorm weight for queries, one for keys
 
     n_matrices = 3 if config.mlp == "swiglu" else 2
     one_mlp = n_matrices * d * config.ff_dim

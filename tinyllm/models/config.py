@@ -2,12 +2,13 @@
 
 Three families differ in a handful of switches, and the presets name them:
 
-| switch         | GPT-2        | Llama / Mistral / Qwen2 | Mixtral            |
+| switch         | GPT-2        | Llama / Mistral / Qwen  | Mixtral            |
 |----------------|--------------|-------------------------|--------------------|
 | `position`     | `"learned"`  | `"rope"`                | `"rope"`           |
 | `norm`         | `"layernorm"`| `"rmsnorm"`             | `"rmsnorm"`        |
 | `mlp`          | `"gelu"`     | `"swiglu"`              | `"swiglu"` experts |
 | `n_kv_head`    | `= n_head`   | fewer (grouped-query)   | fewer              |
+| `qk_norm`      | False        | Qwen3: True             | False              |
 | `n_expert`     | 0            | 0                       | 8, `top_k` 2       |
 
 >>> config = get_preset("tiny")
@@ -45,6 +46,7 @@ class ModelConfig(Config):
     sliding_window: int | None = None  # each query sees at most this many keys (Mistral)
     bias: bool = True  # biases in the attention output and MLP projections
     qkv_bias: bool = True  # biases in the query/key/value projections (GPT-2, Qwen2)
+    qk_norm: bool = False  # RMSNorm over each query and key head before RoPE (Qwen3)
     tie_embeddings: bool = True  # the output layer reuses the token embedding matrix
     dropout: float = 0.0
     n_expert: int = 0  # 0: a dense MLP in every block; else a mixture of this many experts

@@ -10,8 +10,8 @@ and nowhere else. Three differences get translated:
   are transposed (GPT-2's ``Conv1D`` already stores (in, out));
 - fusion: GPT-2 keeps query, key and value in one ``c_attn`` matrix; we keep three.
 
-Supported: GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and
-MixtralForCausalLM. Any option tinyllm does not implement is an error that names it,
+Supported: GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
+Qwen3ForCausalLM and MixtralForCausalLM. Any option tinyllm does not implement is an error that names it,
 never a silently different model.
 """
 
@@ -29,6 +29,7 @@ ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
     "mixtral": "MixtralForCausalLM",
 }
 
@@ -132,6 +133,7 @@ def config_from_hf(hf):
         sliding_window=window,
         bias=False,
         qkv_bias=model_type == "qwen2",
+        qk_norm=model_type == "qwen3",
         tie_embeddings=hf.get("tie_word_embeddings", False),
         dropout=hf.get("attention_dropout", 0.0),
         n_expert=hf.get("num_local_experts", 0) if model_type == "mixtral" else 0,
@@ -160,10 +162,16 @@ def model_type_of(config):
         need(config.head_dim * config.n_head == config.d_model, "d_head", "d_model / n_head")
         need(not config.n_expert, "n_expert", "0 for GPT-2")
         need(config.sliding_window is None, "sliding_window", "None for GPT-2")
+        need(not config.qk_norm, "qk_norm", "False for GPT-2")
         return "gpt2"
     need(config.norm == "rmsnorm", "norm", "rmsnorm with RoPE")
     need(config.mlp == "swiglu", "mlp", "swiglu with RoPE")
     need(not config.bias, "bias", "False: Llama-family output and MLP layers have no bias")
+    if config.qk_norm:
+        need(not config.qkv_bias, "qkv_bias", "False for Qwen3")
+        need(not config.n_expert, "n_expert", "0 for Qwen3")
+        need(config.sliding_window is None, "sliding_window", "None for Qwen3")
+        return "qwen3"
     if config.n_expert:
         need(not config.qkv_bias, "qkv_bias", "False for Mixtral")
         return "mixtral"
@@ -268,6 +276,9 @@ def weight_map(config, model_type):
                 add(hf + f"self_attn.{p}_proj.weight", ours + f"attention.{p}_proj.weight", True)
                 if config.qkv_bias and p != "o":
                     add(hf + f"self_attn.{p}_proj.bias", ours + f"attention.{p}_proj.bias")
+            if config.qk_norm:
+                for p in "qk":
+                    add(hf + f"self_attn.{p}_norm.weight", ours + f"attention.{p}_norm.weight")
             add(hf + "post_attention_layernorm.weight", ours + "mlp_norm.weight")
             if config.n_expert:
                 moe = hf + "block_sparse_moe."

@@ -51,6 +51,7 @@ class Block(Module):
             config.n_head,
             config.kv_heads,
             head_dim=config.head_dim,
+            qk_norm_eps=config.norm_eps if config.qk_norm else None,
             qkv_bias=config.qkv_bias,
             bias=config.bias,
             rope=rope,

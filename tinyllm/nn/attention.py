@@ -8,6 +8,7 @@ factor. ``n_kv_head == n_head`` is classic multi-head attention; ``n_kv_head == 
 multi-query attention.
 
     x (B, T, d_model) -> q (B, n_head, T, head_dim), k, v (B, n_kv_head, T, head_dim)
+    [Qwen3: RMSNorm each query and key head]
     [RoPE rotates q and k by their positions]
     attention over the past -> (B, n_head, T, head_dim) -> merge heads -> output projection
 
@@ -22,7 +23,7 @@ multi-query attention.
 import numpy as np
 
 from .. import functional as F
-from .layers import Dropout, Linear
+from .layers import Dropout, Linear, RMSNorm
 from .module import Module
 
 
@@ -31,7 +32,9 @@ class CausalSelfAttention(Module):
 
     ``rope`` is a ``RotaryEmbedding`` shared by the model's layers, or ``None`` when
     positions are added to the input instead (GPT-2). ``window`` limits how many past keys
-    each query sees (sliding-window attention).
+    each query sees (sliding-window attention). ``qk_norm_eps`` (a number) gives every
+    query and key head an RMSNorm over its ``head_dim`` features before RoPE, as Qwen3 does:
+    the scores then cannot grow just because q or k grew.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class CausalSelfAttention(Module):
         n_kv_head=None,
         *,
         head_dim=None,
+        qk_norm_eps=None,
         qkv_bias=False,
         bias=False,
         rope=None,
@@ -63,19 +67,26 @@ class CausalSelfAttention(Module):
         self.k_proj = Linear(d_model, n_kv_head * self.head_dim, qkv_bias, std=std, seed=rng)
         self.v_proj = Linear(d_model, n_kv_head * self.head_dim, qkv_bias, std=std, seed=rng)
         self.o_proj = Linear(n_head * self.head_dim, d_model, bias, std=out_std or std, seed=rng)
+        self.q_norm = self.k_norm = None
+        if qk_norm_eps is not None:
+            self.q_norm = RMSNorm(self.head_dim, qk_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, qk_norm_eps)
         self.rope = rope
         self.window = window
         self.dropout = Dropout(dropout, seed=rng.integers(2**31))
 
-    def _heads(self, x, n):
+    def _heads(self, x, n, norm=None):
         B, T, _ = x.shape
-        return x.reshape(B, T, n, self.head_dim).transpose(0, 2, 1, 3)  # (B, n, T, head_dim)
+        x = x.reshape(B, T, n, self.head_dim)
+        if norm is not None:
+            x = norm(x)  # over each head's own features
+        return x.transpose(0, 2, 1, 3)  # (B, n, T, head_dim)
 
     def forward(self, x, start=0):
         """``x`` (B, T, d_model) at positions ``start .. start + T - 1`` -> (B, T, d_model)."""
         B, T, _ = x.shape
-        q = self._heads(self.q_proj(x), self.n_head)  # (B, n_head, T, head_dim)
-        k = self._heads(self.k_proj(x), self.n_kv_head)  # (B, n_kv_head, T, head_dim)
+        q = self._heads(self.q_proj(x), self.n_head, self.q_norm)  # (B, n_head, T, head_dim)
+        k = self._heads(self.k_proj(x), self.n_kv_head, self.k_norm)  # (B, n_kv_head, T, head_dim)
         v = self._heads(self.v_proj(x), self.n_kv_head)  # (B, n_kv_head, T, head_dim)
         if self.rope is not None:
             q, k = self.rope(q, start), self.rope(k, start)
