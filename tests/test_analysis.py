@@ -231,6 +231,17 @@ def test_oracle_qwen3_query_key_norms():
     assert hf_parameter_count(model) == parameter_count(ours).total
 
 
+def test_oracle_qwen3_moe_experts():
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.Qwen3MoeConfig(
+        **{**LLAMA_SHAPE, "intermediate_size": 200}, moe_intermediate_size=96, head_dim=16,
+        num_experts=4, num_experts_per_tok=2, tie_word_embeddings=False,
+    )  # fmt: skip
+    model = transformers.Qwen3MoeForCausalLM(hf)
+    ours = llama_like(d_head=16, qk_norm=True, n_expert=4, top_k=2)
+    assert hf_parameter_count(model) == parameter_count(ours).total
+
+
 def test_oracle_mixtral_experts():
     transformers = pytest.importorskip("transformers")
     hf = transformers.MixtralConfig(

@@ -38,6 +38,10 @@ CASES = {
     "mistral-sliding-window": ("Mistral", {**SMALL, "sliding_window": 5}),
     "qwen2": ("Qwen2", SMALL),
     "mixtral": ("Mixtral", {**SMALL, "num_local_experts": 4, "num_experts_per_tok": 2}),
+    "qwen3-moe": ("Qwen3Moe", {**SMALL, "head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2,
+                               "moe_intermediate_size": 24, "norm_topk_prob": True}),
+    "qwen3-moe-unnormalized": ("Qwen3Moe", {**SMALL, "head_dim": 8, "num_experts": 4,
+                                            "num_experts_per_tok": 2, "moe_intermediate_size": 24}),
 }  # fmt: skip
 
 
@@ -100,6 +104,10 @@ def test_tinyllm_presets_load_in_transformers_with_the_same_logits(tmp_path):
         ({**SMALL, "model_type": "qwen2", "use_sliding_window": True}, "use_sliding_window=True"),
         ({**SMALL, "model_type": "llama", "partial_rotary_factor": 0.5}, "partial_rotary_factor=0.5"),
         ({**GPT2, "model_type": "gpt2", "activation_function": "relu"}, "activation_function='relu'"),
+        ({**SMALL, "model_type": "qwen3_moe", "num_experts": 4, "moe_intermediate_size": 8,
+          "mlp_only_layers": [0]}, r"mlp_only_layers=\[0\] is not supported"),
+        ({**SMALL, "model_type": "qwen3_moe", "num_experts": 4, "moe_intermediate_size": 8,
+          "decoder_sparse_step": 2}, "decoder_sparse_step=2"),
     ],
 )  # fmt: skip
 def test_unsupported_architectures_and_options_are_named(hf, message):

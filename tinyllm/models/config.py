@@ -51,6 +51,7 @@ class ModelConfig(Config):
     dropout: float = 0.0
     n_expert: int = 0  # 0: a dense MLP in every block; else a mixture of this many experts
     top_k: int = 2  # experts each token is routed to
+    norm_top_k: bool = True  # gates: the chosen probabilities renormalized (Mixtral) or as they are
     router_aux_loss_coef: float = 0.01  # weight of the load-balancing loss in the total loss
     init_std: float = 0.02
 

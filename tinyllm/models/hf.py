@@ -11,7 +11,7 @@ and nowhere else. Three differences get translated:
 - fusion: GPT-2 keeps query, key and value in one ``c_attn`` matrix; we keep three.
 
 Supported: GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
-Qwen3ForCausalLM and MixtralForCausalLM. Any option tinyllm does not implement is an error that names it,
+Qwen3ForCausalLM, MixtralForCausalLM and Qwen3MoeForCausalLM. Any option tinyllm does not implement is an error that names it,
 never a silently different model.
 """
 
@@ -31,7 +31,11 @@ ARCHITECTURES = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "mixtral": "MixtralForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
 }
+# the MoE families, and the name their config.json files give the expert count (transformers 5
+# calls both "num_local_experts" and takes either spelling)
+_EXPERT_COUNT = {"mixtral": "num_local_experts", "qwen3_moe": "num_experts"}
 
 
 def _unsupported(model_type, option, value, expected):
@@ -74,6 +78,15 @@ def _rope_from_hf(hf, model_type):
     return theta, scaling, context
 
 
+def _expert_count(hf):
+    count = hf.get("num_local_experts") or hf.get("num_experts")
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(
+            f"{hf['model_type']} config: no expert count (num_local_experts={count!r})"
+        )
+    return count
+
+
 def config_from_hf(hf):
     """A :class:`ModelConfig` from a ``config.json`` dict; unsupported options raise."""
     model_type = hf.get("model_type")
@@ -113,6 +126,11 @@ def config_from_hf(hf):
     for option in ("attention_bias", "mlp_bias", "use_sliding_window"):
         if hf.get(option):
             raise _unsupported(model_type, option, hf[option], False)
+    if model_type == "qwen3_moe":  # every layer a mixture: no dense layers in between
+        if hf.get("mlp_only_layers"):
+            raise _unsupported(model_type, "mlp_only_layers", hf["mlp_only_layers"], [])
+        if hf.get("decoder_sparse_step", 1) != 1:
+            raise _unsupported(model_type, "decoder_sparse_step", hf["decoder_sparse_step"], 1)
     theta, scaling, context = _rope_from_hf(hf, model_type)
     window = hf.get("sliding_window") if model_type in ("mistral", "mixtral") else None
     return ModelConfig(
@@ -123,7 +141,7 @@ def config_from_hf(hf):
         n_head=n_head,
         n_kv_head=hf.get("num_key_value_heads") or n_head,
         d_head=head_dim,
-        d_ff=hf["intermediate_size"],
+        d_ff=hf["moe_intermediate_size" if model_type == "qwen3_moe" else "intermediate_size"],
         mlp="swiglu",
         norm="rmsnorm",
         norm_eps=hf.get("rms_norm_eps", 1e-6),
@@ -133,11 +151,12 @@ def config_from_hf(hf):
         sliding_window=window,
         bias=False,
         qkv_bias=model_type == "qwen2",
-        qk_norm=model_type == "qwen3",
+        qk_norm=model_type in ("qwen3", "qwen3_moe"),
         tie_embeddings=hf.get("tie_word_embeddings", False),
         dropout=hf.get("attention_dropout", 0.0),
-        n_expert=hf.get("num_local_experts", 0) if model_type == "mixtral" else 0,
+        n_expert=_expert_count(hf) if model_type in _EXPERT_COUNT else 0,
         top_k=hf.get("num_experts_per_tok", 2),
+        norm_top_k=model_type != "qwen3_moe" or hf.get("norm_topk_prob", False),
         router_aux_loss_coef=hf.get("router_aux_loss_coef", 0.01),
         init_std=hf.get("initializer_range", 0.02),
     )
@@ -169,11 +188,11 @@ def model_type_of(config):
     need(not config.bias, "bias", "False: Llama-family output and MLP layers have no bias")
     if config.qk_norm:
         need(not config.qkv_bias, "qkv_bias", "False for Qwen3")
-        need(not config.n_expert, "n_expert", "0 for Qwen3")
         need(config.sliding_window is None, "sliding_window", "None for Qwen3")
-        return "qwen3"
+        return "qwen3_moe" if config.n_expert else "qwen3"
     if config.n_expert:
         need(not config.qkv_bias, "qkv_bias", "False for Mixtral")
+        need(config.norm_top_k, "norm_top_k", "True for Mixtral")
         return "mixtral"
     if config.qkv_bias:
         need(config.sliding_window is None, "sliding_window", "None for Qwen2")
@@ -232,8 +251,11 @@ def config_to_hf(config):
     }
     if model_type in ("mistral", "mixtral"):
         hf["sliding_window"] = config.sliding_window
-    if model_type == "mixtral":
-        hf["num_local_experts"] = config.n_expert
+    if model_type == "qwen3_moe":
+        hf.update(moe_intermediate_size=config.ff_dim, norm_topk_prob=config.norm_top_k,
+                  decoder_sparse_step=1, mlp_only_layers=[])  # fmt: skip
+    if model_type in _EXPERT_COUNT:
+        hf[_EXPERT_COUNT[model_type]] = config.n_expert
         hf["num_experts_per_tok"] = config.top_k
         hf["router_aux_loss_coef"] = config.router_aux_loss_coef
     return hf
@@ -281,10 +303,19 @@ def weight_map(config, model_type):
                     add(hf + f"self_attn.{p}_norm.weight", ours + f"attention.{p}_norm.weight")
             add(hf + "post_attention_layernorm.weight", ours + "mlp_norm.weight")
             if config.n_expert:
-                moe = hf + "block_sparse_moe."
+                if model_type == "mixtral":
+                    moe, names = (
+                        hf + "block_sparse_moe.",
+                        (("w1", "gate"), ("w2", "down"), ("w3", "up")),
+                    )
+                else:  # qwen3_moe
+                    moe, names = (
+                        hf + "mlp.",
+                        tuple((f"{p}_proj", p) for p in ("gate", "up", "down")),
+                    )
                 add(moe + "gate.weight", ours + "mlp.router.weight", True)
                 for e in range(config.n_expert):
-                    for hf_w, our_w in (("w1", "gate"), ("w2", "down"), ("w3", "up")):
+                    for hf_w, our_w in names:
                         add(
                             f"{moe}experts.{e}.{hf_w}.weight",
                             f"{ours}mlp.experts.{e}.{our_w}.weight",

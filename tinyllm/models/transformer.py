@@ -65,7 +65,10 @@ class Block(Module):
         sizes = (config.d_model, config.ff_dim)
         kwargs = dict(bias=config.bias, std=std, out_std=out_std, seed=rng)
         if config.n_expert:
-            self.mlp = MoE(*sizes, config.n_expert, config.top_k, mlp=config.mlp, **kwargs)
+            self.mlp = MoE(
+                *sizes, config.n_expert, config.top_k, mlp=config.mlp,
+                normalize=config.norm_top_k, **kwargs,
+            )  # fmt: skip
         else:
             self.mlp = (SwiGLU if config.mlp == "swiglu" else MLP)(*sizes, **kwargs)
         self.dropout = Dropout(config.dropout, seed=rng.integers(2**31))

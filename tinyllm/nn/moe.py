@@ -10,6 +10,9 @@ softmax probabilities renormalized over the chosen few (Mixtral):
     gates  = probs[chosen] / sum(probs[chosen])    (N, top_k)
     y      = sum_j gates[:, j] * expert_{chosen[:, j]}(x)
 
+(``normalize=False`` keeps ``gates = probs[chosen]``, which sum to less than 1: Qwen3-MoE's
+``norm_topk_prob=False``.)
+
 Parameters grow with ``n_expert``, but each token pays for only ``top_k`` experts: that is
 the difference between *total* and *active* parameters.
 
@@ -73,6 +76,7 @@ class MoE(Module):
         top_k=2,
         *,
         mlp="swiglu",
+        normalize=True,
         bias=False,
         std=0.02,
         out_std=None,
@@ -82,7 +86,7 @@ class MoE(Module):
             raise ValueError(f"MoE: top_k={top_k} must be between 1 and n_expert={n_expert}")
         rng = np.random.default_rng(seed)
         expert = {"swiglu": SwiGLU, "gelu": MLP}[mlp]
-        self.top_k = top_k
+        self.top_k, self.normalize = top_k, normalize
         self.router = Linear(d_model, n_expert, bias=False, std=std, seed=rng)
         self.experts = [
             expert(d_model, d_ff, bias, std=std, out_std=out_std, seed=rng) for _ in range(n_expert)
@@ -99,7 +103,8 @@ class MoE(Module):
         n_expert = probs.shape[-1]
         chosen = top_k_experts(xp, probs.data, self.top_k)  # (N, k), no gradient
         gates = probs[xp.arange(B * T)[:, None], chosen]  # (N, k)
-        gates = gates / gates.sum(axis=-1, keepdims=True)  # renormalized over the chosen
+        if self.normalize:
+            gates = gates / gates.sum(axis=-1, keepdims=True)  # renormalized over the chosen
         one_hot = chosen[..., None] == xp.arange(n_expert)  # (N, k, E)
         counts = one_hot.sum(axis=(0, 1))  # (E,) slots routed to each expert
         aux_loss = load_balancing_loss(probs, counts)
