@@ -42,6 +42,12 @@ def test_published_parameter_counts(name, total):
     assert sum(counts.parts.values()) == total
 
 
+def test_qwen3_06b_has_its_published_size():
+    counts = parameter_count(KNOWN_MODELS["qwen3-0.6b"])  # model card: 0.6B, 0.44B non-embedding
+    assert round(counts.total / 1e9, 1) == 0.6
+    assert round((counts.total - counts.embedding) / 1e9, 2) == 0.44
+
+
 def test_dense_models_use_every_parameter_for_every_token():
     for name in ("gpt2", "llama-2-7b", "llama-3-8b", "mistral-7b", "qwen2.5-32b"):
         counts = parameter_count(KNOWN_MODELS[name])

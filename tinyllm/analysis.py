@@ -60,6 +60,12 @@ KNOWN_MODELS = {
         vocab_size=152064, context_length=131072, d_model=5120, n_layer=64, n_head=40,
         n_kv_head=8, d_ff=27648, rope_theta=1e6, **{**_LLAMA, "qkv_bias": True},
     ),
+    # Qwen/Qwen3-0.6B: heads of 128 (wider than 1024 / 16), query/key norms, tied embeddings
+    "qwen3-0.6b": ModelConfig(
+        vocab_size=151936, context_length=40960, d_model=1024, n_layer=28, n_head=16,
+        n_kv_head=8, d_head=128, d_ff=3072, rope_theta=1e6, norm_eps=1e-6,
+        **{**_LLAMA, "qk_norm": True, "tie_embeddings": True},
+    ),
 }
 # fmt: on
 
