@@ -155,6 +155,27 @@ def test_a_kill_while_old_checkpoints_are_deleted_leaves_only_whole_ones(tmp_pat
     assert not list((tmp_path / "checkpoints").glob(".*"))
 
 
+def test_a_failed_resave_of_a_step_keeps_the_earlier_save(tmp_path, monkeypatch):
+    from tinyllm.optim import AdamW
+    from tinyllm.train import checkpoint
+
+    model = small_model()
+    checkpoint.save_checkpoint(tmp_path, model=model, optimizer=AdamW(model), state={"step": 3})
+    real_replace = checkpoint.os.replace
+
+    def fail_into_place(src, dst):  # the new folder's final rename fails (a full disk, say)
+        if Path(dst).name == "step-000003" and ".tmp" in Path(src).name:
+            raise OSError("no space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", fail_into_place)
+    with pytest.raises(OSError, match="no space left"):
+        checkpoint.save_checkpoint(tmp_path, model=model, optimizer=AdamW(model), state={"step": 3})
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000003"]
+    Transformer.from_pretrained(latest_checkpoint(tmp_path))
+    assert not list((tmp_path / "checkpoints").glob(".*"))
+
+
 def test_an_existing_run_is_not_overwritten(tmp_path):
     make_trainer(tmp_path, config(steps=2, warmup_steps=0)).fit()
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}

@@ -58,6 +58,7 @@ def save_checkpoint(run_dir, *, model, optimizer, state, opt_state=None, tokeniz
     final = checkpoint_dir(run_dir, state["step"])
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    old = None
     try:
         model.save_pretrained(partial)
         optimizer_state = optimizer.state_dict(opt_state)
@@ -77,11 +78,14 @@ def save_checkpoint(run_dir, *, model, optimizer, state, opt_state=None, tokeniz
         old = _set_aside(final) if final.exists() else None  # the same step saved again
         os.replace(partial, final)
         _fsync_dir(final.parent)
-        if old is not None:
-            shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
+        if old is not None and not final.exists():  # put the earlier save of this step back
+            os.replace(old / final.name, final)
+            old.rmdir()
         raise
+    if old is not None:
+        shutil.rmtree(old)
     return final
 
 
