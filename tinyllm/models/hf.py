@@ -11,8 +11,8 @@ and nowhere else. Three differences get translated:
 - fusion: GPT-2 keeps query, key and value in one ``c_attn`` matrix; we keep three.
 
 Supported: GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
-Qwen3ForCausalLM, MixtralForCausalLM and Qwen3MoeForCausalLM. Any option tinyllm does not implement is an error that names it,
-never a silently different model.
+Qwen3ForCausalLM, MixtralForCausalLM and Qwen3MoeForCausalLM. Any option tinyllm does not
+implement is an error that names it, never a silently different model.
 """
 
 import json

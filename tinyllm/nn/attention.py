@@ -2,10 +2,10 @@
 
 Each of ``n_head`` heads projects the input to queries, keys and values of ``head_dim``
 features (``d_model / n_head`` unless given; the output projection maps ``n_head *
-head_dim`` back to ``d_model`` either way). With grouped-query attention only ``n_kv_head`` heads of keys and values are
-made, each shared by ``n_head / n_kv_head`` query heads - the KV cache shrinks by that
-factor. ``n_kv_head == n_head`` is classic multi-head attention; ``n_kv_head == 1`` is
-multi-query attention.
+head_dim`` back to ``d_model`` either way). With grouped-query attention only
+``n_kv_head`` heads of keys and values are made, each shared by ``n_head / n_kv_head``
+query heads - the KV cache shrinks by that factor. ``n_kv_head == n_head`` is classic
+multi-head attention; ``n_kv_head == 1`` is multi-query attention.
 
     x (B, T, d_model) -> q (B, n_head, T, head_dim), k, v (B, n_kv_head, T, head_dim)
     [Qwen3: RMSNorm each query and key head]
