@@ -15,10 +15,12 @@ import pytest
 import tinyllm
 from tinyllm.data import RandomBatches
 from tinyllm.models import Transformer, get_preset
+from tinyllm.optim import AdamW
 from tinyllm.train import (
     TrainConfig,
     Trainer,
     TrainingDiverged,
+    checkpoint,
     language_model_loss,
     latest_checkpoint,
     list_checkpoints,
@@ -132,8 +134,6 @@ def test_checkpoints_are_kept_as_asked_and_the_run_folder_is_a_model(tmp_path):
 
 
 def test_a_kill_while_old_checkpoints_are_deleted_leaves_only_whole_ones(tmp_path, monkeypatch):
-    from tinyllm.train import checkpoint
-
     make_trainer(
         tmp_path, config(steps=3, warmup_steps=0, checkpoint_interval=1, keep_checkpoints=3)
     ).fit()
@@ -156,9 +156,6 @@ def test_a_kill_while_old_checkpoints_are_deleted_leaves_only_whole_ones(tmp_pat
 
 
 def test_a_failed_resave_of_a_step_keeps_the_earlier_save(tmp_path, monkeypatch):
-    from tinyllm.optim import AdamW
-    from tinyllm.train import checkpoint
-
     model = small_model()
     checkpoint.save_checkpoint(tmp_path, model=model, optimizer=AdamW(model), state={"step": 3})
     real_replace = checkpoint.os.replace

@@ -33,9 +33,13 @@ ARCHITECTURES = {
     "mixtral": "MixtralForCausalLM",
     "qwen3_moe": "Qwen3MoeForCausalLM",
 }
-# the MoE families, and the name their config.json files give the expert count (transformers 5
-# calls both "num_local_experts" and takes either spelling)
-_EXPERT_COUNT = {"mixtral": "num_local_experts", "qwen3_moe": "num_experts"}
+# The MoE families: the name their config.json gives the expert count (transformers 5 calls
+# both "num_local_experts" and takes either spelling), where the experts sit in a block,
+# and their weights' names -> ours.
+_MOE = {
+    "mixtral": ("num_local_experts", "block_sparse_moe.", {"w1": "gate", "w2": "down", "w3": "up"}),
+    "qwen3_moe": ("num_experts", "mlp.", {f"{p}_proj": p for p in ("gate", "up", "down")}),
+}
 
 
 def _unsupported(model_type, option, value, expected):
@@ -154,7 +158,7 @@ def config_from_hf(hf):
         qk_norm=model_type in ("qwen3", "qwen3_moe"),
         tie_embeddings=hf.get("tie_word_embeddings", False),
         dropout=hf.get("attention_dropout", 0.0),
-        n_expert=_expert_count(hf) if model_type in _EXPERT_COUNT else 0,
+        n_expert=_expert_count(hf) if model_type in _MOE else 0,
         top_k=hf.get("num_experts_per_tok", 2),
         norm_top_k=model_type != "qwen3_moe" or hf.get("norm_topk_prob", False),
         router_aux_loss_coef=hf.get("router_aux_loss_coef", 0.01),
@@ -254,8 +258,8 @@ def config_to_hf(config):
     if model_type == "qwen3_moe":
         hf.update(moe_intermediate_size=config.ff_dim, norm_topk_prob=config.norm_top_k,
                   decoder_sparse_step=1, mlp_only_layers=[])  # fmt: skip
-    if model_type in _EXPERT_COUNT:
-        hf[_EXPERT_COUNT[model_type]] = config.n_expert
+    if model_type in _MOE:
+        hf[_MOE[model_type][0]] = config.n_expert
         hf["num_experts_per_tok"] = config.top_k
         hf["router_aux_loss_coef"] = config.router_aux_loss_coef
     return hf
@@ -303,19 +307,11 @@ def weight_map(config, model_type):
                     add(hf + f"self_attn.{p}_norm.weight", ours + f"attention.{p}_norm.weight")
             add(hf + "post_attention_layernorm.weight", ours + "mlp_norm.weight")
             if config.n_expert:
-                if model_type == "mixtral":
-                    moe, names = (
-                        hf + "block_sparse_moe.",
-                        (("w1", "gate"), ("w2", "down"), ("w3", "up")),
-                    )
-                else:  # qwen3_moe
-                    moe, names = (
-                        hf + "mlp.",
-                        tuple((f"{p}_proj", p) for p in ("gate", "up", "down")),
-                    )
+                _, where, names = _MOE[model_type]
+                moe = hf + where
                 add(moe + "gate.weight", ours + "mlp.router.weight", True)
                 for e in range(config.n_expert):
-                    for hf_w, our_w in names:
+                    for hf_w, our_w in names.items():
                         add(
                             f"{moe}experts.{e}.{hf_w}.weight",
                             f"{ours}mlp.experts.{e}.{our_w}.weight",

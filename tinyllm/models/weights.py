@@ -97,31 +97,29 @@ def write_safetensors(path, tensors, metadata=None, floats=None):
     """
     if floats not in (None, "F32", "F16", "BF16"):
         raise ValueError(f"write_safetensors: floats={floats!r}; expected 'F32', 'F16' or 'BF16'")
-    header, offset = {}, 0
-    arrays, dtypes = {}, {}
+    header, arrays, offset = {}, [], 0
     for name, array in sorted(tensors.items()):
         array = np.ascontiguousarray(array)
         if array.dtype not in _NAMES:
             raise TypeError(f"write_safetensors: {name} has unsupported dtype {array.dtype}")
-        dtypes[name] = _NAMES[array.dtype]
+        dtype = _NAMES[array.dtype]
         if floats and np.issubdtype(array.dtype, np.floating):
-            dtypes[name] = floats
+            dtype = floats
             array = _f32_to_bf16(array) if floats == "BF16" else array.astype(_DTYPES[floats])
-        arrays[name] = array
-    for name, array in arrays.items():
         header[name] = {
-            "dtype": dtypes[name],
+            "dtype": dtype,
             "shape": list(array.shape),
             "data_offsets": [offset, offset + array.nbytes],
         }
         offset += array.nbytes
+        arrays.append(array)
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
     with atomic_open(path, "wb") as f:
         f.write(struct.pack("<Q", len(encoded)) + encoded)
-        for array in arrays.values():
+        for array in arrays:
             f.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
 
 
