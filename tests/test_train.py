@@ -95,8 +95,8 @@ def test_sigterm_saves_a_checkpoint_before_stopping(tmp_path):
 
 def test_a_nan_loss_stops_and_leaves_the_last_checkpoint_intact(tmp_path):
     def poisoned(model, batch):
-        loss = language_model_loss(model, batch)
-        return loss * float("nan") if trainer.step == 3 else loss
+        loss, metrics = language_model_loss(model, batch)
+        return (loss * float("nan") if trainer.step == 3 else loss), metrics
 
     trainer = make_trainer(tmp_path, config(checkpoint_interval=1, keep_checkpoints=5))
     trainer.loss_fn = poisoned
@@ -106,7 +106,7 @@ def test_a_nan_loss_stops_and_leaves_the_last_checkpoint_intact(tmp_path):
         trainer.fit()
     good = tmp_path / "checkpoints" / "step-000003"
     assert [p.name for p in list_checkpoints(tmp_path)][-1] == "step-000003"
-    weights = Transformer.from_pretrained(good).state_dict()
+    weights = checkpoint.load_model(good).state_dict()
     now = trainer.model.state_dict()
     assert all(np.array_equal(weights[k], now[k]) for k in now)  # the bad step changed nothing
     assert all(np.isfinite(v).all() for v in now.values())
@@ -117,7 +117,7 @@ def test_checkpoints_are_kept_as_asked_and_the_run_folder_is_a_model(tmp_path):
     result = trainer.fit()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000004", "step-000006"]
     files = {p.name for p in (tmp_path / "checkpoints" / "step-000006").iterdir()}
-    assert files == {"config.json", "model.safetensors", "optimizer.safetensors",
+    assert files == {"model.json", "model.safetensors", "optimizer.safetensors",
                      "trainer_state.json"}  # fmt: skip
     state = json.loads((tmp_path / "checkpoints/step-000006/trainer_state.json").read_text())
     assert state["step"] == 6 and state["data"]["batches_drawn"] == 12  # 2 micro-batches a step
@@ -150,7 +150,7 @@ def test_a_kill_while_old_checkpoints_are_deleted_leaves_only_whole_ones(tmp_pat
     survivors = list_checkpoints(tmp_path)
     assert [p.name for p in survivors] == ["step-000002", "step-000003"]
     for path in survivors:
-        Transformer.from_pretrained(path)
+        checkpoint.load_model(path)
     assert checkpoint.clean_partial(tmp_path)[0].startswith(".step-000001.")
     assert not list((tmp_path / "checkpoints").glob(".*"))
 
@@ -169,7 +169,7 @@ def test_a_failed_resave_of_a_step_keeps_the_earlier_save(tmp_path, monkeypatch)
     with pytest.raises(OSError, match="no space left"):
         checkpoint.save_checkpoint(tmp_path, model=model, optimizer=AdamW(model), state={"step": 3})
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000003"]
-    Transformer.from_pretrained(latest_checkpoint(tmp_path))
+    checkpoint.load_model(latest_checkpoint(tmp_path))
     assert not list((tmp_path / "checkpoints").glob(".*"))
 
 
@@ -262,7 +262,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, child_env):
     child.wait()
     survivors = list_checkpoints(out)
     for path in survivors:  # whatever was written completely loads
-        Transformer.from_pretrained(path)
+        checkpoint.load_model(path)
     finished = subprocess.run(pretrain_command(out, "--resume"), env=child_env,
                               capture_output=True, text=True, timeout=300)  # fmt: skip
     assert finished.returncode == 0, finished.stdout + finished.stderr

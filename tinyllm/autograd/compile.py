@@ -21,13 +21,25 @@ them: no array is mutated in place, and no Python ``if`` looks at array values.
 from .tensor import Tensor
 
 
-def value_and_grad(loss_fn):
+def value_and_grad(loss_fn, has_aux=False):
     """``pure(params, *args) -> (loss, grads)`` from ``loss_fn(params, *args) -> Tensor``.
 
     ``params`` is a dict (or list) of arrays; inside, each becomes a Tensor that requires
     gradients, so ``loss_fn`` sees Tensors. ``grads`` has the same structure as ``params``;
     a parameter the loss does not depend on gets zeros. ``args`` are passed through as
     they are (arrays, not differentiated).
+
+    With ``has_aux`` (as in ``jax.value_and_grad``), ``loss_fn`` returns ``(loss, aux)``
+    and ``pure`` returns ``((loss, aux), grads)``: aux is a dict of numbers it reports
+    along the way (an accuracy, a margin), Tensors among them given as their arrays.
+
+    >>> import numpy as np
+    >>> def with_size(params, x):
+    ...     return ((x @ params["w"]) ** 2).mean(), {"rows": x.shape[0]}
+    >>> (loss, aux), grads = value_and_grad(with_size, has_aux=True)(
+    ...     {"w": np.ones((2, 1), np.float32)}, np.ones((3, 2), np.float32))
+    >>> float(loss), aux
+    (4.0, {'rows': 3})
     """
 
     def pure(params, *args):
@@ -35,6 +47,10 @@ def value_and_grad(loss_fn):
         tensors = {name: Tensor(params[name], requires_grad=True) for name in names}
         inputs = tensors if isinstance(params, dict) else [tensors[i] for i in names]
         loss = loss_fn(inputs, *args)
+        aux = None
+        if has_aux:
+            loss, aux = loss
+            aux = {k: v.data if isinstance(v, Tensor) else v for k, v in aux.items()}
         loss.backward()
         grads = {}
         for name, t in tensors.items():
@@ -42,6 +58,6 @@ def value_and_grad(loss_fn):
             grads[name] = xp.zeros_like(t.data) if t.grad is None else t.grad
         if not isinstance(params, dict):
             grads = [grads[i] for i in names]
-        return loss.data, grads
+        return ((loss.data, aux) if has_aux else loss.data), grads
 
     return pure

@@ -29,7 +29,7 @@ from ..nn.mlp import MLP, SwiGLU
 from ..nn.moe import MoE
 from ..nn.rope import RotaryEmbedding
 from .config import ModelConfig
-from .hf import load_pretrained, save_pretrained
+from .hf import load_pretrained, model_type_of, save_pretrained, weight_map
 
 
 def _norm(config):
@@ -166,7 +166,28 @@ class Transformer(Module):
         """(n_layer, n_expert) tokens routed to each expert in the last forward, for plots."""
         return np.stack([block.mlp.expert_counts for block in self.blocks])
 
-    # --- Hugging Face format ----------------------------------------------------------------
+    # --- describing, and the Hugging Face format ----------------------------------------------
+    def describe(self):
+        """The config, which with the class rebuilds this model (checkpoints save it)."""
+        return {"config": self.config.to_dict()}
+
+    @classmethod
+    def from_description(cls, description):
+        """A fresh model of a ``describe()`` dict (load weights into it next)."""
+        return cls(ModelConfig.from_dict(description["config"]))
+
+    def has_hf_form(self):
+        """Whether ``save_pretrained`` writes this model as it is: its config has a Hugging
+        Face architecture and it holds exactly a plain Transformer's weights (no adapter,
+        extra head or quantized layer inside)."""
+        try:
+            model_type = model_type_of(self.config)
+        except ValueError:
+            return False
+        expected = {name for _, ours, _ in weight_map(self.config, model_type) for name in ours}
+        ours = {name for name, _ in [*self.named_parameters(), *self.named_buffers()]}
+        return ours == expected
+
     @classmethod
     def from_pretrained(cls, directory):
         """Load a ``transformers`` directory (config.json + model.safetensors) or our own."""

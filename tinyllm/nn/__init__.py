@@ -2,7 +2,7 @@
 
 | file           | what it holds                                              |
 |----------------|------------------------------------------------------------|
-| `module.py`    | Module, Parameter: naming, saving, modes, binding for jit  |
+| `module.py`    | Module, Parameter, Buffer: naming, saving, moving, binding |
 | `layers.py`    | Linear, Embedding, RMSNorm, LayerNorm, Dropout             |
 | `mlp.py`       | MLP (GELU), SwiGLU                                         |
 | `rope.py`      | RotaryEmbedding, with linear / dynamic NTK / YaRN scaling  |
@@ -11,14 +11,15 @@
 """
 
 from .attention import CausalSelfAttention
-from .layers import Dropout, Embedding, LayerNorm, Linear, RMSNorm
+from .layers import Dropout, Embedding, LayerNorm, Linear, RMSNorm, dropout_key
 from .mlp import MLP, SwiGLU
-from .module import Module, Parameter
+from .module import Buffer, Module, Parameter
 from .moe import MoE
 from .rope import RotaryEmbedding
 
 __all__ = [
     "MLP",
+    "Buffer",
     "CausalSelfAttention",
     "Dropout",
     "Embedding",
@@ -30,4 +31,5 @@ __all__ = [
     "RMSNorm",
     "RotaryEmbedding",
     "SwiGLU",
+    "dropout_key",
 ]

@@ -52,7 +52,7 @@ class CausalSelfAttention(Module):
         dropout=0.0,
         std=0.02,
         out_std=None,
-        seed=0,
+        seed=None,
     ):
         n_kv_head = n_kv_head or n_head
         if (head_dim is None and d_model % n_head) or n_head % n_kv_head:

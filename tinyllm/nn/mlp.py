@@ -21,7 +21,7 @@ from .module import Module
 class MLP(Module):
     """``down(gelu(up(x)))``, GPT-2's feed-forward (tanh-approximated GELU)."""
 
-    def __init__(self, d_model, d_ff, bias=True, *, std=0.02, out_std=None, seed=0):
+    def __init__(self, d_model, d_ff, bias=True, *, std=0.02, out_std=None, seed=None):
         rng = np.random.default_rng(seed)
         self.up = Linear(d_model, d_ff, bias, std=std, seed=rng)
         self.down = Linear(d_ff, d_model, bias, std=out_std or std, seed=rng)
@@ -33,7 +33,7 @@ class MLP(Module):
 class SwiGLU(Module):
     """``down(silu(gate(x)) * up(x))``, the gated feed-forward of Llama, Mistral and Qwen."""
 
-    def __init__(self, d_model, d_ff, bias=False, *, std=0.02, out_std=None, seed=0):
+    def __init__(self, d_model, d_ff, bias=False, *, std=0.02, out_std=None, seed=None):
         rng = np.random.default_rng(seed)
         self.gate = Linear(d_model, d_ff, bias, std=std, seed=rng)
         self.up = Linear(d_model, d_ff, bias, std=std, seed=rng)

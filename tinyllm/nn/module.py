@@ -1,8 +1,9 @@
-"""``Module`` and ``Parameter``: the containers a model is built from.
+"""``Module``, ``Parameter`` and ``Buffer``: the containers a model is built from.
 
-A Module is a plain Python object whose attributes may be Parameters, other Modules, or
-lists of Modules. That is all the bookkeeping needs: ``named_parameters()`` walks the
-attributes in the order they were assigned and names each parameter by its path.
+A Module is a plain Python object whose attributes may be Parameters, Buffers, other
+Modules, or lists and dicts of them. That is all the bookkeeping needs:
+``named_parameters()`` walks the attributes in the order they were assigned and names each
+parameter by its path (a list entry by its index, a dict entry by its key).
 
 >>> import numpy as np
 >>> class Affine(Module):
@@ -16,6 +17,21 @@ attributes in the order they were assigned and names each parameter by its path.
 ...         self.layers = [Affine(), Affine()]
 >>> [name for name, _ in Net().named_parameters()]
 ['layers.0.scale', 'layers.0.shift', 'layers.1.scale', 'layers.1.shift']
+
+A ``Buffer`` is state that is saved and moved with the model but never trained: the packed
+weights and scales of a quantized layer, a cache, running statistics. It is in
+``state_dict()`` and ``named_buffers()``, never in ``named_parameters()`` (so no optimizer
+sees it):
+
+>>> class Scaled(Module):
+...     def __init__(self):
+...         self.heads = {"left": Affine(), "right": Affine()}
+...         self.scale = Buffer(np.full(2, 0.5, np.float32))
+>>> model = Scaled()
+>>> [name for name, _ in model.named_parameters()]
+['heads.left.scale', 'heads.left.shift', 'heads.right.scale', 'heads.right.shift']
+>>> sorted(model.state_dict()) == sorted([*dict(model.named_parameters()), "scale"])
+True
 
 Parameters are initialised on the host by a seeded NumPy generator and then placed on the
 active backend, so one seed gives the same model on NumPy, CuPy and JAX.
@@ -41,11 +57,37 @@ class Parameter(Tensor):
         super().__init__(data, requires_grad=requires_grad)
 
 
-def _children(value, name):
-    """(name, item) pairs for a Module's attribute: itself, or each entry of a list."""
+class Buffer(Tensor):
+    """A Tensor owned by a Module that is saved and moved with it but never trained."""
+
+    __slots__ = ()
+
+    def __init__(self, data):
+        super().__init__(data, requires_grad=False)
+
+
+def _slots(value, name):
+    """(container, key, path) for a Module's attribute: the attribute itself, or each entry
+    of a list, tuple or dict held in it (``container[key]`` or ``getattr`` reads it)."""
     if isinstance(value, (list, tuple)):
-        return [(f"{name}.{i}", item) for i, item in enumerate(value)]
-    return [(name, value)]
+        return [(value, i, f"{name}.{i}") for i in range(len(value))]
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str) or not key or "." in key:
+                raise TypeError(
+                    f"{name}: a dict of modules or tensors needs non-empty string keys "
+                    f"without '.', got {key!r}"
+                )
+        return [(value, key, f"{name}.{key}") for key in value]
+    return [(None, name, name)]
+
+
+def _items(module):
+    """(container, key, path, item) for every attribute slot of ``module``."""
+    for attr, value in vars(module).items():
+        for container, key, path in _slots(value, attr):
+            item = value if container is None else container[key]
+            yield (module if container is None else container), key, path, item
 
 
 class Module:
@@ -63,27 +105,32 @@ class Module:
     def named_modules(self, path=""):
         """(path, module) for this module ("" for itself) and every module inside it."""
         yield path, self
-        for attr, value in vars(self).items():
-            for name, item in _children(value, attr):
-                if isinstance(item, Module):
-                    yield from item.named_modules(f"{path}.{name}" if path else name)
+        for _, _, name, item in _items(self):
+            if isinstance(item, Module):
+                yield from item.named_modules(f"{path}.{name}" if path else name)
 
     def named_parameters(self):
         """(path, parameter) in attribute order; a tied weight once, under its first path."""
-        seen = set()
-        for name, p in self._walk_parameters(""):
-            if id(p) not in seen:
-                seen.add(id(p))
-                yield name, p
+        return self._named(Parameter)
 
-    def _walk_parameters(self, path):
-        for attr, value in vars(self).items():
-            for name, item in _children(value, attr):
-                full = f"{path}.{name}" if path else name
-                if isinstance(item, Parameter):
-                    yield full, item
-                elif isinstance(item, Module):
-                    yield from item._walk_parameters(full)
+    def named_buffers(self):
+        """(path, buffer) in attribute order, as ``named_parameters`` for Buffers."""
+        return self._named(Buffer)
+
+    def _named(self, kind):
+        seen = set()
+        for name, t in self._walk(kind, ""):
+            if id(t) not in seen:
+                seen.add(id(t))
+                yield name, t
+
+    def _walk(self, kind, path):
+        for _, _, name, item in _items(self):
+            full = f"{path}.{name}" if path else name
+            if isinstance(item, kind):
+                yield full, item
+            elif isinstance(item, Module):
+                yield from item._walk(kind, full)
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
@@ -112,20 +159,39 @@ class Module:
         for p in self.parameters():
             p.grad = None
 
+    def to(self, backend):
+        """Move every parameter and buffer to ``backend`` (a name or a Backend); returns self.
+
+        Gradients are dropped: they belong to the arrays that were moved away.
+        """
+        from ..backend import get_backend
+
+        target = get_backend(backend) if isinstance(backend, (str, type(None))) else backend
+        for _, t in [*self.named_parameters(), *self.named_buffers()]:
+            t.data = target.asarray(to_numpy(t.data))
+            t.grad = None
+        return self
+
     # --- saving and loading --------------------------------------------------------------------
+    def describe(self):
+        """What, besides its class, rebuilds this module: JSON-ready settings, saved in
+        checkpoints (``Transformer`` gives its config). A plain module says nothing more."""
+        return {}
+
     def state_dict(self):
-        """``{path: NumPy array}`` of every parameter, in float32 as stored.
+        """``{path: NumPy array}`` of every parameter and buffer, in the dtype stored.
 
         The arrays are copies: a snapshot that later training steps do not change.
         """
-        return {name: np.array(to_numpy(p)) for name, p in self.named_parameters()}
+        tensors = [*self.named_parameters(), *self.named_buffers()]
+        return {name: np.array(to_numpy(t)) for name, t in tensors}
 
     def load_state_dict(self, state, strict=True):
-        """Copy arrays into the parameters by path, on each parameter's backend and dtype.
-
-        With ``strict``, a missing or unexpected name is an error; a wrong shape always is.
+        """Copy arrays into the parameters and buffers by path, on each one's backend and
+        dtype. With ``strict``, a missing or unexpected name is an error; a wrong shape
+        always is.
         """
-        params = dict(self.named_parameters())
+        params = dict([*self.named_parameters(), *self.named_buffers()])
         missing = sorted(set(params) - set(state))
         unexpected = sorted(set(state) - set(params))
         if strict and (missing or unexpected):
@@ -157,14 +223,13 @@ class Module:
         if unknown:
             raise KeyError(f"{type(self).__name__}.bind: no parameters named {unknown}")
         replace = {id(params[name]): t for name, t in tensors.items()}
-        undo = []  # (container, key, original): setattr for modules, item assignment for lists
+        undo = []  # (container, key, original): setattr for modules, item assignment else
         for _, module in self.named_modules():
-            for attr, value in vars(module).items():
-                slots = enumerate(value) if isinstance(value, list) else [(attr, value)]
-                container = value if isinstance(value, list) else module
-                for key, item in slots:
-                    if isinstance(item, Parameter) and id(item) in replace:
-                        undo.append((container, key, item))
+            for container, key, _, item in _items(module):
+                if isinstance(item, Parameter) and id(item) in replace:
+                    if isinstance(container, tuple):
+                        raise TypeError(f"{type(self).__name__}.bind: {key} sits in a tuple")
+                    undo.append((container, key, item))
         for container, key, item in undo:
             _assign(container, key, replace[id(item)])
         try:
@@ -180,7 +245,7 @@ class Module:
 
 
 def _assign(container, key, value):
-    if isinstance(container, list):
-        container[key] = value
-    else:
+    if isinstance(container, Module):
         setattr(container, key, value)
+    else:
+        container[key] = value

@@ -80,7 +80,7 @@ class MoE(Module):
         bias=False,
         std=0.02,
         out_std=None,
-        seed=0,
+        seed=None,
     ):
         if not 1 <= top_k <= n_expert:
             raise ValueError(f"MoE: top_k={top_k} must be between 1 and n_expert={n_expert}")

@@ -1,15 +1,19 @@
 """Checkpoints: everything a run needs to continue exactly where it stopped.
 
 Resuming exactly needs more than the weights. AdamW's moments and step counts decide the
-next update; the data stream's random state decides the next batch; dropout's counters
-decide the next masks. A checkpoint folder holds all of it, in open formats:
+next update; the data stream's random state decides the next batch; the step number and
+the dropout layers' seeds decide the next masks. A checkpoint folder holds all of it, in
+open formats, for any ``Module`` (a model with adapters, an extra head or Buffers too):
 
     checkpoints/step-000500/
-        config.json            the model config, in Hugging Face form
-        model.safetensors      the weights (transformers loads this folder as it is)
+        model.json             what the model is: its class, and its config where it has one
+        model.safetensors      the model's own state_dict(): parameters and buffers by path
         optimizer.safetensors  the optimizer's arrays, as "exp_avg/<parameter name>", ...
         trainer_state.json     step, optimizer step counts, data and dropout state, config
         tokenizer.json         (or char_vocab.json) when the run has a tokenizer
+
+The Hugging Face form of a model (``save_pretrained``) is an export, written beside the
+checkpoints by the Trainer where the model has one; a checkpoint is tinyllm's own.
 
 A folder is written under a temporary name and renamed into place when complete, so a
 crash or a kill mid-write leaves the previous checkpoints whole. Old folders are renamed
@@ -27,6 +31,8 @@ leftovers.
 ...     state = load_checkpoint(latest_checkpoint(run), model=model, optimizer=optimizer)
 >>> path.name, state["step"]
 ('step-000007', 7)
+>>> sorted(describe_model(model))
+['class', 'config']
 """
 
 import json
@@ -36,9 +42,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import importlib
+
 import numpy as np
 
 from ..files import atomic_open
+from ..models.config import ModelConfig
 from ..models.weights import read_safetensors, write_safetensors
 
 CHECKPOINTS = "checkpoints"
@@ -60,7 +69,9 @@ def save_checkpoint(run_dir, *, model, optimizer, state, opt_state=None, tokeniz
     partial = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     old = None
     try:
-        model.save_pretrained(partial)
+        write_safetensors(partial / "model.safetensors", model.state_dict())
+        with atomic_open(partial / "model.json", "w") as file:
+            json.dump(describe_model(model), file, indent=1)
         optimizer_state = optimizer.state_dict(opt_state)
         arrays = {
             f"{key}/{name}": array
@@ -129,24 +140,55 @@ def _set_aside(path):
     return trash
 
 
+def describe_model(model):
+    """What a checkpoint says its model is: ``{"class": "module.Class", ...}`` plus what the
+    model's own ``describe()`` adds (a Transformer its config)."""
+    cls = type(model)
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", **model.describe()}
+
+
+def load_model(path):
+    """Rebuild the model of a checkpoint folder from its ``model.json`` and weights.
+
+    Only tinyllm's own classes that know how to rebuild themselves (``from_description``)
+    are rebuilt; for any other model, build it and call ``load_checkpoint``.
+    """
+    path = Path(path)
+    description = _read_description(path)
+    module_name, _, class_name = description["class"].rpartition(".")
+    cls = None
+    if module_name.split(".")[0] == "tinyllm":
+        cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not hasattr(cls, "from_description"):
+        raise ValueError(
+            f"{path}: cannot rebuild a {description['class']} by itself; build the model "
+            "and load the checkpoint into it with load_checkpoint(path, model=...)"
+        )
+    model = cls.from_description(description)
+    return model.load_state_dict(read_safetensors(path / "model.safetensors"))
+
+
 def load_checkpoint(path, *, model, optimizer):
     """Load a checkpoint into ``model`` and ``optimizer``; returns its ``trainer_state``.
 
-    The checkpoint's model config must equal the model's: a checkpoint of another
-    architecture is refused (naming the fields that differ) before anything is loaded.
+    The checkpoint must be of the same model: the same class and architecture (a
+    difference is named, field by field) and the same parameter and buffer names and
+    shapes. Everything is checked before anything is loaded.
     """
-    from ..models import Transformer  # the model classes sit above this module's helpers
-
     path = Path(path)
     state_path = path / "trainer_state.json"
     if not state_path.is_file():
         raise FileNotFoundError(f"{path}: no trainer_state.json; is this a checkpoint folder?")
-    saved = Transformer.from_pretrained(path)
-    ours, theirs = _architecture(model.config), _architecture(saved.config)
-    differ = {k: (theirs[k], ours[k]) for k in ours if ours[k] != theirs[k]}
-    if differ:
-        detail = ", ".join(f"{k}={a!r} (this model: {b!r})" for k, (a, b) in differ.items())
-        raise ValueError(f"{path} holds a checkpoint of another architecture: {detail}")
+    if (path / "model.json").is_file():
+        _check_same_model(path, _read_description(path), model)
+        weights = read_safetensors(path / "model.safetensors")
+    else:  # written by tinyllm 0.4 and before: the checkpoint was a Hugging Face folder
+        from ..models import Transformer  # the model classes sit above this module's helpers
+
+        saved = Transformer.from_pretrained(path)
+        _check_same_model(path, describe_model(saved), model)
+        weights = saved.state_dict()
+    _check_same_tensors(path, weights, model)
     state = json.loads(state_path.read_text())
     arrays = read_safetensors(path / "optimizer.safetensors")
     optimizer_state = {"step": state.pop("optimizer_steps")}
@@ -154,13 +196,55 @@ def load_checkpoint(path, *, model, optimizer):
         key, name = key_name.split("/", 1)
         optimizer_state.setdefault(key, {})[name] = array
     optimizer.load_state_dict(optimizer_state)
-    model.load_state_dict(saved.state_dict())
+    model.load_state_dict(weights)
     return state
+
+
+def _read_description(path):
+    description = json.loads((path / "model.json").read_text())
+    if not isinstance(description, dict) or not isinstance(description.get("class"), str):
+        raise ValueError(f"{path / 'model.json'}: expected {{\"class\": ..., ...}}")
+    return description
+
+
+def _check_same_model(path, saved, model):
+    ours = describe_model(model)
+    if saved["class"] != ours["class"]:
+        raise ValueError(
+            f"{path} holds a checkpoint of a {saved['class']}, not of a {ours['class']}"
+        )
+    if "config" not in ours or "config" not in saved:
+        return
+    theirs = type(model.config).from_dict(saved["config"])
+    mine, theirs = _architecture(model.config), _architecture(theirs)
+    differ = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
+    if differ:
+        detail = ", ".join(f"{k}={a!r} (this model: {b!r})" for k, (a, b) in differ.items())
+        raise ValueError(f"{path} holds a checkpoint of another architecture: {detail}")
+
+
+def _check_same_tensors(path, weights, model):
+    """The saved arrays have the model's names and shapes (a wrapped layer or an extra
+    head changes both), or a ValueError that lists the differences."""
+    ours = {name: tuple(t.shape) for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    theirs = {name: tuple(np.shape(a)) for name, a in weights.items()}
+    problems = [f"missing {sorted(set(ours) - set(theirs))}"] if set(ours) - set(theirs) else []
+    if set(theirs) - set(ours):
+        problems.append(f"unexpected {sorted(set(theirs) - set(ours))}")
+    problems += [
+        f"{name} has shape {theirs[name]}, this model {shape}"
+        for name, shape in ours.items()
+        if name in theirs and theirs[name] != shape
+    ]
+    if problems:
+        raise ValueError(f"{path} does not fit this model: {'; '.join(problems)}")
 
 
 def _architecture(config):
     """The config fields that decide the function a model computes, numbers as float32 (so
     10000 and 10000.0 match); training-only settings (dropout, init, aux-loss weight) left out."""
+    if not isinstance(config, ModelConfig):
+        return config.to_dict()
     fields = config.replace(d_ff=config.ff_dim, d_head=config.head_dim).to_dict()
     for name in ("dropout", "init_std", "router_aux_loss_coef"):
         del fields[name]

@@ -9,17 +9,24 @@ step. Around the steps the loop
   batches, sample generations (``sample_fn``), and the loss-curve PNG;
 - writes a metrics line to ``metrics.jsonl`` every ``log_interval`` steps and shows loss,
   tokens/s and the time left on a tqdm bar;
-- saves a checkpoint every ``checkpoint_interval`` steps, at the end, and on Ctrl-C or
-  SIGTERM, and refreshes the exported model in ``out_dir`` (config.json,
-  model.safetensors, the tokenizer: a folder ``Transformer.from_pretrained`` and
-  ``transformers`` both read);
+- saves a checkpoint of any model every ``checkpoint_interval`` steps, at the end, and on
+  Ctrl-C or SIGTERM, and, where the model has a Hugging Face form, refreshes the exported
+  model in ``out_dir`` (config.json, model.safetensors, the tokenizer: a folder
+  ``Transformer.from_pretrained`` and ``transformers`` both read);
 - stops at a NaN or infinite loss before it reaches the weights, with a clear message;
   the last good checkpoint is left as it was.
 
-On NumPy and CuPy the step runs eagerly: ``backward`` fills ``.grad`` and the optimizer
-updates the parameters in place. Under JAX it is one pure function
-``(params, opt_state, micro_batches, lr, step) -> (params, opt_state, loss, grad_norm)``
-compiled with ``jax.jit``: tinyllm's autograd is traced into the compiled program.
+``loss_fn(model, batch)`` returns the loss, or ``(loss, metrics)`` with a dict of numbers
+the trainer averages over micro-batches and logs (a DPO margin, a reward accuracy). A
+metric named ``tokens`` is summed instead, and gives the tokens/s figure.
+
+One function, ``_gradients``, makes a step's loss, metrics, clipped gradients and their
+norm: micro-batch by micro-batch through ``value_and_grad``, each with its own dropout key
+``(seed, step, micro-batch)``. Both executions run it. On NumPy and CuPy it runs eagerly
+and the optimizer then updates the parameters in place (a few passes over flat buffers).
+Under JAX the whole step, ``_gradients`` and the optimizer's pure ``update``, is one
+function ``(params, opt_state, micro_batches, lr, step) -> (params, opt_state, loss,
+grad_norm, metrics)`` compiled with ``jax.jit``: tinyllm's autograd is traced into it.
 
 >>> import numpy as np
 >>> from tinyllm.data import RandomBatches
@@ -46,8 +53,8 @@ import numpy as np
 from tqdm import tqdm  # the text bar: no widget dependency in notebooks
 
 from ..autograd import Tensor, no_grad, value_and_grad
-from ..nn import Dropout
-from ..optim import AdamW, clip_grad_norm, clip_grads, get_schedule, global_norm
+from ..nn import Dropout, dropout_key
+from ..optim import AdamW, clip_grads, get_schedule, global_norm
 from . import checkpoint as ckpt
 from .metrics import MetricsLog, plot_losses, read_metrics
 
@@ -59,20 +66,23 @@ class TrainingDiverged(FloatingPointError):
 @dataclasses.dataclass
 class TrainResult:
     step: int  # optimizer steps completed
-    train_loss: float  # the last step's loss
+    train_loss: float | None  # the last step's loss (None: the run has taken no step)
     val_loss: float | None  # the last evaluation's
     best_val_loss: float | None
-    tokens_per_second: float  # over this session's steps
-    seconds: float  # training time, all sessions of the run together
+    tokens_per_second: float | None  # over this session's steps alone (None: none taken)
+    seconds: float  # wall time, all sessions of the run together
     stopped_by: str | None = None  # "SIGINT" / "SIGTERM" when interrupted, else None
     checkpoint: Path | None = None  # the last checkpoint written
     samples: list | None = None  # sample_fn's texts when the last step was evaluated
+    steps_this_session: int = 0  # 0 when a finished run is resumed
+    metrics: dict = dataclasses.field(default_factory=dict)  # the last step's loss_fn metrics
 
 
 def language_model_loss(model, batch):
-    """Next-token cross-entropy of ``batch = (ids, targets)``: pretraining's loss."""
+    """Next-token cross-entropy of ``batch = (ids, targets)``: pretraining's loss, and the
+    number of tokens it scored (the trainer's tokens/s)."""
     ids, targets = batch
-    return model(ids, targets)[1]
+    return model(ids, targets)[1], {"tokens": int(np.size(ids))}
 
 
 class Trainer:
@@ -81,8 +91,8 @@ class Trainer:
     ``train_batches`` yields micro-batches of ``config.micro_batch_size`` sequences; give it
     ``state_dict``/``load_state_dict`` (as ``RandomBatches`` has) for exact resume.
     ``val_batches`` is a list of batches, the same at every evaluation. ``loss_fn(model,
-    batch)`` returns a scalar loss Tensor. ``sample_fn(model)`` returns a list of strings.
-    With no ``out_dir`` nothing is written.
+    batch)`` returns a scalar loss Tensor or ``(loss, metrics)``. ``sample_fn(model)``
+    returns a list of strings. With no ``out_dir`` nothing is written.
     """
 
     def __init__(
@@ -117,19 +127,15 @@ class Trainer:
         self.backend = trainable[0][1].backend
         self.compiled = self.backend.name == "jax"
         self.step = 0
-        self.seconds = 0.0  # training time before this session (from a checkpoint)
+        self.seconds = 0.0  # wall time before this session (from a checkpoint)
         self.tokens_seen = 0
-        self.best_val_loss = None
+        self.last_loss = self.val_loss = self.best_val_loss = None
         self._dropouts = [m for _, m in model.named_modules() if isinstance(m, Dropout)]
         self._stop = None
         self._eval_loss = self.backend.jit(self._pure_eval_loss)
+        self.opt_state = None
         if self.compiled:
             self._compiled_step = self.backend.jit(self._pure_step)
-            self.opt_state = None
-        if self.out_dir is not None:
-            from ..models.hf import model_type_of
-
-            model_type_of(model.config)  # checkpoints are HF folders: fail now, not at step 500
 
     # --- the public entry points ----------------------------------------------------------
     def learning_rate(self, step):
@@ -143,32 +149,35 @@ class Trainer:
             self._prepare_out_dir(resume)
             log = MetricsLog(self.out_dir / "metrics.jsonl")
             log.resume_at(self.step)
-        params = self._params()
         if self.compiled and self.opt_state is None:
-            self.opt_state = self.optimizer.init_state(params)
-        last_loss, val_loss, saved, samples = math.nan, None, None, None
-        session_start, session_tokens = time.perf_counter(), 0
+            self.opt_state = self.optimizer.init_state(self._params())
+        saved, samples, metrics = None, None, {}
+        session_start, step_seconds, session_tokens, first_step = time.perf_counter(), 0.0, 0, self.step
         bar = tqdm(total=c.steps, initial=self.step, disable=not c.progress, desc=self.title)
         self._stop = None
         with _StopOnSignals(self):
             while self.step < c.steps and self._stop is None:
                 lr = self.learning_rate(self.step)
+                step_start = time.perf_counter()
                 micro_batches = [next(self.train_batches) for _ in range(c.grad_accum)]
-                last_loss, grad_norm = self._train_step(micro_batches, lr)
+                self.last_loss, grad_norm, metrics = self._train_step(micro_batches, lr)
+                step_seconds += time.perf_counter() - step_start  # training alone: no eval, no saving
                 self.step += 1
-                n_tokens = sum(int(np.size(batch[0])) for batch in micro_batches)
+                n_tokens = int(metrics.pop("tokens", 0))
                 self.tokens_seen += n_tokens
                 session_tokens += n_tokens
                 elapsed = time.perf_counter() - session_start
-                rate = session_tokens / max(elapsed, 1e-9)
+                rate = session_tokens / max(step_seconds, 1e-9)
                 bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{rate:,.0f}")
-                row = {"step": self.step, "loss": last_loss, "lr": lr, "grad_norm": grad_norm}
-                row |= {"tokens": self.tokens_seen, "tokens_per_s": rate}
+                bar.set_postfix(loss=f"{self.last_loss:.4f}", tok_s=f"{rate:,.0f}")
+                row = {"step": self.step, "loss": self.last_loss, "lr": lr, "grad_norm": grad_norm}
+                row |= metrics
+                if n_tokens:
+                    row |= {"tokens": self.tokens_seen, "tokens_per_s": rate}
                 row["seconds"] = self.seconds + elapsed
                 eval_due = c.eval_interval and self.step % c.eval_interval == 0
-                if eval_due or self.step == c.steps:
-                    val_loss = self._evaluate(row, bar)
+                if (eval_due or self.step == c.steps) and self._stop is None:
+                    self._evaluate(row, bar)
                 samples = row.get("samples")  # None unless this step was evaluated
                 if log is not None and (self.step % c.log_interval == 0 or "val_loss" in row):
                     log.write(row)
@@ -178,29 +187,40 @@ class Trainer:
                         saved = self.save(elapsed=self.seconds + elapsed)
                         plot_losses(read_metrics(log.path), self.out_dir / "loss.png", self.title)
         bar.close()
-        elapsed = time.perf_counter() - session_start
+        steps = self.step - first_step
         return TrainResult(
             step=self.step,
-            train_loss=last_loss,
-            val_loss=val_loss,
+            train_loss=self.last_loss,
+            val_loss=self.val_loss,
             best_val_loss=self.best_val_loss,
-            tokens_per_second=session_tokens / max(elapsed, 1e-9),
-            seconds=self.seconds + elapsed,
+            tokens_per_second=session_tokens / step_seconds if steps and session_tokens else None,
+            seconds=self.seconds + time.perf_counter() - session_start,
             stopped_by=self._stop,
             checkpoint=saved,
             samples=samples,
+            steps_this_session=steps,
+            metrics=metrics,
         )
 
     def evaluate(self):
         """Mean loss over ``val_batches`` (no dropout, no gradients)."""
+        return self._validation()["val_loss"]
+
+    def _validation(self):
+        """``{"val_loss": mean loss, "val_<metric>": mean metric}`` over ``val_batches``."""
         params = self._params()
         was_training = self.model.training
         self.model.eval()
         try:
-            losses = [float(self._eval_loss(params, batch)) for batch in self.val_batches]
+            results = [self._eval_loss(params, batch) for batch in self.val_batches]
         finally:
             self.model.train(was_training)
-        return sum(losses) / len(losses)
+        n = len(results)
+        out = {"val_loss": sum(float(loss) for loss, _ in results) / n}
+        for name in results[0][1]:
+            if name != "tokens":
+                out[f"val_{name}"] = sum(float(m[name]) for _, m in results) / n
+        return out
 
     def save(self, elapsed=None):
         """Write a checkpoint of the current step and refresh the exported model."""
@@ -208,8 +228,10 @@ class Trainer:
             "step": self.step,
             "seconds": self.seconds if elapsed is None else elapsed,
             "tokens_seen": self.tokens_seen,
+            "train_loss": self.last_loss,
+            "val_loss": self.val_loss,
             "best_val_loss": self.best_val_loss,
-            "dropout": [[int(m.seed), int(m.calls)] for m in self._dropouts],  # mask seeds
+            "dropout_seeds": [m.seed for m in self._dropouts],  # with the step: the masks
             "train_config": self.config.to_dict(),
         }
         if hasattr(self.train_batches, "state_dict"):
@@ -223,9 +245,10 @@ class Trainer:
             tokenizer=self.tokenizer,
         )
         ckpt.prune_checkpoints(self.out_dir, self.config.keep_checkpoints)
-        self.model.save_pretrained(self.out_dir)  # the exported model: always the newest
-        if self.tokenizer is not None:
-            self.tokenizer.save(self.out_dir)
+        if getattr(self.model, "has_hf_form", lambda: False)():
+            self.model.save_pretrained(self.out_dir)  # the exported model: always the newest
+            if self.tokenizer is not None:
+                self.tokenizer.save(self.out_dir)
         return path
 
     def load(self, path):
@@ -233,8 +256,10 @@ class Trainer:
         state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer)
         self.step, self.seconds = state["step"], state["seconds"]
         self.tokens_seen, self.best_val_loss = state["tokens_seen"], state["best_val_loss"]
-        for module, (seed, calls) in zip(self._dropouts, state["dropout"]):
-            module.seed, module.calls = seed, calls
+        self.last_loss, self.val_loss = state.get("train_loss"), state.get("val_loss")
+        seeds = state.get("dropout_seeds") or [s for s, _ in state.get("dropout", [])]
+        for module, seed in zip(self._dropouts, seeds):
+            module.seed = seed
         if "data" in state and hasattr(self.train_batches, "load_state_dict"):
             self.train_batches.load_state_dict(state["data"])
         if self.compiled:
@@ -242,66 +267,75 @@ class Trainer:
         return state
 
     # --- one step ---------------------------------------------------------------------------
-    def _train_step(self, micro_batches, lr):
-        """One optimizer step; returns (loss, gradient norm) as floats."""
-        if self.compiled:
-            params, opt_state, loss, norm = self._compiled_step(
-                self._params(), self.opt_state, micro_batches, lr, self.step
-            )
-            loss, norm = float(loss), float(norm)
-            self._check_finite(loss, norm, lr)  # before the new arrays replace the old
-            self.opt_state = opt_state
-            for name, p in self.optimizer.named_parameters():
-                p.data = params[name]
-            for module in self._dropouts:  # as many masks as the eager step draws
-                module.calls += len(micro_batches) if module.p > 0 else 0
-            return loss, norm
-        self.optimizer.zero_grad()
-        loss = 0.0
-        for batch in micro_batches:  # gradients add up in .grad; 1/n makes their mean
-            micro_loss = self.loss_fn(self.model, batch)
-            (micro_loss * (1.0 / len(micro_batches))).backward()
-            loss += micro_loss.item() / len(micro_batches)
-        params = [p for _, p in self.optimizer.named_parameters()]
-        if self.config.grad_clip:
-            norm = float(clip_grad_norm(params, self.config.grad_clip))
-        else:
-            norm = float(global_norm(p.grad for p in params if p.grad is not None))
-        self._check_finite(loss, norm, lr)  # before the optimizer touches the weights
-        self.optimizer.lr = lr
-        self.optimizer.step()
-        return loss, norm
-
-    def _pure_step(self, params, opt_state, micro_batches, lr, step):
-        """The whole step as a pure function of arrays, for ``jax.jit``."""
+    def _gradients(self, params, micro_batches, step):
+        """The step's mean loss, mean metrics, clipped mean gradients and their norm before
+        clipping; pure, so the compiled step traces it. Each micro-batch draws its dropout
+        masks from the key ``(seed, step, index)``."""
         n = len(micro_batches)
-        saved_calls = [m.calls for m in self._dropouts]
-        for module in self._dropouts:  # masks from the (traced) step number, as in eager
-            module.calls = step * n
-        try:
-            loss, grads = 0.0, {name: 0.0 for name in params}
-            for batch in micro_batches:  # unrolled: one compiled program for the whole step
-                micro_loss, micro_grads = value_and_grad(self._bound_loss)(params, batch)
-                loss = loss + micro_loss / n
-                grads = {name: grads[name] + g / n for name, g in micro_grads.items()}
-        finally:
-            for module, calls in zip(self._dropouts, saved_calls):
-                module.calls = calls
+        loss_and_grads = value_and_grad(self._bound_loss, has_aux=True)
+        loss, grads, metrics = 0.0, None, {}
+        for index, batch in enumerate(micro_batches):  # unrolled: one program for the step
+            key = (self.config.seed, step, index)
+            (micro_loss, micro_metrics), micro_grads = loss_and_grads(params, batch, key)
+            loss = loss + micro_loss / n
+            if grads is None:
+                grads = micro_grads
+            else:
+                grads = {name: grads[name] + g for name, g in micro_grads.items()}
+            for name, value in micro_metrics.items():  # tokens add up, the others average
+                metrics[name] = metrics.get(name, 0) + (value if name == "tokens" else value / n)
+        if n > 1:  # the mean of the micro-batches' gradients
+            grads = {name: g / n for name, g in grads.items()}
         if self.config.grad_clip:
             grads, norm = clip_grads(grads, self.config.grad_clip)
         else:
             norm = global_norm(grads.values())
-        params, opt_state = self.optimizer.update(params, grads, opt_state, lr)
-        return params, opt_state, loss, norm
+        return loss, grads, norm, metrics
 
-    def _bound_loss(self, tensors, batch):
-        with self.model.bind(tensors):
-            return self.loss_fn(self.model, batch)
+    def _train_step(self, micro_batches, lr):
+        """One optimizer step; returns (loss, gradient norm, metrics) as floats."""
+        if self.compiled:
+            params, opt_state, loss, norm, metrics = self._compiled_step(
+                self._params(), self.opt_state, micro_batches, lr, self.step
+            )
+        else:
+            loss, grads, norm, metrics = self._gradients(self._params(), micro_batches, self.step)
+        loss, norm = float(loss), float(norm)
+        self._check_finite(loss, norm, lr)  # before the weights change
+        if self.compiled:
+            self.opt_state = opt_state
+            for name, p in self.optimizer.named_parameters():
+                p.data = params[name]
+        else:
+            for name, p in self.optimizer.named_parameters():
+                p.grad = grads[name]
+            self.optimizer.lr = lr
+            self.optimizer.step()  # in place, over the optimizer's flat buffers
+        return loss, norm, {name: float(value) for name, value in metrics.items()}
+
+    def _pure_step(self, params, opt_state, micro_batches, lr, step):
+        """The whole step as a pure function of arrays, for ``jax.jit``."""
+        loss, grads, norm, metrics = self._gradients(params, micro_batches, step)
+        params, opt_state = self.optimizer.update(params, grads, opt_state, lr)
+        return params, opt_state, loss, norm, metrics
+
+    def _bound_loss(self, tensors, batch, key=None):
+        """``(loss, metrics)`` of ``loss_fn`` with ``tensors`` in place of the parameters."""
+        with self.model.bind(tensors), dropout_key(self.model, key or (self.config.seed,)):
+            out = self.loss_fn(self.model, batch)
+        loss, metrics = out if isinstance(out, tuple) else (out, {})
+        if not isinstance(loss, Tensor) or loss.size != 1:
+            raise TypeError(
+                "Trainer: loss_fn(model, batch) must return a scalar loss Tensor or "
+                f"(loss, metrics), got {type(loss).__name__}"
+            )
+        return loss, metrics
 
     def _pure_eval_loss(self, params, batch):
         with no_grad():
             tensors = {name: Tensor(array) for name, array in params.items()}
-            return self._bound_loss(tensors, batch).data
+            loss, metrics = self._bound_loss(tensors, batch)
+            return loss.data, {k: v.data if isinstance(v, Tensor) else v for k, v in metrics.items()}
 
     def _params(self):
         return {name: p.data for name, p in self.optimizer.named_parameters()}
@@ -320,7 +354,8 @@ class Trainer:
     # --- around the steps -------------------------------------------------------------------
     def _evaluate(self, row, bar):
         if self.val_batches:
-            row["val_loss"] = self.evaluate()
+            row |= self._validation()
+            self.val_loss = row["val_loss"]
             row["val_ppl"] = math.exp(min(row["val_loss"], 50.0))
             if self.best_val_loss is None or row["val_loss"] < self.best_val_loss:
                 self.best_val_loss = row["val_loss"]
@@ -333,7 +368,6 @@ class Trainer:
             row["samples"] = self.sample_fn(self.model)
             for text in row["samples"]:
                 self._say(bar, f"  sample: {text!r}")
-        return row.get("val_loss")
 
     def _say(self, bar, line):
         if self.config.progress:
