@@ -35,14 +35,13 @@ leftovers.
 ['class', 'config']
 """
 
+import importlib
 import json
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
-
-import importlib
 
 import numpy as np
 
@@ -165,7 +164,15 @@ def load_model(path):
             "and load the checkpoint into it with load_checkpoint(path, model=...)"
         )
     model = cls.from_description(description)
-    return model.load_state_dict(read_safetensors(path / "model.safetensors"))
+    weights = read_safetensors(path / "model.safetensors")
+    try:
+        _check_same_tensors(path, weights, model)
+    except ValueError as err:  # an adapter or a head was added to the described model
+        raise ValueError(
+            f"cannot rebuild the model of {path} from its description alone ({err}); build "
+            "it and load the checkpoint into it with load_checkpoint(path, model=...)"
+        ) from None
+    return model.load_state_dict(weights)
 
 
 def load_checkpoint(path, *, model, optimizer):
@@ -203,7 +210,7 @@ def load_checkpoint(path, *, model, optimizer):
 def _read_description(path):
     description = json.loads((path / "model.json").read_text())
     if not isinstance(description, dict) or not isinstance(description.get("class"), str):
-        raise ValueError(f"{path / 'model.json'}: expected {{\"class\": ..., ...}}")
+        raise ValueError(f'{path / "model.json"}: expected {{"class": ..., ...}}')
     return description
 
 

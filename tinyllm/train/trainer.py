@@ -152,7 +152,12 @@ class Trainer:
         if self.compiled and self.opt_state is None:
             self.opt_state = self.optimizer.init_state(self._params())
         saved, samples, metrics = None, None, {}
-        session_start, step_seconds, session_tokens, first_step = time.perf_counter(), 0.0, 0, self.step
+        session_start, step_seconds, session_tokens, first_step = (
+            time.perf_counter(),
+            0.0,
+            0,
+            self.step,
+        )
         bar = tqdm(total=c.steps, initial=self.step, disable=not c.progress, desc=self.title)
         self._stop = None
         with _StopOnSignals(self):
@@ -161,7 +166,9 @@ class Trainer:
                 step_start = time.perf_counter()
                 micro_batches = [next(self.train_batches) for _ in range(c.grad_accum)]
                 self.last_loss, grad_norm, metrics = self._train_step(micro_batches, lr)
-                step_seconds += time.perf_counter() - step_start  # training alone: no eval, no saving
+                step_seconds += (
+                    time.perf_counter() - step_start
+                )  # training alone: no eval, no saving
                 self.step += 1
                 n_tokens = int(metrics.pop("tokens", 0))
                 self.tokens_seen += n_tokens
@@ -335,7 +342,9 @@ class Trainer:
         with no_grad():
             tensors = {name: Tensor(array) for name, array in params.items()}
             loss, metrics = self._bound_loss(tensors, batch)
-            return loss.data, {k: v.data if isinstance(v, Tensor) else v for k, v in metrics.items()}
+            return loss.data, {
+                k: v.data if isinstance(v, Tensor) else v for k, v in metrics.items()
+            }
 
     def _params(self):
         return {name: p.data for name, p in self.optimizer.named_parameters()}
