@@ -184,3 +184,36 @@ def test_gpu_backends_match_numpy_on_a_training_step(name):
         np.testing.assert_allclose(
             tinyllm.to_numpy(grads[k]), expected_grads[k], rtol=1e-4, atol=1e-5
         )
+
+
+def test_numpy_backend_reductions_equal_their_plain_definitions():
+    from tinyllm.backend import Backend, NumpyBackend
+
+    fast, plain = NumpyBackend(), Backend()
+    rng = np.random.default_rng(0)
+    for shape in [(7,), (3, 1), (2, 3, 64), (5, 257), (4, 2, 3, 384)]:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        y = rng.standard_normal(shape, dtype=np.float32)
+        for strided in (x, np.swapaxes(x, 0, -1)):  # rows contiguous, and strided in memory
+            np.testing.assert_array_equal(fast.max_last(strided), plain.max_last(strided))
+            np.testing.assert_allclose(fast.sum_last(strided), plain.sum_last(strided), 1e-5, 1e-5)
+        np.testing.assert_allclose(fast.dot_last(x, y), plain.dot_last(x, y), 1e-5, 1e-5)
+        rows = x.reshape(-1, shape[-1])
+        np.testing.assert_allclose(fast.sum_first(rows), plain.sum_first(rows), 1e-5, 1e-5)
+        assert fast.sum_last(x).dtype == fast.sum_first(rows).dtype == np.float32
+    index = np.array([[0, 3], [3, 1]])  # repeated rows, as an embedding's backward sees
+    values = rng.standard_normal((2, 2, 5), dtype=np.float32)
+    got = fast.scatter_add(np.zeros((4, 5), np.float32), index, values)
+    np.testing.assert_allclose(got, plain.scatter_add(np.zeros((4, 5), np.float32), index, values))
+    assert type(tinyllm.get_backend("numpy")) is NumpyBackend
+
+
+def test_gpu_backends_keep_the_plain_reductions():
+    """CuPy and JAX override only what their array library spells differently."""
+    from tinyllm.backend import Backend
+    from tinyllm.backend.cupy_backend import CupyBackend
+    from tinyllm.backend.jax_backend import JaxBackend
+
+    for cls in (CupyBackend, JaxBackend):
+        for method in ("sum_last", "max_last", "dot_last", "sum_first"):
+            assert getattr(cls, method) is getattr(Backend, method), (cls.__name__, method)

@@ -225,3 +225,21 @@ def test_jax_matches_numpy(name):
         got = _forward_backward(fn, jax_inputs)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "name", ["cross_entropy", "layer_norm", "rms_norm", "attention", "add", "embedding"]
+)
+def test_numpy_speed_spellings_change_no_result(name, monkeypatch):
+    """The NumPy backend's faster reductions give the ops the values of the plain ones."""
+    from tinyllm.backend import Backend, NumpyBackend
+
+    seed = 99
+    fn, inputs = CASES[name](np.random.default_rng(seed), np.float32)
+    fast = _forward_backward(fn, inputs)
+    for method in ("sum_last", "max_last", "dot_last", "sum_first", "scatter_add"):
+        monkeypatch.setattr(NumpyBackend, method, getattr(Backend, method))
+    fn, inputs = CASES[name](np.random.default_rng(seed), np.float32)
+    plain = _forward_backward(fn, inputs)
+    for f, p in zip(fast, plain):
+        np.testing.assert_allclose(f, p, rtol=1e-5, atol=1e-6)

@@ -26,6 +26,7 @@ import numpy as np
 
 from .allocator import keep_freed_memory
 from .base import Backend, BackendUnavailable
+from .numpy_backend import NumpyBackend
 
 NAMES = ("numpy", "cupy", "jax")
 ENV_VAR = "TINYLLM_BACKEND"
@@ -37,7 +38,7 @@ _current = contextvars.ContextVar("tinyllm_backend", default=None)
 def _create(name):
     if name == "numpy":
         keep_freed_memory()  # NumPy allocates every op's result on the host
-        return Backend()
+        return NumpyBackend()
     if name == "cupy":
         from .cupy_backend import CupyBackend
 
@@ -135,6 +136,7 @@ __all__ = [
     "Backend",
     "BackendUnavailable",
     "NAMES",
+    "NumpyBackend",
     "available_backends",
     "backend_of",
     "get_backend",

@@ -1,5 +1,8 @@
 """The CuPy backend: the NumPy code, run eagerly on an NVIDIA GPU.
 
+It keeps the plain definitions of ``base.py`` (the NumPy backend's matrix-product sums
+could round through TF32 on a GPU) and overrides only what CuPy spells differently.
+
 Importing this file never imports CuPy; creating ``CupyBackend()`` does, and fails with
 ``BackendUnavailable`` saying why when CuPy is missing or sees no CUDA device.
 """
@@ -41,20 +44,6 @@ class CupyBackend(Backend):
 
         cupyx.scatter_add(target, index, values)
         return target
-
-    # Plain sums and maxima: a float32 matmul on a GPU may round through TF32. (``overwrite``
-    # keeps the base class's in-place spelling: CuPy ufuncs take ``out=`` too.)
-    def row_sum(self, x):
-        return x.sum(axis=-1, keepdims=True)
-
-    def row_dot(self, a, b):
-        return (a * b).sum(axis=-1, keepdims=True)
-
-    def column_sum(self, x):
-        return x.sum(axis=0)
-
-    def row_max(self, x):
-        return x.max(axis=-1, keepdims=True)
 
     def erf(self, x):
         from cupyx.scipy.special import erf

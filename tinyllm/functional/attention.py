@@ -60,17 +60,15 @@ class ScaledDotProductAttention(Function):
         scale = 1.0 / math.sqrt(D) if scale is None else scale
 
         q_scaled = (q * scale).reshape(B, H_kv, G * T, D)  # query heads of a group stacked
-        scores = q_scaled @ xp.swapaxes(k, -1, -2)  # (B, H_kv, G*T, S), fresh: ours to overwrite
+        scores = q_scaled @ xp.swapaxes(k, -1, -2)  # (B, H_kv, G*T, S)
         if causal:  # add -inf where a key lies in a query's future (or too far in its past)
             visible = xp.tril(xp.ones((T, S), dtype=bool), k=S - T)  # (T, S)
             if window is not None:
                 visible &= ~xp.tril(xp.ones((T, S), dtype=bool), k=S - T - window)
             mask = xp.where(visible, 0.0, -xp.inf).astype(scores.dtype)  # (T, S)
-            scores = backend.overwrite(xp.add, scores.reshape(B, H_kv, G, T, S), mask)
-            scores = scores.reshape(B, H_kv, G * T, S)
-        shifted = backend.overwrite(xp.subtract, scores, backend.row_max(scores))
-        e = backend.overwrite(xp.exp, shifted)
-        probs = backend.overwrite(xp.multiply, e, 1 / backend.row_sum(e))  # (B, H_kv, G*T, S)
+            scores = (scores.reshape(B, H_kv, G, T, S) + mask).reshape(B, H_kv, G * T, S)
+        e = xp.exp(scores - backend.max_last(scores))  # softmax over the keys
+        probs = e / backend.sum_last(e)  # (B, H_kv, G*T, S)
         out = probs @ v  # (B, H_kv, G*T, D)
 
         ctx.save_for_backward(q_scaled, k, v, probs, out)
@@ -83,10 +81,9 @@ class ScaledDotProductAttention(Function):
         xp, backend = ctx.xp, ctx.backend
         grad_out = grad.reshape(out.shape)  # (B, H_kv, G*T, D)
         grad_v = xp.swapaxes(probs, -1, -2) @ grad_out if ctx.needs_grad[2] else None
-        grad_probs = grad_out @ xp.swapaxes(v, -1, -2)  # (B, H_kv, G*T, S), fresh
-        row_dot = backend.row_dot(grad_out, out)  # (B, H_kv, G*T, 1)
-        grad_scores = backend.overwrite(xp.subtract, grad_probs, row_dot)
-        grad_scores = backend.overwrite(xp.multiply, grad_scores, probs)  # P * (dP - rowdot)
+        grad_probs = grad_out @ xp.swapaxes(v, -1, -2)  # (B, H_kv, G*T, S)
+        row_dot = backend.dot_last(grad_out, out)  # (B, H_kv, G*T, 1): rowsum(dO * O)
+        grad_scores = probs * (grad_probs - row_dot)  # P * (dP - rowsum(dO * O))
         grad_q = grad_k = None
         if ctx.needs_grad[0]:
             grad_q = ((grad_scores @ k) * ctx.scale).reshape(ctx.q_shape)

@@ -24,7 +24,7 @@ def unbroadcast(grad, shape):
     extra = grad.ndim - len(shape)
     if extra > 0 and tuple(grad.shape[extra:]) == tuple(shape):  # a bias: only axes added
         rows = grad.reshape(math.prod(grad.shape[:extra]), math.prod(shape))  # (N, size)
-        return backend_of(grad).column_sum(rows).reshape(shape)  # in BLAS on NumPy
+        return backend_of(grad).sum_first(rows).reshape(shape)  # rows.sum(axis=0)
     stretched = [i + extra for i, n in enumerate(shape) if n == 1 and grad.shape[i + extra] != 1]
     axes = tuple(range(extra)) + tuple(stretched)
     return grad.sum(axis=axes, keepdims=True).reshape(shape)
@@ -214,26 +214,25 @@ class Relu(Function):
         return grad * positive
 
 
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)  # c in GPT-2's GELU
+_CUBIC = 0.044715  # k in GPT-2's GELU
 
 
 class Gelu(Function):
     """GELU(x) = x * Phi(x). ``approximate="tanh"`` is GPT-2's formula; "none" is exact (erf).
 
-    The tanh form keeps ``s = (1 + tanh(u)) / 2``, u = c (a + 0.044715 a^3), for backward:
-    GELU(a) = a s, and since 1 - tanh(u)^2 = 4 s (1 - s), the slope is
-    s + 2 s (1 - s) a c (1 + 3 * 0.044715 a^2). Each line below is one pass over memory,
-    written over an array the op just made.
+    The tanh form is GELU(a) = a s with s = (1 + tanh(u)) / 2 and u = c (a + k a^3). It keeps
+    ``s`` for backward: since 1 - tanh(u)^2 = 4 s (1 - s), the slope is
+    s + 2 s (1 - s) a u', with u' = c (1 + 3 k a^2).
     """
 
     @staticmethod
     def forward(ctx, a, approximate="tanh"):
         xp = ctx.xp
         if approximate == "tanh":
-            ov = ctx.backend.overwrite
-            u = ov(xp.multiply, a * a, _SQRT_2_OVER_PI * 0.044715)  # not a**3: float32 pow is slow
-            u = ov(xp.multiply, ov(xp.add, u, _SQRT_2_OVER_PI), a)  # u = c (a + 0.044715 a^3)
-            s = ov(xp.add, ov(xp.multiply, ov(xp.tanh, u), 0.5), 0.5)  # s = (1 + tanh(u)) / 2
+            c, k = _SQRT_2_OVER_PI, _CUBIC
+            u = a * (c + c * k * (a * a))  # c (a + k a^3); not a**3: float32 pow is slow
+            s = 0.5 + 0.5 * xp.tanh(u)  # (1 + tanh(u)) / 2
             ctx.save_for_backward(a, s)
             ctx.approximate = True
             return a * s
@@ -247,12 +246,10 @@ class Gelu(Function):
     @staticmethod
     def backward(ctx, grad):
         a, s_or_cdf = ctx.saved
-        if ctx.approximate:  # grad * (s + 2 s (1 - s) a c (1 + 3 * 0.044715 a^2))
-            s, xp, ov = s_or_cdf, ctx.xp, ctx.backend.overwrite
-            du = ov(xp.multiply, a * a, -6 * 0.044715 * _SQRT_2_OVER_PI)
-            du = ov(xp.multiply, ov(xp.add, du, -2 * _SQRT_2_OVER_PI), a)  # -2 a c (1 + 3k a^2)
-            slope = ov(xp.multiply, du, ov(xp.subtract, s * s, s))  # times -s (1 - s)
-            return ov(xp.multiply, ov(xp.add, slope, s), grad)
+        if ctx.approximate:
+            s, c, k = s_or_cdf, _SQRT_2_OVER_PI, _CUBIC
+            two_a_du = a * (2 * c + 6 * c * k * (a * a))  # 2 a u' = 2 a c (1 + 3 k a^2)
+            return grad * (s + s * (1 - s) * two_a_du)
         pdf = ctx.xp.exp(-0.5 * a * a) * (1 / math.sqrt(2 * math.pi))
         return grad * (s_or_cdf + a * pdf)
 

@@ -8,9 +8,10 @@ Its backward, per row of C features (g = dy * w):
 LayerNorm first centres x (``xc = x - mean(x)``, r from the variance) and adds a bias; its
 centring adds one term: ``dx = r * (g - mean(g) - xhat * mean(g * xhat))``.
 
-The per-row means and the bias gradient go through ``backend.row_sum`` / ``row_dot`` /
-``column_sum`` (sums in BLAS), and ``backend.overwrite`` reuses arrays the op itself just
-made; see ``tinyllm/backend/base.py``.
+The per-row sums come from the backend: ``backend.sum_last(x)`` is ``x.sum(axis=-1,
+keepdims=True)``, ``backend.dot_last(a, b)`` is ``(a * b).sum(axis=-1, keepdims=True)`` and
+``backend.sum_first(rows)`` is ``rows.sum(axis=0)``, computed faster on NumPy
+(``tinyllm/backend/``).
 
 >>> import tinyllm, numpy as np
 >>> x = tinyllm.Tensor([[3.0, 4.0]])
@@ -41,7 +42,7 @@ class RMSNorm(Function):
         _check_weight("rms_norm", x, weight)
         xp, backend = ctx.xp, ctx.backend
         C = x.shape[-1]
-        r = 1 / xp.sqrt(backend.row_dot(x, x) / C + eps)  # (..., 1)
+        r = 1 / xp.sqrt(backend.dot_last(x, x) / C + eps)  # (..., 1): 1 / rms(x)
         xhat = x * r  # (..., C)
         ctx.save_for_backward(xhat, r, weight)
         return xhat * weight
@@ -49,15 +50,15 @@ class RMSNorm(Function):
     @staticmethod
     def backward(ctx, grad):
         xhat, r, weight = ctx.saved
-        xp, backend = ctx.xp, ctx.backend
+        backend = ctx.backend
+        C = xhat.shape[-1]
         grad_x = grad_w = None
         if ctx.needs_grad[0]:
-            g = grad * weight  # (..., C), fresh
-            g_dot_xhat = backend.row_dot(g, xhat) / xhat.shape[-1]  # (..., 1): mean(g * xhat)
-            g = backend.overwrite(xp.subtract, g, xhat * g_dot_xhat)
-            grad_x = backend.overwrite(xp.multiply, g, r)
+            g = grad * weight  # (..., C)
+            g_dot_xhat = backend.dot_last(g, xhat) / C  # (..., 1): mean(g * xhat)
+            grad_x = r * (g - xhat * g_dot_xhat)
         if ctx.needs_grad[1]:
-            grad_w = _sum_rows_of_product(xp, grad, xhat)
+            grad_w = _sum_rows_of_product(ctx.xp, grad, xhat)
         return grad_x, grad_w
 
 
@@ -67,30 +68,27 @@ class LayerNorm(Function):
         _check_weight("layer_norm", x, weight)
         xp, backend = ctx.xp, ctx.backend
         C = x.shape[-1]
-        centred = x - backend.row_sum(x) / C  # (..., C), fresh
-        r = 1 / xp.sqrt(backend.row_dot(centred, centred) / C + eps)  # (..., 1)
-        xhat = backend.overwrite(xp.multiply, centred, r)
+        centred = x - backend.sum_last(x) / C  # (..., C)
+        r = 1 / xp.sqrt(backend.dot_last(centred, centred) / C + eps)  # (..., 1): 1 / std(x)
+        xhat = centred * r
         ctx.save_for_backward(xhat, r, weight)
-        out = xhat * weight  # (..., C), fresh
-        return out if bias is None else backend.overwrite(xp.add, out, bias)
+        return xhat * weight if bias is None else xhat * weight + bias
 
     @staticmethod
     def backward(ctx, grad):
         xhat, r, weight = ctx.saved
-        xp, backend = ctx.xp, ctx.backend
+        backend = ctx.backend
         C = xhat.shape[-1]
         grad_x = grad_w = grad_b = None
         if ctx.needs_grad[0]:
-            g = grad * weight  # (..., C), fresh
-            g_mean = backend.row_sum(g) / C  # (..., 1)
-            g_dot_xhat = backend.row_dot(g, xhat) / C  # (..., 1): mean(g * xhat)
-            correction = backend.overwrite(xp.add, xhat * g_dot_xhat, g_mean)  # (..., C)
-            g = backend.overwrite(xp.subtract, g, correction)
-            grad_x = backend.overwrite(xp.multiply, g, r)
+            g = grad * weight  # (..., C)
+            g_mean = backend.sum_last(g) / C  # (..., 1)
+            g_dot_xhat = backend.dot_last(g, xhat) / C  # (..., 1): mean(g * xhat)
+            grad_x = r * (g - g_mean - xhat * g_dot_xhat)
         if ctx.needs_grad[1]:
-            grad_w = _sum_rows_of_product(xp, grad, xhat)
+            grad_w = _sum_rows_of_product(ctx.xp, grad, xhat)
         if ctx.needs_grad[2]:
-            grad_b = backend.column_sum(grad.reshape(-1, C))  # (C,): the sum over rows
+            grad_b = backend.sum_first(grad.reshape(-1, C))  # (C,): the sum over rows
         return grad_x, grad_w, grad_b
 
 

@@ -8,12 +8,10 @@ and the backward is a single line of calculus:
     y = log_softmax(x)        dx = dy - softmax(x) * sum(dy)
     loss = -log_softmax(x)[t] dx = softmax(x) - onehot(t)             (per row, / rows)
 
-Every op subtracts the row maximum first, so ``exp`` never overflows. Three spellings are
-for speed: ``backend.row_max(x)`` and ``backend.row_sum(e)`` are ``x.max(axis=-1,
-keepdims=True)`` and ``e.sum(axis=-1, keepdims=True)`` done the fast way for NumPy (argmax,
-BLAS), and ``backend.overwrite(xp.exp, shifted)`` is ``xp.exp(shifted)`` written over
-``shifted``, an array the op just made and owns (JAX, whose arrays are immutable, returns a
-new one).
+Every op subtracts the row maximum first, so ``exp`` never overflows. ``cross_entropy``,
+which every training step runs, takes that maximum and the row sums from the backend:
+``backend.max_last(x)`` is ``x.max(axis=-1, keepdims=True)`` and ``backend.sum_last(e)`` is
+``e.sum(axis=-1, keepdims=True)``, computed faster on NumPy (``tinyllm/backend/``).
 
 >>> import numpy as np, tinyllm
 >>> logits = tinyllm.Tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
@@ -34,11 +32,10 @@ def _move(xp, a, source, destination):
 class Softmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
-        xp, backend = ctx.xp, ctx.backend
+        xp = ctx.xp
         x = _move(xp, x, axis, -1)  # (..., n): the softmax axis last (a view)
-        shifted = x - backend.row_max(x)  # (..., n), a fresh array we own
-        e = backend.overwrite(xp.exp, shifted)
-        y = backend.overwrite(xp.multiply, e, 1 / backend.row_sum(e))  # (..., n)
+        e = xp.exp(x - x.max(axis=-1, keepdims=True))  # (..., n)
+        y = e / e.sum(axis=-1, keepdims=True)
         ctx.save_for_backward(y)
         ctx.axis = axis
         return _move(xp, y, -1, axis)
@@ -46,20 +43,19 @@ class Softmax(Function):
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved
-        xp, backend = ctx.xp, ctx.backend
+        xp = ctx.xp
         grad = _move(xp, grad, ctx.axis, -1)  # (..., n)
-        grad_x = backend.overwrite(xp.multiply, grad - backend.row_dot(grad, y), y)
+        grad_x = y * (grad - (grad * y).sum(axis=-1, keepdims=True))
         return _move(xp, grad_x, -1, ctx.axis)
 
 
 class LogSoftmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
-        xp, backend = ctx.xp, ctx.backend
+        xp = ctx.xp
         x = _move(xp, x, axis, -1)  # (..., n)
-        shifted = x - backend.row_max(x)  # (..., n), fresh
-        log_total = xp.log(backend.row_sum(xp.exp(shifted)))  # (..., 1)
-        y = backend.overwrite(xp.subtract, shifted, log_total)
+        shifted = x - x.max(axis=-1, keepdims=True)  # (..., n)
+        y = shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
         ctx.save_for_backward(y)
         ctx.axis = axis
         return _move(xp, y, -1, axis)
@@ -67,10 +63,10 @@ class LogSoftmax(Function):
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved
-        xp, backend = ctx.xp, ctx.backend
+        xp = ctx.xp
         grad = _move(xp, grad, ctx.axis, -1)  # (..., n)
-        probs_times_sum = backend.overwrite(xp.multiply, xp.exp(y), backend.row_sum(grad))
-        return _move(xp, grad - probs_times_sum, -1, ctx.axis)
+        grad_x = grad - xp.exp(y) * grad.sum(axis=-1, keepdims=True)
+        return _move(xp, grad_x, -1, ctx.axis)
 
 
 class CrossEntropy(Function):
@@ -107,10 +103,10 @@ class CrossEntropy(Function):
         # Where each row's target sits in the flattened (N * V,) logits: one flat index picks
         # the targets here and adds into them in backward, the fastest spelling of both.
         target_at = xp.arange(rows.shape[0]) * vocab + safe_targets  # (N,)
-        shifted = rows - ctx.backend.row_max(rows)  # (N, V), fresh
+        shifted = rows - ctx.backend.max_last(rows)  # (N, V)
         picked = shifted.reshape(-1)[target_at][:, None]  # (N, 1)
-        e = ctx.backend.overwrite(xp.exp, shifted)  # shifted is not read again
-        total = ctx.backend.row_sum(e)  # (N, 1)
+        e = xp.exp(shifted)  # (N, V)
+        total = ctx.backend.sum_last(e)  # (N, 1)
         valid = valid.reshape(-1, 1)
         losses = (xp.log(total) - picked) * valid  # (N, 1)
 

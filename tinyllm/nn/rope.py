@@ -14,8 +14,10 @@ to run it on a context ``factor`` times longer, all as in Hugging Face ``transfo
   pairs barely change, the slow ones are stretched.
 - **YaRN**: interpolate only the slow pairs (those that turn less than ``beta_slow`` times
   over L positions), keep the fast ones (more than ``beta_fast`` turns), blend linearly
-  between; then scale the attention logits up by ``0.1 * ln(factor) + 1``, applied to
-  cos and sin.
+  between. Then cos and sin are multiplied by an attention factor, ``0.1 * ln(factor) + 1``
+  unless ``attention_factor`` (or ``mscale`` with ``mscale_all_dim``) says otherwise. Both
+  queries and keys are rotated with those tables, so each is scaled by the factor and the
+  attention logits ``q . k`` by its square: the paper's ``1 / t = (0.1 * ln(factor) + 1)^2``.
 - **llama3** (Llama 3.1 and 3.2): by wavelength ``2 pi / inv_freq`` against L. Pairs
   shorter than ``L / high_freq_factor`` are kept, pairs longer than ``L / low_freq_factor``
   are interpolated (divided by ``factor``), and those between blend the two by how many
@@ -37,7 +39,7 @@ from ..functional.rope import apply_rope
 
 
 def _yarn(inv_freq, head_dim, theta, factor, original, scaling):
-    """YaRN's blend of interpolated and original frequencies, and its attention factor."""
+    """YaRN's blend of interpolated and original frequencies, and the factor for cos and sin."""
 
     def turns_to_dim(turns):  # the pair index whose wavelength fits `turns` times in `original`
         return head_dim * math.log(original / (turns * 2 * math.pi)) / (2 * math.log(theta))

@@ -24,8 +24,9 @@ array([ 0.9, -1.9], dtype=float32)
 
 Given a Module or named parameters, AdamW decays only matrices, not norm weights or biases
 (see ``param_groups.py``). The same update is written twice: ``_update_arrays`` in plain array
-ops, the definition, used by JAX and the pure ``update``; and ``_step_in_place``, the same
-arithmetic as a dozen in-place passes over a group's flat NumPy/CuPy buffers.
+ops, the definition, used by JAX and the pure ``update`` (new arrays out, inputs untouched);
+and ``_step_in_place``, the same arithmetic as a dozen in-place passes over a group's flat
+NumPy/CuPy buffers, ending with each parameter updated in place.
 """
 
 import math

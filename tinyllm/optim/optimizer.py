@@ -15,9 +15,11 @@ There are two ways to take a step:
 
 - eager, ``opt.step()``, from each parameter's ``.grad``. NumPy and CuPy arrays can be
   written in place, so the state of a group lives in one flat buffer per key (the
-  per-name arrays are views into it) and the arithmetic runs as a few passes over the
-  whole group, not a loop over many small arrays. JAX arrays are immutable, so there the
-  step calls the pure ``update`` below, compiled, and stores the arrays it returns.
+  per-name arrays are views into it), the arithmetic runs as a few passes over the
+  whole group, not a loop over many small arrays, and each parameter's array is updated
+  in place: ``p.data`` stays the same object. JAX arrays are immutable, so there the
+  step calls the pure ``update`` below, compiled, and sets ``p.data`` to the new arrays
+  it returns.
 - pure, for a compiled training step: ``state = opt.init_state(params)``, then
   ``params, state = opt.update(params, grads, state, lr)`` on dicts of arrays. Only the
   group settings are read from the optimizer object; nothing in it changes.

@@ -23,7 +23,8 @@ array([ 0.71, -2.29], dtype=float32)
 
 Given a Module or named parameters, weight decay skips norm weights and biases (see
 ``param_groups.py``). Like AdamW, the update is written once in plain array ops
-(``_update_arrays``, for JAX and ``update``) and once in place over flat NumPy/CuPy buffers.
+(``_update_arrays``, for JAX and ``update``: new arrays out) and once in place over flat
+NumPy/CuPy buffers, which also updates each parameter in place.
 """
 
 from ..backend import backend_of
