@@ -7,8 +7,8 @@ A handful of things are not, and they live here, one method each:
 - moving arrays in and out (``asarray``, ``to_numpy``);
 - adding into selected positions (``scatter_add``), which NumPy and CuPy do in place and
   JAX does by returning a new array;
-- writing an elementwise result over an array the caller owns (``overwrite``), which JAX,
-  whose arrays are immutable, does by returning a new array;
+- whether arrays can be written in place (``mutable_arrays``: not JAX's), which decides how
+  an optimizer steps;
 - ``erf``, which NumPy itself lacks;
 - four reductions the fused ops share (``sum_last``, ``max_last``, ``dot_last``,
   ``sum_first``), defined here as the plain ``xp`` expression they stand for;
@@ -47,6 +47,7 @@ class Backend:
     """
 
     name = "numpy"
+    mutable_arrays = True  # NumPy and CuPy arrays can be written in place; JAX's cannot
 
     def __init__(self):
         self.xp = np
@@ -80,15 +81,6 @@ class Backend:
         """
         np.add.at(target, index, values)
         return target
-
-    def overwrite(self, fn, owned, *args):
-        """``fn(owned, *args)`` for an elementwise ``fn`` such as ``xp.add``, written over ``owned``.
-
-        NumPy and CuPy arrays can be written in place, so the result goes into ``owned``
-        and ``owned`` is returned; JAX returns a new array. The caller must own ``owned``
-        (nothing else refers to it) and use the returned array.
-        """
-        return fn(owned, *args, out=owned)
 
     def erf(self, x):
         """The error function, elementwise, in the dtype of ``x``."""

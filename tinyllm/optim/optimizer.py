@@ -224,9 +224,8 @@ class Optimizer:
         parameter ``i`` starts; ``grad`` is scratch space the gradients are gathered into.
         """
         backend = group["params"][0].backend
-        probe = backend.xp.zeros(1, dtype=np.float32)
-        if backend.overwrite(backend.xp.add, probe, 1) is not probe:
-            return None  # overwrite returned a new array: this backend's arrays are immutable
+        if not backend.mutable_arrays:
+            return None  # JAX: a step stores the new arrays of the pure update instead
         xp, sizes = backend.xp, [p.size for p in group["params"]]
         dtype = np.result_type(*(p.dtype for p in group["params"]))
         flat = {"offsets": np.concatenate([[0], np.cumsum(sizes)]).tolist()}
