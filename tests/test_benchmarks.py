@@ -32,7 +32,7 @@ def test_benchmark_runs_quick(script):
         cwd=BENCHMARKS,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         env=env,
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -80,7 +80,7 @@ def test_missing_exercises_folder_is_a_clear_error(tmp_path):
         [sys.executable, "-m", "tinyllm.cli", "grade", str(tmp_path / "nowhere")],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert proc.returncode == 2
     assert "no exercises at" in proc.stderr and "nowhere" in proc.stderr

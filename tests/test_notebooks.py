@@ -17,7 +17,8 @@ pytest.importorskip("ipykernel")
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
-CELL_TIMEOUT_S = 300
+CELL_TIMEOUT_S = 900  # hang guards, generous: a busy machine runs a cell several times slower
+STARTUP_TIMEOUT_S = 300
 ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # IPython colours its tracebacks
 
 
@@ -35,6 +36,7 @@ def test_notebook_runs_top_to_bottom(path, monkeypatch):
         notebook,
         kernel_name="python3",
         timeout=CELL_TIMEOUT_S,
+        startup_timeout=STARTUP_TIMEOUT_S,  # nbclient's default, 60 s, is short on a busy machine
         resources={"metadata": {"path": str(NOTEBOOKS)}},  # the kernel's working directory
     )
     error = None

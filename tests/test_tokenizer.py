@@ -1,15 +1,17 @@
-"""The BPE tokenizer: round trips, special tokens, the two trainers agreeing, clear errors."""
+"""The BPE tokenizer: round trips, special tokens, clear errors, and two independent oracles:
+training against BPE as defined (recount every pair, merge the most frequent), encoding
+against Hugging Face ``tokenizers`` given the same vocabulary and merges."""
 
 import random
+from collections import Counter
 
 import pytest
 import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinyllm.tokenizer import Tokenizer, encode_with_merges, train_incremental, train_naive
+from tinyllm.tokenizer import Tokenizer, train_incremental, train_naive
 from tinyllm.tokenizer import tokenizer as tokenizer_module
-from tinyllm.tokenizer.patterns import compile_pattern, split_text
 
 SPECIALS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
@@ -113,26 +115,141 @@ def test_more_merges_means_fewer_tokens():
     assert counts[0] == len(TRAINING_TEXT.encode("utf-8"))  # no merges: one token per byte
 
 
+# --- training against BPE by its definition ----------------------------------------------------
+def join_pair(pieces, pair):
+    """``pieces`` with each occurrence of ``pair`` joined into one piece, leftmost first."""
+    joined, i = [], 0
+    while i < len(pieces):
+        if tuple(pieces[i : i + 2]) == pair:
+            joined.append(pair[0] + pair[1])
+            i += 2
+        else:
+            joined.append(pieces[i])
+            i += 1
+    return joined
+
+
+def bpe_by_definition(word_counts, vocab_size):
+    """BPE training written straight from its definition, as an oracle: the corpus is a list
+    of words, each a list of byte strings; count every adjacent pair in it (a word seen n
+    times counts n times), join the most frequent pair everywhere, repeat until the
+    vocabulary is full or no pair is left. A tie goes to the pair whose ids are smallest;
+    a joined token spelled like one already known keeps that token's id.
+
+    Returns the merges as ``[((left id, right id), new id), ...]`` in the order learned, and
+    the vocabulary id -> bytes.
+    """
+    ids = {bytes([byte]): byte for byte in range(256)}
+    corpus = [([bytes([byte]) for byte in word], count) for word, count in word_counts.items()]
+    merges = []
+    while len(ids) < vocab_size:
+        pair_counts = Counter()
+        for pieces, count in corpus:
+            for pair in zip(pieces, pieces[1:]):
+                pair_counts[pair] += count
+        if not pair_counts:
+            break
+        best = max(pair_counts, key=lambda p: (pair_counts[p], -ids[p[0]], -ids[p[1]]))
+        ids.setdefault(best[0] + best[1], len(ids))
+        merges.append(((ids[best[0]], ids[best[1]]), ids[best[0] + best[1]]))
+        corpus = [(join_pair(pieces, best), count) for pieces, count in corpus]
+    return merges, {i: token for token, i in ids.items()}
+
+
+def test_the_definition_oracle_on_a_worked_example():
+    # "aaab": (a, a) occurs twice, the most; then "aa"+"a" and "a"+"b" tie at one each.
+    merges, vocab = bpe_by_definition({b"aaab": 1}, 258)
+    assert merges == [((97, 97), 256), ((97, 98), 257)] and vocab[256] == b"aa"
+    merges, vocab = bpe_by_definition({b"ab": 1, b"bc": 3}, 300)  # counts weigh; then none left
+    assert merges == [((98, 99), 256), ((97, 98), 257)] and len(vocab) == 258
+
+
 @moderate
 @given(
     words=st.dictionaries(st.binary(min_size=1, max_size=8), st.integers(1, 20), max_size=30),
     n_new=st.integers(0, 40),
 )
-def test_incremental_training_learns_the_naive_merges(words, n_new):
-    assert train_incremental(words, 256 + n_new) == train_naive(words, 256 + n_new)
+def test_both_trainers_learn_the_merges_of_the_definition(words, n_new):
+    expected_merges, expected_vocab = bpe_by_definition(words, 256 + n_new)
+    for trainer in (train_incremental, train_naive):
+        merges, vocab = trainer(words, 256 + n_new)
+        assert list(merges.items()) == expected_merges, trainer.__name__
+        assert vocab == expected_vocab, trainer.__name__
 
 
-def test_trainers_agree_on_text():
-    fast = Tokenizer.train(TRAINING_TEXT, vocab_size=420, algorithm="incremental")
-    slow = Tokenizer.train(TRAINING_TEXT, vocab_size=420, algorithm="naive")
-    assert fast.merges == slow.merges and fast.vocab == slow.vocab
+@pytest.fixture(scope="module")
+def text_by_definition():
+    """The merges BPE's definition learns from ``TRAINING_TEXT`` split by the GPT-2 regex."""
+    tok = Tokenizer.train("", vocab_size=261)  # only to read the pattern it splits with
+    pieces = regex.findall(tok.pattern, TRAINING_TEXT)
+    assert "".join(pieces) == TRAINING_TEXT  # the GPT-2 pattern leaves no gaps
+    word_counts = Counter(piece.encode("utf-8") for piece in pieces)
+    return bpe_by_definition(word_counts, 420 - len(SPECIALS))
 
 
-def test_encoding_replays_the_merge_table_on_each_piece(tok):
-    text = "the quick dogs, 東京 🙂"
-    pieces = split_text(compile_pattern(tok.pattern_name), text)
-    expected = [i for piece in pieces for i in encode_with_merges(list(piece.encode()), tok.merges)]
-    assert tok.encode(text) == expected
+@pytest.mark.parametrize("algorithm", ["incremental", "naive"])
+def test_training_on_text_learns_the_merges_of_the_definition(text_by_definition, algorithm):
+    tok = Tokenizer.train(TRAINING_TEXT, vocab_size=420, algorithm=algorithm)
+    expected_merges, expected_vocab = text_by_definition
+    assert list(tok.merges.items()) == expected_merges
+    assert tok.vocab == expected_vocab
+
+
+# --- encoding against Hugging Face tokenizers ----------------------------------------------------
+def gpt2_byte_characters():
+    """GPT-2's published map from each byte to a printable character (tokenizer.json's
+    spelling of byte-level tokens): printable Latin-1 bytes stand for themselves, the other
+    68 take the characters from U+0100 on, in byte order."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    others = [byte for byte in range(256) if byte not in printable]
+    return {
+        **{byte: chr(byte) for byte in printable},
+        **{byte: chr(256 + n) for n, byte in enumerate(others)},
+    }
+
+
+def hf_tokenizer_with_the_same_merges(tok):
+    """A Hugging Face tokenizer built from ``tok``'s vocabulary, merges, split regex and
+    special tokens alone: HF's own pre-tokenizer, BPE model and special-token handling."""
+    hf = pytest.importorskip("tokenizers")
+    char = gpt2_byte_characters()
+
+    def spell(token):
+        return "".join(char[byte] for byte in token)
+
+    vocab = {spell(token): i for i, token in tok.vocab.items()}
+    merges = [(spell(tok.vocab[left]), spell(tok.vocab[right])) for left, right in tok.merges]
+    hf_tok = hf.Tokenizer(hf.models.BPE(vocab=vocab, merges=merges))
+    hf_tok.pre_tokenizer = hf.pre_tokenizers.Sequence(
+        [
+            hf.pre_tokenizers.Split(hf.Regex(tok.pattern), behavior="isolated"),
+            hf.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    hf_tok.decoder = hf.decoders.ByteLevel()
+    specials = sorted(tok.special_tokens, key=tok.special_tokens.get)
+    hf_tok.add_special_tokens(specials)
+    assert {text: hf_tok.token_to_id(text) for text in specials} == tok.special_tokens
+    return hf_tok
+
+
+@pytest.fixture(scope="module")
+def tok_and_hf(tok):
+    return tok, hf_tokenizer_with_the_same_merges(tok)
+
+
+@moderate
+@given(text=texts)
+def test_encoding_gives_the_ids_hf_tokenizers_gives_with_the_same_merges(tok_and_hf, text):
+    tok, hf_tok = tok_and_hf
+    ids = tok.encode(text)
+    assert ids == hf_tok.encode(text).ids
+    assert tok.decode(ids) == hf_tok.decode(ids, skip_special_tokens=False)
+
+
+def test_encoding_a_whole_text_gives_the_ids_hf_tokenizers_gives(tok_and_hf):
+    tok, hf_tok = tok_and_hf
+    assert tok.encode(TRAINING_TEXT) == hf_tok.encode(TRAINING_TEXT).ids
 
 
 def test_piece_cache_does_not_change_results(monkeypatch):

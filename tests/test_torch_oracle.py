@@ -208,16 +208,27 @@ def test_norms_float32_match_torch(with_bias):
 
 
 # --- attention ----------------------------------------------------------------------------
-def _torch_attention(T, S, causal, scale):
+def _sliding_window_mask(T, S, window):
+    """(T, S) booleans, True where a query sees a key: the query at position p (the T queries
+    are the last T of S positions) sees key j iff p - window < j <= p. This is Mistral's
+    sliding window as transformers defines it (checked below against its mask function)."""
+    query_position = torch.arange(S - T, S)[:, None]  # (T, 1)
+    key_position = torch.arange(S)[None, :]  # (1, S)
+    return (key_position <= query_position) & (key_position > query_position - window)
+
+
+def _torch_attention(T, S, causal, scale, window=None):
     """torch's attention with k, v repeated to H heads; a causal mask aligned bottom-right.
 
     tinyllm lines the T queries up with the *last* T keys (query i sees keys j <= i + S - T,
     as when a KV cache holds the past); torch's ``is_causal`` aligns them top-left, so the
-    mask is built explicitly.
+    mask is built explicitly. A ``window`` hides, in addition, keys too far back.
     """
     mask = None
     if causal:
         mask = torch.from_numpy(np.tril(np.ones((T, S), dtype=bool), k=S - T))
+    if window is not None:
+        mask = _sliding_window_mask(T, S, window)
 
     def fn(q, k, v):
         group = q.shape[1] // k.shape[1]
@@ -285,6 +296,78 @@ def test_attention_float32_matches_torch():
         [True, True, True],
         np.float32,
     )
+
+
+# --- sliding-window attention -------------------------------------------------------------
+def test_sliding_window_mask_is_transformers_mistral_mask():
+    """The mask the window tests give torch is the one transformers builds for Mistral."""
+    masking = pytest.importorskip("transformers.masking_utils")
+    for T, S, window in [(1, 1, 1), (5, 5, 2), (4, 9, 3), (3, 8, 1), (6, 6, 10)]:
+        mask_fn = masking.sliding_window_causal_mask_function(window)
+        zero = torch.tensor(0)
+        theirs = mask_fn(zero, zero, torch.arange(S - T, S)[:, None], torch.arange(S)[None, :])
+        assert torch.equal(_sliding_window_mask(T, S, window), theirs), (T, S, window)
+
+
+@FEW
+@given(
+    B=st.integers(1, 2),
+    H_kv=st.integers(1, 3),
+    group=st.sampled_from([1, 2, 3]),
+    T=st.integers(1, 7),
+    extra_keys=st.sampled_from([0, 0, 3]),
+    D=st.integers(1, 8),
+    window=st.integers(1, 9),  # wider than T + extra_keys: the plain causal mask
+    seed=st.integers(0, 2**16),
+)
+def test_sliding_window_attention_matches_torch(B, H_kv, group, T, extra_keys, D, window, seed):
+    rng = np.random.default_rng(seed)
+    H, S = H_kv * group, T + extra_keys
+    q, k, v = normal(rng, B, H, T, D), normal(rng, B, H_kv, S, D), normal(rng, B, H_kv, S, D)
+    compare(
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, window=window),
+        _torch_attention(T, S, True, scale=None, window=window),
+        [q, k, v],
+        [True, True, True],
+        seed=seed,
+    )
+
+
+def test_sliding_window_attention_float32_matches_torch():
+    rng = np.random.default_rng(8)
+    q, k, v = normal(rng, 2, 4, 16, 32), normal(rng, 2, 2, 20, 32), normal(rng, 2, 2, 20, 32)
+    compare(
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, window=5),
+        _torch_attention(16, 20, True, scale=None, window=5),
+        [q, k, v],
+        [True, True, True],
+        np.float32,
+    )
+
+
+# --- activations --------------------------------------------------------------------------
+ACTIVATIONS = {
+    "gelu_tanh": (F.gelu, lambda t: TF.gelu(t, approximate="tanh")),
+    "gelu_exact": (lambda t: F.gelu(t, approximate="none"), lambda t: TF.gelu(t)),
+    "silu": (F.silu, TF.silu),
+}
+
+
+@FEW
+@given(shape=shapes, spread=st.sampled_from([1.0, 4.0, 30.0]), seed=st.integers(0, 2**16))
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activations_match_torch(name, shape, spread, seed):
+    ours, theirs = ACTIVATIONS[name]
+    x = spread * normal(np.random.default_rng(seed), *shape)  # 30: deep in both tails
+    compare(ours, theirs, [x], [True], seed=seed)
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activations_float32_match_torch(name):
+    ours, theirs = ACTIVATIONS[name]
+    tails = np.array([-100.0, -30.0, -8.0, -1e-3, 0.0, 1e-3, 8.0, 30.0, 100.0])
+    x = np.concatenate([tails, 3 * normal(np.random.default_rng(9), 200)]).reshape(11, 19)
+    compare(ours, theirs, [x], [True], np.float32)
 
 
 # --- matmul -------------------------------------------------------------------------------

@@ -237,7 +237,7 @@ def pretrain_command(out, *extra):
     ]  # fmt: skip
 
 
-def wait_for_checkpoint(out, process, least=3, timeout=120):
+def wait_for_checkpoint(out, process, least=3, timeout=600):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done = list_checkpoints(out)
@@ -264,7 +264,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, child_env):
     for path in survivors:  # whatever was written completely loads
         checkpoint.load_model(path)
     finished = subprocess.run(pretrain_command(out, "--resume"), env=child_env,
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert "step 40:" in finished.stdout
     assert not list((out / "checkpoints").glob(".*"))  # no half-written folder left behind
@@ -279,7 +279,7 @@ def test_sigterm_to_a_run_saves_and_exits_cleanly(tmp_path, child_env):
                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
     wait_for_checkpoint(out, child)
     child.send_signal(signal.SIGTERM)
-    output, _ = child.communicate(timeout=120)
+    output, _ = child.communicate(timeout=600)
     assert child.returncode == 0, output
     assert "stopped by SIGTERM" in output
     step = int(output.split("step ")[1].split(":")[0])
