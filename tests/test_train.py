@@ -254,9 +254,9 @@ def child_env(tmp_path):
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, child_env):
-    out = tmp_path / "run"
-    child = subprocess.Popen(pretrain_command(out), env=child_env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT)  # fmt: skip
+    out = tmp_path / "run"  # (a long first run: on a busy machine it must not end by itself)
+    child = subprocess.Popen(pretrain_command(out, "--steps", "100000"), env=child_env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     wait_for_checkpoint(out, child)
     child.send_signal(signal.SIGKILL)  # checkpoints every step: likely mid-write
     child.wait()
@@ -275,8 +275,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, child_env):
 
 def test_sigterm_to_a_run_saves_and_exits_cleanly(tmp_path, child_env):
     out = tmp_path / "run"
-    child = subprocess.Popen(pretrain_command(out), env=child_env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    child = subprocess.Popen(pretrain_command(out, "--steps", "100000"), env=child_env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     wait_for_checkpoint(out, child)
     child.send_signal(signal.SIGTERM)
     output, _ = child.communicate(timeout=600)
