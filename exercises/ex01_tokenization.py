@@ -41,3 +41,25 @@ def encode_with_merges(ids, merges, ranks=None):
     encode_with_merges(list(b"hi! hi"), {(104, 105): 256, (256, 33): 257}) == [257, 32, 256]
     """
     raise NotImplementedError("Exercise 1.3: encode with a trained merge table")
+
+
+# --- Exercise 1.4 ---------------------------------------------------------------------------
+def train_bpe(word_counts, vocab_size):
+    """Learn merges until the vocabulary has ``vocab_size`` tokens; return ``(merges, vocab)``.
+
+    ``word_counts`` maps each distinct pre-token (bytes) to how often it occurs in the corpus.
+    Start from the 256 byte tokens, ``vocab = {i: bytes([i]) for i in range(256)}``, and
+    each word as the list of its bytes. Then repeat while ``len(vocab) < vocab_size``:
+
+    1. count the adjacent pairs of all words, each word weighted by its count (``get_stats``);
+       stop early if there are none;
+    2. take the most frequent pair; on a tie, the smallest pair (compare the tuples);
+    3. give it the next id, ``len(vocab)``: ``merges[pair] = new_id`` and
+       ``vocab[new_id] = vocab[a] + vocab[b]``;
+    4. merge it in every word (``merge``).
+
+    ``merges`` maps pair -> new id in the order learned; ``vocab`` maps id -> bytes.
+    For ``{b"aaab": 1}`` and 258: "aa" occurs twice, so (97, 97) -> 256; the word is then
+    [256, 97, 98], whose two pairs tie at 1 and (97, 98) < (256, 97), so (97, 98) -> 257.
+    """
+    raise NotImplementedError("Exercise 1.4: train BPE merges on word counts")

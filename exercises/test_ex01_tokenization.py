@@ -8,7 +8,10 @@ import random
 
 import pytest
 
+from tinyllm.data import load_corpus
 from tinyllm.tokenizer import Tokenizer
+from tinyllm.tokenizer.patterns import compile_pattern
+from tinyllm.tokenizer.train import count_pretokens, train_incremental
 
 EX = "ex01_tokenization"
 
@@ -67,3 +70,35 @@ def test_encode_matches_a_trained_tokenizer(exercise):
     tok = Tokenizer.train(text, vocab_size=300, special_tokens=[])
     for word in ["the", " there", " athletes", " thethe", " xyz"]:
         assert ex.encode_with_merges(list(word.encode()), tok.merges) == tok.encode(word)
+
+
+@pytest.mark.exercise("1.4", points=2)
+def test_train_bpe_small_cases(exercise):
+    """train_bpe: merges worked out by hand"""
+    ex = exercise(EX)
+    merges, vocab = ex.train_bpe({b"aaab": 1}, 258)
+    assert merges == {(97, 97): 256, (97, 98): 257}
+    assert vocab == {**{i: bytes([i]) for i in range(256)}, 256: b"aa", 257: b"ab"}
+    # low x5, lower x2, newest x6, widest x3: "es" and "st" both occur 9 times, the smaller
+    # pair (101, 115) wins; then "es"+"t" 9 times; then "lo" and "ow" tie at 7, "lo" wins.
+    words = {b"low": 5, b"lower": 2, b"newest": 6, b"widest": 3}
+    merges, vocab = ex.train_bpe(words, 259)
+    assert list(merges.items()) == [((101, 115), 256), ((256, 116), 257), ((108, 111), 258)]
+    assert [vocab[i] for i in (256, 257, 258)] == [b"es", b"est", b"lo"]
+    assert ex.train_bpe({b"ab": 1, b"cd": 5}, 257)[0] == {(99, 100): 256}  # counts weigh
+    merges, vocab = ex.train_bpe({b"ab": 3}, 300)  # one pair to merge, then nothing left
+    assert merges == {(97, 98): 256} and len(vocab) == 257
+
+
+@pytest.mark.exercise("1.4", points=3)
+def test_train_bpe_matches_the_library(exercise):
+    """train_bpe: same merges and ids as tinyllm's trainer on Shakespeare"""
+    ex = exercise(EX)
+    text = load_corpus("tinyshakespeare")[:20_000]
+    word_counts = count_pretokens(text, compile_pattern("gpt2"))
+    merges, vocab = ex.train_bpe(word_counts, 320)
+    expected_merges, expected_vocab = train_incremental(word_counts, 320)
+    assert list(merges.items()) == list(expected_merges.items())  # same pairs, same order
+    assert vocab == expected_vocab
+    tok = Tokenizer.train(text, vocab_size=320, special_tokens=[])
+    assert list(tok.merges.items()) == list(merges.items())

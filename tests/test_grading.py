@@ -1,13 +1,22 @@
-"""The grader cannot be fooled: the reference scores 100%, untouched stubs score 0,
-and a partly solved exercise file earns exactly the points of what it solved."""
+"""The grader cannot be fooled: the reference scores 100%, untouched stubs score 0, a
+partly solved exercise file earns exactly the points of what it solved, and a file that
+imports the answers instead of writing them is rejected and scores 0."""
 
+import ast
+import importlib
 import json
+import re
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
+
+from tinyllm.functional import elementwise
+from tinyllm.grading.guard import RULES, check_module, check_source
+from tinyllm.tokenizer import bpe
 
 EXERCISES = Path(__file__).resolve().parent.parent / "exercises"
 
@@ -84,3 +93,250 @@ def test_missing_exercises_folder_is_a_clear_error(tmp_path):
     )
     assert proc.returncode == 2
     assert "no exercises at" in proc.stderr and "nowhere" in proc.stderr
+
+
+def test_score_table_is_the_last_thing_printed(stub_results):
+    _, stdout = stub_results
+    lines = stdout.rstrip().splitlines()
+    header = next(i for i, line in enumerate(lines) if "tinyllm grade (exercises)" in line)
+    assert any(line.startswith("FAILED") for line in lines[:header])  # pytest's, above
+    assert not any("FAILED" in line or " failed" in line for line in lines[header:])
+    assert re.fullmatch(r"total\s+0 / \d+ \(0%\)", lines[-2]), lines[-2:]
+    assert lines[-1].startswith("wrote ")  # --json's note, after the table
+
+
+CHEATS = {
+    # star import of the reference answers: caught in the source
+    "ex00_autograd.py": "from tinyllm.grading.solutions.ex00_autograd import *\n",
+    # the library's own BPE functions, re-exported: caught in the source
+    "ex01_tokenization.py": (
+        "from tinyllm.tokenizer.bpe import encode_with_merges, get_stats, merge\n"
+        "from tinyllm.tokenizer.bpe import train_naive as train_bpe\n"
+    ),
+    # the answers fetched by pickle from bytes the source check does not read: caught at run time
+    "ex02_attention.py": (
+        "import pickle\n\n\n"
+        "def _answer(name):\n"
+        '    return pickle.loads(b"ctinyllm.grading.solu" + b"tions.ex02_attention\\n"'
+        ' + name.encode() + b"\\n.")\n\n\n'
+        "apply_rotary = _answer('apply_rotary')\n"
+        "causal_attention = _answer('causal_attention')\n"
+        "repeat_kv = _answer('repeat_kv')\n"
+        "grouped_query_attention = _answer('grouped_query_attention')\n"
+        "rope_score = _answer('rope_score')\n"
+    ),
+}
+REASONS = {
+    "0": "rejected: ex00_autograd.py imports tinyllm.grading.solutions on line 1: the reference",
+    "1": "rejected: ex01_tokenization.py imports tinyllm.tokenizer.bpe.encode_with_merges on line 1",
+    "2": "rejected: ex02_attention.py imports tinyllm.grading.solutions at run time: the reference",
+}
+
+
+def test_a_file_that_imports_the_answers_scores_zero(tmp_path):
+    work = tmp_path / "exercises"
+    shutil.copytree(EXERCISES, work, ignore=shutil.ignore_patterns("__pycache__"))
+    for name, source in CHEATS.items():
+        (work / name).write_text(source)
+
+    results, stdout = run_grade(work, tmp_path, "-k", "ex00 or ex01 or ex02")
+    assert results["max_score"] > 0 and results["score"] == 0
+    assert {t["number"].split(".")[0] for t in results["tests"]} == set(REASONS)
+    for t in results["tests"]:
+        assert t["status"] == "failed"
+        assert t["output"].startswith(REASONS[t["number"].split(".")[0]]), t["output"]
+    table = stdout[stdout.index("tinyllm grade (exercises)") :]
+    assert all(reason in table for reason in REASONS.values())
+    assert all(reason in results["output"] for reason in REASONS.values())
+
+
+TRICKS = [
+    ("ex00_autograd", "import tinyllm.grading.solutions.ex00_autograd as s", "grading.solutions"),
+    ("ex00_autograd", "from tinyllm.grading import solutions", "grading.solutions"),
+    (
+        "ex00_autograd",
+        "from tinyllm import grading",
+        "imports tinyllm.grading on line 1: the grader",
+    ),
+    (
+        "ex00_autograd",
+        "import importlib\nimportlib.import_module('tinyllm.grading.solutions')",
+        "grading.solutions",
+    ),
+    (
+        "ex00_autograd",
+        "import importlib as il\nil.import_module('.solutions', 'tinyllm.grading')",
+        "grading.solutions",
+    ),
+    (
+        "ex00_autograd",
+        "s = __import__('tinyllm.grading.solutions', fromlist=['x'])",
+        "grading.solutions",
+    ),
+    (
+        "ex00_autograd",
+        "x = 'tinyllm.grading.solutions.ex00_autograd'",
+        "names tinyllm.grading.solutions",
+    ),
+    (
+        "ex00_autograd",
+        "x = '../tinyllm/grading/solutions/ex00_autograd.py'",
+        "names tinyllm.grading.solutions",
+    ),
+    (
+        "ex00_autograd",
+        "import tinyllm\nt = tinyllm\nMul = t.functional.elementwise.Mul",
+        "uses tinyllm.functional.elementwise.Mul",
+    ),
+    (
+        "ex00_autograd",
+        "from tinyllm import functional as F\nu = F.elementwise.unbroadcast",
+        "uses tinyllm.functional.elementwise",
+    ),
+    (
+        "ex00_autograd",
+        "import tinyllm.functional.reduce as R\nSum = getattr(R, 'Sum')",
+        "uses tinyllm.functional.reduce.Sum",
+    ),
+    (
+        "ex00_autograd",
+        "from tinyllm import *\nM = functional.elementwise.Mul",
+        "uses tinyllm.functional.e",
+    ),
+    ("ex00_autograd", "from tinyllm.functional import *", "imports tinyllm.functional."),
+    (
+        "ex00_autograd",
+        "from tinyllm.functional.softmax import Softmax",
+        "imports tinyllm.functional.softmax",
+    ),
+    (
+        "ex01_tokenization",
+        "from tinyllm.tokenizer import train_naive as train_bpe",
+        "tinyllm.tokenizer.bpe.train_naive",
+    ),
+    (
+        "ex01_tokenization",
+        "import tinyllm as t\nmerge = t.tokenizer.bpe.merge",
+        "uses tinyllm.tokenizer.bpe.merge",
+    ),
+    (
+        "ex02_attention",
+        "from tinyllm.functional import apply_rope",
+        "(that is tinyllm.functional.rope.apply_rope)",
+    ),
+    (
+        "ex02_attention",
+        "from tinyllm import functional as F\na = F.scaled_dot_product_attention",
+        "tinyllm.functional.attention",
+    ),
+    (
+        "ex03_moe",
+        "from tinyllm.nn import MoE",
+        "tinyllm.nn.MoE (that is tinyllm.nn.moe.MoE) on line 1: library code",
+    ),
+    (
+        "ex04_pretraining",
+        "import tinyllm.optim as o\ncosine_lr = o.warmup_cosine",
+        "imports tinyllm.optim",
+    ),
+    (
+        "ex04_pretraining",
+        "from tinyllm.functional import cross_entropy",
+        "tinyllm.functional.softmax.cross_entropy",
+    ),
+    ("ex02_attention", "exec(open('answers.py').read())", "runs code from a string (exec)"),
+    (
+        "ex02_attention",
+        "import importlib\nimportlib.import_module('tinyllm.' + 'nn')",
+        "imports a computed name",
+    ),
+    (
+        "ex02_attention",
+        "import sys\nF = sys.modules['tinyllm.functional']",
+        "uses sys.modules on line 2: a back door",
+    ),
+    ("ex02_attention", "import runpy", "imports runpy"),
+    (
+        "ex02_attention",
+        "from importlib.util import spec_from_file_location",
+        "imports importlib.util",
+    ),
+    (
+        "ex02_attention",
+        "import tinyllm\nd = tinyllm.__dict__",
+        "reaches for code through tinyllm.__dict__",
+    ),
+    (
+        "ex02_attention",
+        "import tinyllm\nf = getattr(tinyllm, 'func' + 'tional')",
+        "computed attribute of tinyllm",
+    ),
+    ("ex02_attention", "f = __builtins__['__import__']", "uses builtins"),
+]
+
+
+@pytest.mark.parametrize("name, source, reason", TRICKS)
+def test_the_source_check_catches_imports_of_the_answers(name, source, reason):
+    found = check_source(source, name)
+    assert found is not None and found.startswith(f"{name}.py "), found
+    assert reason in found, found
+
+
+FAIR = [
+    ("ex00_autograd", "from tinyllm.autograd import Function, Tensor"),
+    ("ex00_autograd", "import tinyllm.functional.reduce as R\naxes = R.normalize_axes"),
+    ("ex00_autograd", "from tinyllm.functional import reduce\naxes = reduce.normalize_axes"),
+    ("ex00_autograd", "from tinyllm import *\nt = Tensor"),
+    ("ex01_tokenization", "from tinyllm.data import load_corpus"),
+    (
+        "ex02_attention",
+        "import numpy as np\nfrom tinyllm import Tensor, no_grad\nf = getattr(np, 'exp')",
+    ),
+    ("ex02_attention", "import numpy as np\nname = 'sum'\nf = getattr(np, name)"),
+    ("ex02_attention", "from tinyllm import functional as F\np = F.softmax"),
+    ("ex03_moe", "from tinyllm.nn import Linear\nimport tinyllm.functional as F\nF.softmax"),
+    ("ex04_pretraining", "import math\nimport numpy as np\nfrom tinyllm import Tensor"),
+    ("ex04_pretraining", "def f(x):\n    return x  # tinyllm.optim.adamw has one too"),
+]
+
+
+@pytest.mark.parametrize("name, source", FAIR)
+def test_the_source_check_allows_what_an_exercise_may_use(name, source):
+    assert check_source(source, name) is None
+
+
+@pytest.mark.parametrize("path", sorted(EXERCISES.glob("ex*.py")), ids=lambda p: p.stem)
+def test_each_stub_passes_and_defines_what_its_rules_grade(path):
+    assert check_source(path.read_text(), path.stem) is None
+    tree = ast.parse(path.read_text())
+    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    assert defined == set(RULES[path.stem].writes)
+    solutions = importlib.import_module(f"tinyllm.grading.solutions.{path.stem}")
+    assert set(solutions.__all__) == defined
+
+
+def test_the_run_time_check_wants_the_graded_names_written_in_the_file(tmp_path):
+    path = tmp_path / "ex01_tokenization.py"
+    path.write_text("def get_stats(ids, counts=None, weight=1):\n    return {}\n")
+    module = types.ModuleType("tinyllm_exercise_ex01_tokenization")
+    exec(compile(path.read_text(), str(path), "exec"), vars(module))
+    assert check_module(module, path, "ex01_tokenization") is None
+
+    module.merge = bpe.merge  # found some way the source check missed
+    reason = check_module(module, path, "ex01_tokenization")
+    assert reason == (
+        "ex01_tokenization.py: merge comes from tinyllm.tokenizer.bpe.merge, "
+        "not from ex01_tokenization.py"
+    )
+
+    class Mul(elementwise.Mul):  # subclassing the answer: written "here", but not really
+        pass
+
+    Mul.__module__ = "tinyllm_exercise_ex00_autograd"
+    module = types.ModuleType("tinyllm_exercise_ex00_autograd")
+    module.Mul = Mul
+    reason = check_module(module, tmp_path / "ex00_autograd.py", "ex00_autograd")
+    assert reason == (
+        "ex00_autograd.py: Mul comes from tinyllm.functional.elementwise.Mul, "
+        "not from ex00_autograd.py"
+    )

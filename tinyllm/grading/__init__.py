@@ -1,9 +1,11 @@
 """Grading the exercises: ``tinyllm grade`` runs pytest with the grading plugin.
 
 ``exercises/`` holds stub files for students and the tests that grade them; the plugin
-(``plugin.py``) adds up points, prints a table and writes Gradescope's ``results.json``.
-``grade(..., solutions=True)`` grades the library's own implementations, which is how CI
-proves the tests are right: the reference scores 100% and the untouched stubs score 0.
+(``plugin.py``) adds up points, prints a table and writes Gradescope's ``results.json``;
+the guard (``guard.py``) rejects an exercise file that imports the answers instead of
+writing them. ``grade(..., solutions=True)`` grades the library's own implementations,
+which is how CI proves the tests are right: the reference scores 100% and the untouched
+stubs score 0.
 """
 
 import json
@@ -27,9 +29,14 @@ class GradeReport:
 def grade(path="exercises", solutions=False, json_path=None, keyword=None, quiet=False):
     """Run the exercise tests under ``path`` and return a ``GradeReport``.
 
-    Prints pytest's output and the score table; writes Gradescope JSON to ``json_path``.
+    Prints pytest's output, then the score table last; writes Gradescope JSON to ``json_path``.
     """
-    import pytest
+    try:
+        import pytest
+    except ImportError as e:
+        raise ImportError(
+            "tinyllm grade runs the exercise tests with pytest: pip install pytest"
+        ) from e
 
     target = Path(path)
     if not target.exists():

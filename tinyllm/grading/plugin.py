@@ -11,21 +11,24 @@ points::
 ``exercise(name)`` loads the student's file from the test's own folder - or, under
 ``--solutions``, ``tinyllm.grading.solutions.<name>``, which re-exports the library's real
 implementations under the exercise names. A test that passes earns its points; anything
-else (a failure, an error, the stub's ``NotImplementedError``) earns none.
+else (a failure, an error, the stub's ``NotImplementedError``) earns none. A student's file
+that imports the answers instead of writing them is rejected (``guard.py``): every test
+that loads it earns nothing, and the score table says why.
 
-At the end the plugin prints a score table, and with ``--grade-json FILE`` writes the
-Gradescope autograder ``results.json`` format.
+When pytest has finished - after its failures and its summary line - the plugin prints the
+score table, so the score is the last thing on screen; with ``--grade-json FILE`` it also
+writes the Gradescope autograder ``results.json`` format.
 """
 
 import importlib
-import importlib.util
 import json
 import time
 from pathlib import Path
 
 import pytest
 
-SOLUTIONS_PACKAGE = "tinyllm.grading.solutions"
+from .guard import SOLUTIONS_PACKAGE, Rejected, load_exercise
+
 _CASES = pytest.StashKey[int]()
 
 
@@ -48,6 +51,8 @@ def pytest_configure(config):
         "markers", "exercise(number, points=1): an exercise test worth `points` when it passes"
     )
     config._tinyllm_grades = {}
+    config._tinyllm_loaded = {}  # test id -> the exercise files it loaded
+    config._tinyllm_rejected = {}  # exercise file name -> why it was rejected
     config._tinyllm_start = time.time()
 
 
@@ -55,16 +60,22 @@ def pytest_configure(config):
 def exercise(request):
     """``exercise(name)`` -> the module being graded (the student's, or the solutions)."""
 
+    config = request.config
+
     def load(name):
-        if request.config.getoption("--solutions"):
+        if config.getoption("--solutions"):
             return importlib.import_module(f"{SOLUTIONS_PACKAGE}.{name}")
+        config._tinyllm_loaded.setdefault(request.node.nodeid, set()).add(name)
+        if name in config._tinyllm_rejected:
+            raise Rejected(config._tinyllm_rejected[name])
         path = Path(request.path).parent / f"{name}.py"
         if not path.exists():
             raise FileNotFoundError(f"exercise file {path} is missing")
-        spec = importlib.util.spec_from_file_location(f"tinyllm_exercise_{name}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+        try:
+            return load_exercise(path, name)
+        except Rejected as e:
+            config._tinyllm_rejected[name] = str(e)
+            raise
 
     return load
 
@@ -123,27 +134,37 @@ def _short_reason(report):
     return lines[-1][2:].strip() if lines else text.strip().splitlines()[-1]
 
 
-def results(grades):
-    """Gradescope's results.json structure from the collected grades."""
+def results(grades, rejected=None):
+    """Gradescope's results.json structure from the collected grades.
+
+    ``rejected`` maps an exercise file's name to why it was rejected; each test that loaded
+    a rejected file fails with that reason, whatever its outcome.
+    """
+    rejected = rejected or {}
     tests = []
     ordered = sorted(grades.items(), key=lambda kv: (_number_key(kv[1]["number"]), kv[0]))
     for _, g in ordered:
+        reasons = [rejected[name] for name in sorted(g.get("loaded", ())) if name in rejected]
+        passed = g["passed"] and not reasons
         tests.append(
             {
                 "name": g["name"],
                 "number": g["number"],
-                "score": g["max_score"] if g["passed"] else 0.0,
+                "score": g["max_score"] if passed else 0.0,
                 "max_score": g["max_score"],
-                "status": "passed" if g["passed"] else "failed",
-                "output": "" if g["passed"] else g["output"],
+                "status": "passed" if passed else "failed",
+                "output": f"rejected: {reasons[0]}" if reasons else "" if passed else g["output"],
             }
         )
-    return {
-        "score": round(sum(g["max_score"] for g in grades.values() if g["passed"]), 4),
+    res = {
+        "score": round(sum(t["score"] for t in tests), 4),
         "max_score": round(sum(g["max_score"] for g in grades.values()), 4),
         "tests": tests,
         "visibility": "visible",
     }
+    if rejected:
+        res["output"] = "\n".join(f"rejected: {reason}" for _, reason in sorted(rejected.items()))
+    return res
 
 
 def _number_key(number):
@@ -151,29 +172,52 @@ def _number_key(number):
 
 
 def score_table(res):
-    """The per-exercise score table printed after grading."""
+    """The per-exercise score table printed after grading, rejected files first.
+
+    >>> print(score_table(results({"t": {"number": "0.1", "name": "t", "max_score": 2.0,
+    ...                                  "passed": True, "output": ""}})))
+    exercise        points
+    ----------------------
+    0.1             2 / 2
+    ----------------------
+    total           2 / 2 (100%)
+    """
     per_exercise = {}
     for t in res["tests"]:
         got, total = per_exercise.get(t["number"], (0.0, 0.0))
         per_exercise[t["number"]] = (got + t["score"], total + t["max_score"])
-    lines = [f"{'exercise':<10}{'points':>12}", "-" * 22]
+    lines = res["output"].splitlines() if res.get("output") else []
+    lines += [f"{'exercise':<10}{'points':>12}", "-" * 22]
     for number, (got, total) in per_exercise.items():
-        lines.append(f"{number:<10}{round(got, 4):>7g} / {round(total, 4):<3g}")
+        lines.append(f"{number:<10}{round(got, 4):>7g} / {round(total, 4):g}")
     lines.append("-" * 22)
     percent = 100.0 * res["score"] / res["max_score"] if res["max_score"] else 0.0
-    lines.append(f"{'total':<10}{res['score']:>7g} / {res['max_score']:<3g} ({percent:.0f}%)")
+    lines.append(f"{'total':<10}{res['score']:>7g} / {res['max_score']:g} ({percent:.0f}%)")
     return "\n".join(lines)
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    """Outside pytest's own: the table comes after its failures and its summary line."""
+    result = yield
+    config = session.config
     grades = config._tinyllm_grades
     if not grades:
-        return
-    res = results(grades)
-    mode = "reference solutions" if config.getoption("--solutions") else "exercises"
-    terminalreporter.section(f"tinyllm grade ({mode})")
-    terminalreporter.write_line(score_table(res))
+        return result
+    for nodeid, names in config._tinyllm_loaded.items():
+        if nodeid in grades:
+            grades[nodeid]["loaded"] = sorted(names)
+    res = results(grades, config._tinyllm_rejected)
     path = config.getoption("--grade-json")
     if path:
         res["execution_time"] = round(time.time() - config._tinyllm_start, 2)
         Path(path).write_text(json.dumps(res, indent=2))
+    mode = "reference solutions" if config.getoption("--solutions") else "exercises"
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        print(f"tinyllm grade ({mode})\n{score_table(res)}")
+    else:
+        reporter.write_sep("=", f"tinyllm grade ({mode})")
+        for line in score_table(res).splitlines():
+            reporter.write_line(line)
+    return result
