@@ -152,12 +152,8 @@ class Trainer:
         if self.compiled and self.opt_state is None:
             self.opt_state = self.optimizer.init_state(self._params())
         saved, samples, metrics = None, None, {}
-        session_start, step_seconds, session_tokens, first_step = (
-            time.perf_counter(),
-            0.0,
-            0,
-            self.step,
-        )
+        first_step, session_start = self.step, time.perf_counter()
+        step_seconds, session_tokens = 0.0, 0  # the steps' own time: no eval, no saving
         bar = tqdm(total=c.steps, initial=self.step, disable=not c.progress, desc=self.title)
         self._stop = None
         with _StopOnSignals(self):
@@ -166,9 +162,7 @@ class Trainer:
                 step_start = time.perf_counter()
                 micro_batches = [next(self.train_batches) for _ in range(c.grad_accum)]
                 self.last_loss, grad_norm, metrics = self._train_step(micro_batches, lr)
-                step_seconds += (
-                    time.perf_counter() - step_start
-                )  # training alone: no eval, no saving
+                step_seconds += time.perf_counter() - step_start
                 self.step += 1
                 n_tokens = int(metrics.pop("tokens", 0))
                 self.tokens_seen += n_tokens
