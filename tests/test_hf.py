@@ -236,3 +236,62 @@ def test_bfloat16_save_loads_in_transformers_with_our_logits(tmp_path):
         np.testing.assert_array_equal(array, expected[name], err_msg=name)
     ids = np.random.default_rng(0).integers(0, 97, (1, 10))
     np.testing.assert_allclose(back(ids)[0].numpy(), hf_logits(reference, ids), atol=1e-4, rtol=0)
+
+
+# --- dropout and token ids: only what the model really has ----------------------------------
+def test_dropout_is_written_only_where_tinyllm_drops(tmp_path):
+    gpt2 = Transformer(get_preset("tiny", n_layer=1, dropout=0.2))
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    saved = json.loads((tmp_path / "gpt2" / "config.json").read_text())
+    assert (saved["embd_pdrop"], saved["resid_pdrop"], saved["attn_pdrop"]) == (0.2, 0.2, 0.0)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "gpt2").transformer
+    # ours: after the embeddings, after attention's output and after the MLP; never inside
+    assert theirs.drop.p == 0.2 and theirs.h[0].mlp.dropout.p == 0.2
+    assert theirs.h[0].attn.resid_dropout.p == 0.2 and theirs.h[0].attn.attn_dropout.p == 0.0
+    assert Transformer.from_pretrained(tmp_path / "gpt2").config.dropout == 0.2
+
+    llama = Transformer(get_preset("tiny-llama", n_layer=1, dropout=0.2))
+    llama.save_pretrained(tmp_path / "llama")  # Llama drops only attention probabilities
+    assert json.loads((tmp_path / "llama" / "config.json").read_text())["attention_dropout"] == 0.0
+    read = config_from_hf({**SMALL, "model_type": "llama", "attention_dropout": 0.1})
+    assert read.dropout == 0.0  # not our residual dropout: a different place in the model
+
+
+def test_saved_token_ids_are_the_models_own_and_transformers_accepts_them(tmp_path):
+    import logging
+
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        for preset in ("tiny", "tiny-llama"):
+            for ids in ({}, {"eos_token_id": 1023}):
+                model = Transformer(get_preset(preset, n_layer=1, vocab_size=1024, **ids))
+                folder = tmp_path / f"{preset}{len(ids)}"
+                model.save_pretrained(folder)
+                saved = json.loads((folder / "config.json").read_text())
+                assert saved["bos_token_id"] is None  # null, not transformers' 50256 or 1
+                assert saved["eos_token_id"] == ids.get("eos_token_id")
+                config = transformers.AutoModelForCausalLM.from_pretrained(folder).config
+                for name, value in config.to_dict().items():  # transformers' own check
+                    if name.endswith("_token_id") and value is not None:
+                        assert 0 <= value < 1024, (preset, name, value)
+                assert config.eos_token_id == ids.get("eos_token_id")
+                back = Transformer.from_pretrained(folder)
+                assert back.config.eos_token_id == config.eos_token_id
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert not [m for m in messages if "token_id" in m], messages
+
+
+def test_token_ids_read_from_hugging_face_configs_are_kept_when_in_the_vocabulary():
+    gpt2 = transformers.GPT2Config(**GPT2).to_dict()  # bos/eos 50256, vocabulary of 97
+    assert (config_from_hf(gpt2).bos_token_id, config_from_hf(gpt2).eos_token_id) == (None, None)
+    full = config_from_hf({**gpt2, "vocab_size": 50257})
+    assert (full.bos_token_id, full.eos_token_id) == (50256, 50256)
+    llama3 = {**SMALL, "model_type": "llama", "bos_token_id": 96, "eos_token_id": [1, 2, 500]}
+    assert config_from_hf(llama3).eos_token_id == [1, 2]  # Llama 3 stops on any of several
+    assert config_from_hf(llama3).bos_token_id == 96
+    with pytest.raises(ValueError, match=r"eos_token_id=50256 is not a token .* 1023"):
+        get_preset("tiny", vocab_size=1024, eos_token_id=50256)
