@@ -137,66 +137,7 @@ def test_missing_weights_and_missing_files_are_clear(tmp_path):
         Transformer.from_pretrained(tmp_path)
 
 
-# --- safetensors ---------------------------------------------------------------------------
-def test_safetensors_files_agree_with_the_reference_library(tmp_path):
-    import safetensors.numpy
-
-    arrays = {
-        "a": np.arange(6, dtype=np.float32).reshape(2, 3),
-        "b": np.array([1, -2], np.int64),
-        "c": np.ones((1, 2, 3), np.float16),
-    }
-    write_safetensors(tmp_path / "ours.safetensors", arrays, metadata={"format": "pt"})
-    theirs = safetensors.numpy.load_file(tmp_path / "ours.safetensors")
-    safetensors.numpy.save_file(arrays, tmp_path / "theirs.safetensors")
-    back = read_safetensors(tmp_path / "theirs.safetensors")
-    for name, array in arrays.items():
-        np.testing.assert_array_equal(theirs[name], array)
-        np.testing.assert_array_equal(back[name], array)
-        assert back[name].dtype == array.dtype
-
-
-def test_bfloat16_weights_are_read_as_float32(tmp_path):
-    import safetensors.torch
-
-    values = torch.randn(4, 5)
-    safetensors.torch.save_file({"w": values.to(torch.bfloat16)}, tmp_path / "bf16.safetensors")
-    w = read_safetensors(tmp_path / "bf16.safetensors")["w"]
-    assert w.dtype == np.float32
-    np.testing.assert_array_equal(w, values.to(torch.bfloat16).float().numpy())
-
-
-def test_bfloat16_writing_rounds_bit_for_bit_as_torch(tmp_path):
-    import safetensors.torch
-
-    rng = np.random.default_rng(0)
-    special = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, -1e-45, 3.4e38, -3.4e38, 1.00390625]
-    ties = (rng.integers(0, 0x7F80, 64, dtype=np.uint32) << 16 | 0x8000).view(np.float32)
-    normal = rng.standard_normal(1000).astype(np.float32) * 10
-    values = np.concatenate([normal, np.array(special, np.float32), ties])
-    path = tmp_path / "w.safetensors"
-    write_safetensors(path, {"w": values}, floats="BF16")
-    theirs = safetensors.torch.load_file(path)["w"]
-    assert theirs.dtype == torch.bfloat16
-    expected = torch.from_numpy(values).to(torch.bfloat16)
-    nan = torch.isnan(expected)
-    assert torch.equal(torch.isnan(theirs), nan)
-    assert torch.equal(theirs[~nan].view(torch.int16), expected[~nan].view(torch.int16))
-    with pytest.raises(ValueError, match="floats='bf16'; expected 'F32', 'F16' or 'BF16'"):
-        write_safetensors(path, {"w": values}, floats="bf16")
-
-
-def test_truncated_safetensors_file_is_a_clear_error(tmp_path):
-    path = tmp_path / "model.safetensors"
-    write_safetensors(path, {"w": np.ones((64, 64), np.float32)})
-    path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(ValueError, match="not a valid safetensors file.*ends at byte 16384"):
-        read_safetensors(path)
-    path.write_bytes(b"\x05")
-    with pytest.raises(ValueError, match="only 1 bytes"):
-        read_safetensors(path)
-
-
+# --- checkpoint files ----------------------------------------------------------------------
 def test_sharded_checkpoints_load_through_their_index(tmp_path):
     reference = hf_model("llama-gqa")
     reference.save_pretrained(tmp_path, max_shard_size="20KB")
