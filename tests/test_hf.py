@@ -138,6 +138,18 @@ def test_missing_weights_and_missing_files_are_clear(tmp_path):
 
 
 # --- checkpoint files ----------------------------------------------------------------------
+def test_very_old_gpt2_files_without_the_transformer_prefix_load(tmp_path):
+    model = Transformer(get_preset("tiny", n_layer=1, tie_embeddings=False), seed=0)
+    model.save_pretrained(tmp_path)
+    tensors = read_safetensors(tmp_path / "model.safetensors")
+    assert "transformer.wte.weight" in tensors and "lm_head.weight" in tensors
+    unprefixed = {name.removeprefix("transformer."): array for name, array in tensors.items()}
+    write_safetensors(tmp_path / "model.safetensors", unprefixed)
+    ids = np.random.default_rng(0).integers(0, 65, (1, 6))
+    back = Transformer.from_pretrained(tmp_path)
+    np.testing.assert_array_equal(back(ids)[0].numpy(), model.eval()(ids)[0].numpy())
+
+
 def test_sharded_checkpoints_load_through_their_index(tmp_path):
     reference = hf_model("llama-gqa")
     reference.save_pretrained(tmp_path, max_shard_size="20KB")

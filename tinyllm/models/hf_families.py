@@ -1,4 +1,4 @@
-"""The Hugging Face families tinyllm reads and writes: one record each, no code.
+"""The Hugging Face families tinyllm reads and writes: one record each.
 
 Each record says what ``hf.py`` needs to translate one ``transformers`` architecture:
 
