@@ -137,64 +137,17 @@ def test_missing_weights_and_missing_files_are_clear(tmp_path):
         Transformer.from_pretrained(tmp_path)
 
 
-# --- safetensors ---------------------------------------------------------------------------
-def test_safetensors_files_agree_with_the_reference_library(tmp_path):
-    import safetensors.numpy
-
-    arrays = {
-        "a": np.arange(6, dtype=np.float32).reshape(2, 3),
-        "b": np.array([1, -2], np.int64),
-        "c": np.ones((1, 2, 3), np.float16),
-    }
-    write_safetensors(tmp_path / "ours.safetensors", arrays, metadata={"format": "pt"})
-    theirs = safetensors.numpy.load_file(tmp_path / "ours.safetensors")
-    safetensors.numpy.save_file(arrays, tmp_path / "theirs.safetensors")
-    back = read_safetensors(tmp_path / "theirs.safetensors")
-    for name, array in arrays.items():
-        np.testing.assert_array_equal(theirs[name], array)
-        np.testing.assert_array_equal(back[name], array)
-        assert back[name].dtype == array.dtype
-
-
-def test_bfloat16_weights_are_read_as_float32(tmp_path):
-    import safetensors.torch
-
-    values = torch.randn(4, 5)
-    safetensors.torch.save_file({"w": values.to(torch.bfloat16)}, tmp_path / "bf16.safetensors")
-    w = read_safetensors(tmp_path / "bf16.safetensors")["w"]
-    assert w.dtype == np.float32
-    np.testing.assert_array_equal(w, values.to(torch.bfloat16).float().numpy())
-
-
-def test_bfloat16_writing_rounds_bit_for_bit_as_torch(tmp_path):
-    import safetensors.torch
-
-    rng = np.random.default_rng(0)
-    special = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, -1e-45, 3.4e38, -3.4e38, 1.00390625]
-    ties = (rng.integers(0, 0x7F80, 64, dtype=np.uint32) << 16 | 0x8000).view(np.float32)
-    normal = rng.standard_normal(1000).astype(np.float32) * 10
-    values = np.concatenate([normal, np.array(special, np.float32), ties])
-    path = tmp_path / "w.safetensors"
-    write_safetensors(path, {"w": values}, floats="BF16")
-    theirs = safetensors.torch.load_file(path)["w"]
-    assert theirs.dtype == torch.bfloat16
-    expected = torch.from_numpy(values).to(torch.bfloat16)
-    nan = torch.isnan(expected)
-    assert torch.equal(torch.isnan(theirs), nan)
-    assert torch.equal(theirs[~nan].view(torch.int16), expected[~nan].view(torch.int16))
-    with pytest.raises(ValueError, match="floats='bf16'; expected 'F32', 'F16' or 'BF16'"):
-        write_safetensors(path, {"w": values}, floats="bf16")
-
-
-def test_truncated_safetensors_file_is_a_clear_error(tmp_path):
-    path = tmp_path / "model.safetensors"
-    write_safetensors(path, {"w": np.ones((64, 64), np.float32)})
-    path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(ValueError, match="not a valid safetensors file.*ends at byte 16384"):
-        read_safetensors(path)
-    path.write_bytes(b"\x05")
-    with pytest.raises(ValueError, match="only 1 bytes"):
-        read_safetensors(path)
+# --- checkpoint files ----------------------------------------------------------------------
+def test_very_old_gpt2_files_without_the_transformer_prefix_load(tmp_path):
+    model = Transformer(get_preset("tiny", n_layer=1, tie_embeddings=False), seed=0)
+    model.save_pretrained(tmp_path)
+    tensors = read_safetensors(tmp_path / "model.safetensors")
+    assert "transformer.wte.weight" in tensors and "lm_head.weight" in tensors
+    unprefixed = {name.removeprefix("transformer."): array for name, array in tensors.items()}
+    write_safetensors(tmp_path / "model.safetensors", unprefixed)
+    ids = np.random.default_rng(0).integers(0, 65, (1, 6))
+    back = Transformer.from_pretrained(tmp_path)
+    np.testing.assert_array_equal(back(ids)[0].numpy(), model.eval()(ids)[0].numpy())
 
 
 def test_sharded_checkpoints_load_through_their_index(tmp_path):
@@ -236,3 +189,62 @@ def test_bfloat16_save_loads_in_transformers_with_our_logits(tmp_path):
         np.testing.assert_array_equal(array, expected[name], err_msg=name)
     ids = np.random.default_rng(0).integers(0, 97, (1, 10))
     np.testing.assert_allclose(back(ids)[0].numpy(), hf_logits(reference, ids), atol=1e-4, rtol=0)
+
+
+# --- dropout and token ids: only what the model really has ----------------------------------
+def test_dropout_is_written_only_where_tinyllm_drops(tmp_path):
+    gpt2 = Transformer(get_preset("tiny", n_layer=1, dropout=0.2))
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    saved = json.loads((tmp_path / "gpt2" / "config.json").read_text())
+    assert (saved["embd_pdrop"], saved["resid_pdrop"], saved["attn_pdrop"]) == (0.2, 0.2, 0.0)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "gpt2").transformer
+    # ours: after the embeddings, after attention's output and after the MLP; never inside
+    assert theirs.drop.p == 0.2 and theirs.h[0].mlp.dropout.p == 0.2
+    assert theirs.h[0].attn.resid_dropout.p == 0.2 and theirs.h[0].attn.attn_dropout.p == 0.0
+    assert Transformer.from_pretrained(tmp_path / "gpt2").config.dropout == 0.2
+
+    llama = Transformer(get_preset("tiny-llama", n_layer=1, dropout=0.2))
+    llama.save_pretrained(tmp_path / "llama")  # Llama drops only attention probabilities
+    assert json.loads((tmp_path / "llama" / "config.json").read_text())["attention_dropout"] == 0.0
+    read = config_from_hf({**SMALL, "model_type": "llama", "attention_dropout": 0.1})
+    assert read.dropout == 0.0  # not our residual dropout: a different place in the model
+
+
+def test_saved_token_ids_are_the_models_own_and_transformers_accepts_them(tmp_path):
+    import logging
+
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        for preset in ("tiny", "tiny-llama"):
+            for ids in ({}, {"eos_token_id": 1023}):
+                model = Transformer(get_preset(preset, n_layer=1, vocab_size=1024, **ids))
+                folder = tmp_path / f"{preset}{len(ids)}"
+                model.save_pretrained(folder)
+                saved = json.loads((folder / "config.json").read_text())
+                assert saved["bos_token_id"] is None  # null, not transformers' 50256 or 1
+                assert saved["eos_token_id"] == ids.get("eos_token_id")
+                config = transformers.AutoModelForCausalLM.from_pretrained(folder).config
+                for name, value in config.to_dict().items():  # transformers' own check
+                    if name.endswith("_token_id") and value is not None:
+                        assert 0 <= value < 1024, (preset, name, value)
+                assert config.eos_token_id == ids.get("eos_token_id")
+                back = Transformer.from_pretrained(folder)
+                assert back.config.eos_token_id == config.eos_token_id
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert not [m for m in messages if "token_id" in m], messages
+
+
+def test_token_ids_read_from_hugging_face_configs_are_kept_when_in_the_vocabulary():
+    gpt2 = transformers.GPT2Config(**GPT2).to_dict()  # bos/eos 50256, vocabulary of 97
+    assert (config_from_hf(gpt2).bos_token_id, config_from_hf(gpt2).eos_token_id) == (None, None)
+    full = config_from_hf({**gpt2, "vocab_size": 50257})
+    assert (full.bos_token_id, full.eos_token_id) == (50256, 50256)
+    llama3 = {**SMALL, "model_type": "llama", "bos_token_id": 96, "eos_token_id": [1, 2, 500]}
+    assert config_from_hf(llama3).eos_token_id == [1, 2]  # Llama 3 stops on any of several
+    assert config_from_hf(llama3).bos_token_id == 96
+    with pytest.raises(ValueError, match=r"eos_token_id=50256 is not a token .* 1023"):
+        get_preset("tiny", vocab_size=1024, eos_token_id=50256)

@@ -54,6 +54,10 @@ class ModelConfig(Config):
     norm_top_k: bool = True  # gates: the chosen probabilities renormalized (Mixtral) or as they are
     router_aux_loss_coef: float = 0.01  # weight of the load-balancing loss in the total loss
     init_std: float = 0.02
+    # the ids that begin and end a text, written to config.json; None: the model has none.
+    # The tokenizer decides them: eos_token_id=tokenizer.special_tokens["<|endoftext|>"]
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None  # Llama 3 ends on any of several
 
     def __post_init__(self):
         def fail(message):
@@ -107,6 +111,14 @@ class ModelConfig(Config):
             fail(f"top_k={self.top_k} must be between 1 and n_expert={self.n_expert}")
         if not 0.0 <= self.dropout < 1.0:
             fail(f"dropout={self.dropout} must be in [0, 1)")
+        for name in ("bos_token_id", "eos_token_id"):
+            ids = getattr(self, name)
+            ids = ids if isinstance(ids, list) else [] if ids is None else [ids]
+            if not all(isinstance(i, int) and 0 <= i < self.vocab_size for i in ids):
+                fail(
+                    f"{name}={getattr(self, name)!r} is not a token of the vocabulary "
+                    f"(expected None or ids from 0 to vocab_size - 1 = {self.vocab_size - 1})"
+                )
 
     @property
     def head_dim(self):

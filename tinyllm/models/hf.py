@@ -2,17 +2,32 @@
 
 A directory holds ``config.json`` (the architecture's options, under Hugging Face's names)
 and ``model.safetensors`` (the weights, under the names of the ``transformers`` modules).
-This file is the import boundary: checkpoint names (``c_attn``, ``wte``, ``w1``) appear here
-and nowhere else. Three differences get translated:
+This file and ``hf_families.py`` are the import boundary: checkpoint names (``c_attn``,
+``wte``, ``w1``) appear there and nowhere else. Three differences get translated:
 
 - names: ``model.layers.0.self_attn.q_proj`` is our ``blocks.0.attention.q_proj``;
 - layout: ``torch.nn.Linear`` stores its weight as (out, in), ours is (in, out), so those
   are transposed (GPT-2's ``Conv1D`` already stores (in, out));
 - fusion: GPT-2 keeps query, key and value in one ``c_attn`` matrix; we keep three.
 
-Supported: GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
-Qwen3ForCausalLM, MixtralForCausalLM and Qwen3MoeForCausalLM. Any option tinyllm does not
-implement is an error that names it, never a silently different model.
+What differs between families (GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen3-MoE) is
+data, one record each in ``hf_families.py``; the functions here read any record. Any option
+tinyllm does not implement is an error that names it, never a silently different model.
+
+Only what tinyllm's model does is written: its dropout follows the embeddings and each
+residual branch (GPT-2's ``embd_pdrop`` and ``resid_pdrop``), never the attention
+probabilities, so ``attn_pdrop`` / ``attention_dropout`` are written as 0.0; the Llama
+family has no place for the other two. Dropout only acts in training, so a file's
+attention dropout is not refused on reading, just not carried over.
+
+>>> from tinyllm.models import get_preset
+>>> hf = config_to_hf(get_preset("tiny-llama", vocab_size=1024, eos_token_id=0))
+>>> hf["architectures"], hf["num_key_value_heads"], hf["attention_dropout"]
+(['LlamaForCausalLM'], 2, 0.0)
+>>> hf["bos_token_id"], hf["eos_token_id"]   # never transformers' defaults (1 and 2)
+(None, 0)
+>>> config_from_hf(hf) == get_preset("tiny-llama", vocab_size=1024, eos_token_id=0)
+True
 """
 
 import json
@@ -21,25 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_open
+from ..nn import Linear
 from .config import ModelConfig
+from .hf_families import FAMILIES
 from .weights import load_weights, write_safetensors
 
-ARCHITECTURES = {
-    "gpt2": "GPT2LMHeadModel",
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM",
-    "mixtral": "MixtralForCausalLM",
-    "qwen3_moe": "Qwen3MoeForCausalLM",
-}
-# The MoE families: the name their config.json gives the expert count (transformers 5 calls
-# both "num_local_experts" and takes either spelling), where the experts sit in a block,
-# and their weights' names -> ours.
-_MOE = {
-    "mixtral": ("num_local_experts", "block_sparse_moe.", {"w1": "gate", "w2": "down", "w3": "up"}),
-    "qwen3_moe": ("num_experts", "mlp.", {f"{p}_proj": p for p in ("gate", "up", "down")}),
-}
+ARCHITECTURES = {name: family.architecture for name, family in FAMILIES.items()}
+TOKEN_IDS = ("bos_token_id", "eos_token_id")
 
 
 def _unsupported(model_type, option, value, expected):
@@ -48,7 +51,12 @@ def _unsupported(model_type, option, value, expected):
     )
 
 
-# --- config.json <-> ModelConfig -------------------------------------------------------------
+def _keys(theirs):
+    """A config key, or a tuple of keys, as a tuple."""
+    return (theirs,) if isinstance(theirs, str) else theirs
+
+
+# --- config.json -> ModelConfig --------------------------------------------------------------
 def _rope_from_hf(hf, model_type):
     """(rope_theta, rope_scaling, context_length) from either spelling of the RoPE options."""
     params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
@@ -83,7 +91,7 @@ def _rope_from_hf(hf, model_type):
 
 
 def _expert_count(hf):
-    count = hf.get("num_local_experts") or hf.get("num_experts")
+    count = hf.get("num_local_experts") or hf.get("num_experts")  # transformers 5 takes either
     if not isinstance(count, int) or count < 1:
         raise ValueError(
             f"{hf['model_type']} config: no expert count (num_local_experts={count!r})"
@@ -91,142 +99,88 @@ def _expert_count(hf):
     return count
 
 
+def _in_vocabulary(ids, vocab_size):
+    """Token ids with those outside the vocabulary dropped (GPT-2's 50256 in a small model)."""
+    if not isinstance(vocab_size, int) or ids is None:
+        return ids
+    if isinstance(ids, list):
+        return [i for i in ids if 0 <= i < vocab_size] or None
+    return ids if 0 <= ids < vocab_size else None
+
+
 def config_from_hf(hf):
     """A :class:`ModelConfig` from a ``config.json`` dict; unsupported options raise."""
     model_type = hf.get("model_type")
-    if model_type not in ARCHITECTURES:
+    if model_type not in FAMILIES:
         raise ValueError(
             f"config.json: model_type {model_type!r} is not supported; tinyllm reads "
-            f"{sorted(ARCHITECTURES)} ({', '.join(ARCHITECTURES.values())})"
+            f"{sorted(FAMILIES)} ({', '.join(ARCHITECTURES.values())})"
         )
-    if model_type == "gpt2":
-        act = hf.get("activation_function", "gelu_new")
-        if act not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise _unsupported("gpt2", "activation_function", act, "gelu_new")
-        for option, want in (
-            ("scale_attn_weights", True),
-            ("scale_attn_by_inverse_layer_idx", False),
-        ):
-            if hf.get(option, want) != want:
-                raise _unsupported("gpt2", option, hf[option], want)
-        return ModelConfig(
-            vocab_size=hf["vocab_size"],
-            context_length=hf.get("n_positions", 1024),
-            d_model=hf["n_embd"],
-            n_layer=hf["n_layer"],
-            n_head=hf["n_head"],
-            d_ff=hf.get("n_inner"),
-            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-            tie_embeddings=hf.get("tie_word_embeddings", True),
-            dropout=hf.get("resid_pdrop", 0.0),
-            init_std=hf.get("initializer_range", 0.02),
-        )
+    family = FAMILIES[model_type]
+    for key, allowed in family.pinned.items():
+        if hf.get(key, allowed[0]) not in allowed:
+            raise _unsupported(model_type, key, hf[key], " or ".join(map(repr, allowed)))
+    fields = dict(family.switches)
+    for ours, theirs in family.config_keys.items():
+        key = _keys(theirs)[0]
+        if key not in hf and key not in family.defaults:
+            raise KeyError(f"{model_type} config: no {key!r} (tinyllm's {ours})")
+        fields[ours] = hf.get(key, family.defaults.get(key))
+    if fields["position"] == "rope":
+        theta, scaling, context = _rope_from_hf(hf, model_type)
+        fields.update(rope_theta=theta, rope_scaling=scaling, context_length=context)
+    if family.moe:
+        fields["n_expert"] = _expert_count(hf)
+    # the usual head shapes stay implied, as a tinyllm config leaves them
+    n_head, d_head = fields["n_head"], fields.get("d_head")
+    if fields.get("n_kv_head") == n_head:
+        fields["n_kv_head"] = None
+    if d_head is not None and d_head * n_head == fields["d_model"]:
+        fields["d_head"] = None
+    for name in TOKEN_IDS:
+        fields[name] = _in_vocabulary(fields[name], fields["vocab_size"])
+    return ModelConfig(**fields)
 
-    if hf.get("hidden_act", "silu") != "silu":
-        raise _unsupported(model_type, "hidden_act", hf["hidden_act"], "silu")
-    d_model, n_head, head_dim = hf["hidden_size"], hf["num_attention_heads"], hf.get("head_dim")
-    if head_dim is not None and head_dim * n_head == d_model:
-        head_dim = None  # the usual width: leave it implied
-    for option in ("attention_bias", "mlp_bias", "use_sliding_window"):
-        if hf.get(option):
-            raise _unsupported(model_type, option, hf[option], False)
-    if model_type == "qwen3_moe":  # every layer a mixture: no dense layers in between
-        if hf.get("mlp_only_layers"):
-            raise _unsupported(model_type, "mlp_only_layers", hf["mlp_only_layers"], [])
-        if hf.get("decoder_sparse_step", 1) != 1:
-            raise _unsupported(model_type, "decoder_sparse_step", hf["decoder_sparse_step"], 1)
-    theta, scaling, context = _rope_from_hf(hf, model_type)
-    window = hf.get("sliding_window") if model_type in ("mistral", "mixtral") else None
-    return ModelConfig(
-        vocab_size=hf["vocab_size"],
-        context_length=context,
-        d_model=d_model,
-        n_layer=hf["num_hidden_layers"],
-        n_head=n_head,
-        n_kv_head=hf.get("num_key_value_heads") or n_head,
-        d_head=head_dim,
-        d_ff=hf["moe_intermediate_size" if model_type == "qwen3_moe" else "intermediate_size"],
-        mlp="swiglu",
-        norm="rmsnorm",
-        norm_eps=hf.get("rms_norm_eps", 1e-6),
-        position="rope",
-        rope_theta=theta,
-        rope_scaling=scaling,
-        sliding_window=window,
-        bias=False,
-        qkv_bias=model_type == "qwen2",
-        qk_norm=model_type in ("qwen3", "qwen3_moe"),
-        tie_embeddings=hf.get("tie_word_embeddings", False),
-        dropout=hf.get("attention_dropout", 0.0),
-        n_expert=_expert_count(hf) if model_type in _MOE else 0,
-        top_k=hf.get("num_experts_per_tok", 2),
-        norm_top_k=model_type != "qwen3_moe" or hf.get("norm_topk_prob", False),
-        router_aux_loss_coef=hf.get("router_aux_loss_coef", 0.01),
-        init_std=hf.get("initializer_range", 0.02),
+
+# --- ModelConfig -> config.json --------------------------------------------------------------
+def _cannot_hold(config, family):
+    """``[(option, the value family needs)]`` for each option of ``config`` it cannot hold."""
+    problems = [(f, repr(v)) for f, v in family.switches.items() if getattr(config, f) != v]
+    if bool(config.n_expert) != bool(family.moe):
+        problems.append(("n_expert", "a positive count" if family.moe else "0"))
+    implied = {  # an option set away from its implied value needs a key of its own
+        "n_kv_head": config.kv_heads == config.n_head,
+        "d_head": config.head_dim * config.n_head == config.d_model,
+        "sliding_window": config.sliding_window is None,
+    }
+    for option, is_implied in implied.items():
+        if not is_implied and option not in family.config_keys:
+            problems.append((option, "None"))
+    return problems
+
+
+def family_of(config):
+    """The first family of ``hf_families.FAMILIES`` that holds ``config``, or an error."""
+    problems = {name: _cannot_hold(config, family) for name, family in FAMILIES.items()}
+    for name, found in problems.items():
+        if not found:
+            return FAMILIES[name]
+    closest = min(problems, key=lambda name: len(problems[name]))  # the first of equals
+    option, expected = problems[closest][0]
+    raise ValueError(
+        f"save_pretrained: no Hugging Face architecture has {option}="
+        f"{getattr(config, option)!r} together with this config's other options (the "
+        f"closest, {ARCHITECTURES[closest]}, needs {option}={expected})"
     )
 
 
 def model_type_of(config):
-    """The Hugging Face architecture that has exactly ``config``'s options, or an error."""
-
-    def need(condition, option, expected):
-        if not condition:
-            raise ValueError(
-                f"save_pretrained: no Hugging Face architecture has {option}="
-                f"{getattr(config, option)!r} together with this config's other options "
-                f"(expected {expected})"
-            )
-
-    if config.position == "learned":  # GPT-2
-        need(config.norm == "layernorm", "norm", "layernorm with learned positions")
-        need(config.mlp == "gelu", "mlp", "gelu with learned positions")
-        need(config.bias and config.qkv_bias, "bias", "biases everywhere, as GPT-2")
-        need(config.kv_heads == config.n_head, "n_kv_head", "n_head: GPT-2 has no GQA")
-        need(config.head_dim * config.n_head == config.d_model, "d_head", "d_model / n_head")
-        need(not config.n_expert, "n_expert", "0 for GPT-2")
-        need(config.sliding_window is None, "sliding_window", "None for GPT-2")
-        need(not config.qk_norm, "qk_norm", "False for GPT-2")
-        return "gpt2"
-    need(config.norm == "rmsnorm", "norm", "rmsnorm with RoPE")
-    need(config.mlp == "swiglu", "mlp", "swiglu with RoPE")
-    need(not config.bias, "bias", "False: Llama-family output and MLP layers have no bias")
-    if config.qk_norm:
-        need(not config.qkv_bias, "qkv_bias", "False for Qwen3")
-        need(config.sliding_window is None, "sliding_window", "None for Qwen3")
-        return "qwen3_moe" if config.n_expert else "qwen3"
-    if config.n_expert:
-        need(not config.qkv_bias, "qkv_bias", "False for Mixtral")
-        need(config.norm_top_k, "norm_top_k", "True for Mixtral")
-        return "mixtral"
-    if config.qkv_bias:
-        need(config.sliding_window is None, "sliding_window", "None for Qwen2")
-        return "qwen2"
-    return "mistral" if config.sliding_window is not None else "llama"
+    """The Hugging Face ``model_type`` that has exactly ``config``'s options, or an error."""
+    return family_of(config).model_type
 
 
-def config_to_hf(config):
-    """The ``config.json`` dict ``transformers`` reads for ``config``."""
-    model_type = model_type_of(config)
-    common = {
-        "architectures": [ARCHITECTURES[model_type]],
-        "model_type": model_type,
-        "vocab_size": config.vocab_size,
-        "tie_word_embeddings": config.tie_embeddings,
-        "initializer_range": config.init_std,
-        "torch_dtype": "float32",
-    }
-    if model_type == "gpt2":
-        return {
-            **common,
-            "n_positions": config.context_length,
-            "n_embd": config.d_model,
-            "n_layer": config.n_layer,
-            "n_head": config.n_head,
-            "n_inner": config.ff_dim,
-            "activation_function": "gelu_new",
-            "layer_norm_epsilon": config.norm_eps,
-            **{key: config.dropout for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop")},
-        }
+def _rope_to_hf(config):
+    """The RoPE entries of ``config.json``, in both spellings of transformers 4 and 5."""
     scaling = dict(config.rope_scaling or {})
     context = config.context_length
     rope = {"rope_type": scaling.pop("type", "default"), "rope_theta": config.rope_theta}
@@ -237,93 +191,76 @@ def config_to_hf(config):
         else:
             rope["original_max_position_embeddings"] = original
     rope.update(scaling)
-    hf = {
-        **common,
-        "hidden_size": config.d_model,
-        "intermediate_size": config.ff_dim,
-        "num_hidden_layers": config.n_layer,
-        "num_attention_heads": config.n_head,
-        "num_key_value_heads": config.kv_heads,
-        "head_dim": config.head_dim,
+    return {
         "max_position_embeddings": context,
-        "hidden_act": "silu",
-        "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_theta,
         "rope_parameters": rope,
         "rope_scaling": rope if rope["rope_type"] != "default" else None,
-        "attention_dropout": config.dropout,
     }
-    if model_type in ("mistral", "mixtral"):
-        hf["sliding_window"] = config.sliding_window
-    if model_type == "qwen3_moe":
-        hf.update(moe_intermediate_size=config.ff_dim, norm_topk_prob=config.norm_top_k,
-                  decoder_sparse_step=1, mlp_only_layers=[])  # fmt: skip
-    if model_type in _MOE:
-        hf[_MOE[model_type][0]] = config.n_expert
-        hf["num_experts_per_tok"] = config.top_k
-        hf["router_aux_loss_coef"] = config.router_aux_loss_coef
+
+
+# fields a tinyllm config may leave None (implied); transformers' own defaults differ
+_RESOLVED = {"d_ff": "ff_dim", "n_kv_head": "kv_heads", "d_head": "head_dim"}
+
+
+def config_to_hf(config):
+    """The ``config.json`` dict ``transformers`` reads for ``config``."""
+    family = family_of(config)
+    hf = {"architectures": [family.architecture], "model_type": family.model_type}
+    for ours, theirs in family.config_keys.items():
+        for key in _keys(theirs):
+            hf[key] = getattr(config, _RESOLVED.get(ours, ours))
+    hf.update({key: allowed[0] for key, allowed in family.pinned.items()})
+    hf.update(family.written)
+    if config.position == "rope":
+        hf.update(_rope_to_hf(config))
+    if family.moe:
+        hf[family.moe.count_key] = config.n_expert
+    hf["torch_dtype"] = "float32"
     return hf
 
 
 # --- weight names ---------------------------------------------------------------------------
-def weight_map(config, model_type):
-    """``[(hf_name, [our names], transposed)]`` for every checkpoint tensor.
+def _hf_module(family, ours):
+    """The checkpoint name of our module ``ours`` (a dotted path in :class:`Transformer`)."""
+    names, moe = family.weights, family.moe
+    if ours == "lm_head":
+        return "lm_head"
+    if ours.startswith("blocks."):
+        _, i, inside = ours.split(".", 2)
+        block = names.prefix + names.block.format(i=i)
+        if moe and inside == "mlp.router":
+            return block + moe.router
+        if moe and inside.startswith("mlp.experts."):
+            _, _, e, matrix = inside.split(".")
+            return block + moe.experts.format(e=e) + moe.expert_weights[matrix]
+        if inside in names.block_names:
+            return block + names.block_names[inside]
+    outside = {
+        "token_embedding": names.embedding,
+        "position_embedding": names.position_embedding,
+        "final_norm": names.final_norm,
+    }
+    if outside.get(ours):
+        return names.prefix + outside[ours]
+    raise KeyError(f"{family.architecture} has no weight for tinyllm's {ours}")
 
-    One checkpoint tensor may hold several of ours side by side on its last axis (GPT-2's
-    ``c_attn``); ``transposed`` marks (out, in) ``torch.nn.Linear`` layouts.
+
+def weight_map(model, family):
+    """``[(hf_name, [our names], transposed)]`` for every tensor of ``model``.
+
+    Ours that share one checkpoint name sit side by side on its last axis, in our order
+    (GPT-2's ``c_attn``: q, k, v); ``transposed`` marks (out, in) ``torch.nn.Linear`` layouts.
     """
-    entries = []
-
-    def add(hf_name, ours, transposed=False):
-        entries.append((hf_name, [ours] if isinstance(ours, str) else ours, transposed))
-
-    if model_type == "gpt2":
-        add("transformer.wte.weight", "token_embedding.weight")
-        add("transformer.wpe.weight", "position_embedding.weight")
-        for i in range(config.n_layer):
-            hf, ours = f"transformer.h.{i}.", f"blocks.{i}."
-            for kind in ("weight", "bias"):
-                add(hf + f"ln_1.{kind}", ours + f"attention_norm.{kind}")
-                add(
-                    hf + f"attn.c_attn.{kind}", [ours + f"attention.{p}_proj.{kind}" for p in "qkv"]
-                )
-                add(hf + f"attn.c_proj.{kind}", ours + f"attention.o_proj.{kind}")
-                add(hf + f"ln_2.{kind}", ours + f"mlp_norm.{kind}")
-                add(hf + f"mlp.c_fc.{kind}", ours + f"mlp.up.{kind}")
-                add(hf + f"mlp.c_proj.{kind}", ours + f"mlp.down.{kind}")
-        add("transformer.ln_f.weight", "final_norm.weight")
-        add("transformer.ln_f.bias", "final_norm.bias")
-    else:
-        add("model.embed_tokens.weight", "token_embedding.weight")
-        for i in range(config.n_layer):
-            hf, ours = f"model.layers.{i}.", f"blocks.{i}."
-            add(hf + "input_layernorm.weight", ours + "attention_norm.weight")
-            for p in "qkvo":
-                add(hf + f"self_attn.{p}_proj.weight", ours + f"attention.{p}_proj.weight", True)
-                if config.qkv_bias and p != "o":
-                    add(hf + f"self_attn.{p}_proj.bias", ours + f"attention.{p}_proj.bias")
-            if config.qk_norm:
-                for p in "qk":
-                    add(hf + f"self_attn.{p}_norm.weight", ours + f"attention.{p}_norm.weight")
-            add(hf + "post_attention_layernorm.weight", ours + "mlp_norm.weight")
-            if config.n_expert:
-                _, where, names = _MOE[model_type]
-                moe = hf + where
-                add(moe + "gate.weight", ours + "mlp.router.weight", True)
-                for e in range(config.n_expert):
-                    for hf_w, our_w in names.items():
-                        add(
-                            f"{moe}experts.{e}.{hf_w}.weight",
-                            f"{ours}mlp.experts.{e}.{our_w}.weight",
-                            True,
-                        )
-            else:
-                for p in ("gate", "up", "down"):
-                    add(hf + f"mlp.{p}_proj.weight", ours + f"mlp.{p}.weight", True)
-        add("model.norm.weight", "final_norm.weight")
-    if not config.tie_embeddings:
-        add("lm_head.weight", "lm_head.weight", True)  # an nn.Linear in every family
-    return entries
+    linears = {name for name, module in model.named_modules() if isinstance(module, Linear)}
+    entries = {}
+    for ours in model.state_dict():
+        module, kind = ours.rsplit(".", 1)
+        transposed = kind == "weight" and module in linears
+        transposed = transposed and (family.weights.out_in or module == "lm_head")
+        hf_name = f"{_hf_module(family, module)}.{kind}"
+        entries.setdefault(hf_name, (hf_name, [], transposed))[1].append(ours)
+    return list(entries.values())
 
 
 # --- directories ---------------------------------------------------------------------------
@@ -333,14 +270,17 @@ def load_pretrained(cls, directory):
     config_path = directory / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{directory}: no config.json; is this a model directory?")
-    config = config_from_hf(json.loads(config_path.read_text()))
+    hf_config = json.loads(config_path.read_text())
+    config = config_from_hf(hf_config)
+    family = FAMILIES[hf_config["model_type"]]
     tensors = load_weights(directory)
-    if "transformer.wte.weight" not in tensors and "wte.weight" in tensors:  # very old GPT-2 files
-        tensors = {f"transformer.{k}": v for k, v in tensors.items()}
+    prefix, embedding = family.weights.prefix, f"{family.weights.embedding}.weight"
+    if prefix + embedding not in tensors and embedding in tensors:  # very old GPT-2 files
+        tensors = {(k if k == "lm_head.weight" else prefix + k): v for k, v in tensors.items()}
     model = cls(config)
     params = dict(model.named_parameters())
     state = {}
-    for hf_name, ours, transposed in weight_map(config, model_type_of(config)):
+    for hf_name, ours, transposed in weight_map(model, family):
         if hf_name not in tensors:
             raise KeyError(f"{directory}: the weights have no {hf_name!r} (needed for {ours[0]})")
         array = tensors[hf_name].astype(np.float32)
@@ -361,12 +301,12 @@ def save_pretrained(model, directory, dtype="float32"):
     """
     if dtype not in SAVE_DTYPES:
         raise ValueError(f"save_pretrained: dtype {dtype!r} must be one of {list(SAVE_DTYPES)}")
-    config, directory = model.config, Path(directory)
-    hf_config = config_to_hf(config)
-    hf_config["torch_dtype"] = dtype
+    directory = Path(directory)
+    family = family_of(model.config)
+    hf_config = {**config_to_hf(model.config), "torch_dtype": dtype}
     state = model.state_dict()
     tensors = {}
-    for hf_name, ours, transposed in weight_map(config, hf_config["model_type"]):
+    for hf_name, ours, transposed in weight_map(model, family):
         array = np.concatenate([state[name] for name in ours], axis=-1)
         tensors[hf_name] = array.T if transposed else array
     write_safetensors(

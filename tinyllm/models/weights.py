@@ -12,6 +12,10 @@ bfloat16 (``BF16``), the usual dtype of released checkpoints, has no NumPy type:
 16 bits are the top half of a float32, so shifting them left by 16 recovers the float32,
 and writing one keeps the top half after rounding the bottom half away (to nearest even).
 
+This file is the reader and writer tinyllm uses; the ``safetensors`` library checks it in
+the tests, and could not replace it: NumPy has no bfloat16, so ``safetensors.numpy`` refuses
+BF16 files, and it writes a non-contiguous array's memory as it lies.
+
 Big models are split into shards listed by ``model.safetensors.index.json``;
 ``load_weights(directory)`` reads either layout.
 
@@ -46,7 +50,7 @@ def _bf16_to_f32(raw):
 
 def _f32_to_bf16(array):
     """float32 -> bfloat16 bits (uint16), rounded to nearest even as PyTorch rounds."""
-    bits = np.ascontiguousarray(array, np.float32).view(np.uint32)
+    bits = np.asarray(array, np.float32, order="C").view(np.uint32)
     rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16  # no overflow: NaN is fixed below
     nan = np.isnan(array)
     return np.where(nan, (bits >> 16) | 0x40, rounded).astype(np.uint16)  # NaN stays a NaN
@@ -99,7 +103,7 @@ def write_safetensors(path, tensors, metadata=None, floats=None):
         raise ValueError(f"write_safetensors: floats={floats!r}; expected 'F32', 'F16' or 'BF16'")
     header, arrays, offset = {}, [], 0
     for name, array in sorted(tensors.items()):
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")  # (ascontiguousarray would make a scalar 1-D)
         if array.dtype not in _NAMES:
             raise TypeError(f"write_safetensors: {name} has unsupported dtype {array.dtype}")
         dtype = _NAMES[array.dtype]
