@@ -254,7 +254,7 @@ def weight_map(model, family):
     """
     linears = {name for name, module in model.named_modules() if isinstance(module, Linear)}
     entries = {}
-    for ours in model.state_dict():
+    for ours, _ in model.named_parameters():
         module, kind = ours.rsplit(".", 1)
         transposed = kind == "weight" and module in linears
         transposed = transposed and (family.weights.out_in or module == "lm_head")

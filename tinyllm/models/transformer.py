@@ -29,7 +29,7 @@ from ..nn.mlp import MLP, SwiGLU
 from ..nn.moe import MoE
 from ..nn.rope import RotaryEmbedding
 from .config import ModelConfig
-from .hf import load_pretrained, model_type_of, save_pretrained, weight_map
+from .hf import family_of, load_pretrained, save_pretrained, weight_map
 
 
 def _norm(config):
@@ -178,15 +178,15 @@ class Transformer(Module):
 
     def has_hf_form(self):
         """Whether ``save_pretrained`` writes this model as it is: its config has a Hugging
-        Face architecture and it holds exactly a plain Transformer's weights (no adapter,
-        extra head or quantized layer inside)."""
-        try:
-            model_type = model_type_of(self.config)
-        except ValueError:
+        Face architecture and every weight a name there (no adapter, extra head, Buffer or
+        quantized layer inside)."""
+        if any(True for _ in self.named_buffers()):
             return False
-        expected = {name for _, ours, _ in weight_map(self.config, model_type) for name in ours}
-        ours = {name for name, _ in [*self.named_parameters(), *self.named_buffers()]}
-        return ours == expected
+        try:
+            weight_map(self, family_of(self.config))
+        except (ValueError, KeyError):
+            return False
+        return True
 
     @classmethod
     def from_pretrained(cls, directory):
