@@ -44,6 +44,13 @@ def test_every_pretrain_flag_says_what_it_means(capsys):
     assert "one of: char, bpe" in help_of(capsys, "pretrain")  # and argparse prints it
 
 
+def test_every_flag_of_every_command_has_help():
+    (commands,) = build_parser()._subparsers._group_actions
+    for name, parser in commands.choices.items():
+        for action in parser._actions:
+            assert action.help, f"tinyllm {name} {action.option_strings or action.dest}: no help"
+
+
 def test_a_value_outside_the_choices_is_refused_naming_them(capsys):
     with pytest.raises(SystemExit) as exit:
         main(["pretrain", "--schedule", "cosin"])

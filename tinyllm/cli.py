@@ -80,7 +80,7 @@ def configure_tokenizer(parser):
     from tinyllm.tokenizer import SPLIT_PATTERNS
 
     parser.description = "Train a byte-level BPE tokenizer, or encode text with one."
-    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", help="train or encode")
     actions.required = True
     train = actions.add_parser("train", help="train on a corpus and write DIR/tokenizer.json")
     train.add_argument(
@@ -318,19 +318,37 @@ def run_sample(args):
 
 # --- tinyllm speedrun -------------------------------------------------------------------------
 def configure_speedrun(parser):
+    from tinyllm.backend import NAMES
     from tinyllm.recipes.speedrun import PRESETS
 
     parser.description = (
-        "The main job: train a BPE tokenizer on the shipped corpus, pretrain a model, sample "
-        "from it, and write OUT/report.md with the losses, throughput, samples and plots."
+        "The whole pipeline: train a BPE tokenizer on the shipped corpus, pretrain a model, "
+        "sample from it, and write OUT/report.md with the losses, training throughput, samples "
+        "and plots. Ctrl-C stops at the next step, saves, and still writes the report."
     )
-    parser.add_argument("--out", default="runs/speedrun", help="the run folder")
-    parser.add_argument("--backend", default=None, help="numpy, cupy or jax (default: current)")
     parser.add_argument(
-        "--preset", choices=sorted(PRESETS), help="default: cpu on NumPy, gpu on CuPy/JAX"
+        "--out", default="runs/speedrun", help="the run folder (default: %(default)s)"
     )
-    parser.add_argument("--steps", type=int, help="override the preset's optimizer steps")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument(
+        "--backend",
+        choices=NAMES,
+        default=None,
+        help="the array library (default: the current one, numpy unless TINYLLM_BACKEND says)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="the model and training length (default: gpu when the backend computes on a GPU, "
+        "else cpu)",
+    )
+    parser.add_argument(
+        "--steps", type=_integer(1), help="optimizer steps, instead of the preset's"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out (on a finished run: only rewrite the report)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
