@@ -105,6 +105,7 @@ class PretrainRun:
     steps: int  # the steps the run was asked for (TrainConfig.steps)
     start_step: int  # where this session began: 0, or the checkpoint it resumed from
     last_eval: dict | None  # the newest metrics.jsonl row with a validation loss
+    last_logged_loss: float | None  # the newest training loss in metrics.jsonl
 
     @property
     def trained_steps(self):
@@ -116,8 +117,7 @@ class PretrainRun:
         """The newest training loss: this session's last step, else the last one logged."""
         if self.trained_steps and is_figure(self.result.train_loss):
             return self.result.train_loss
-        logged = [row["loss"] for row in read_metrics(self.out / "metrics.jsonl") if "loss" in row]
-        return logged[-1] if logged else None
+        return self.last_logged_loss
 
     @property
     def val_loss(self):
@@ -141,7 +141,7 @@ class PretrainRun:
         >>> from tinyllm.train import TrainResult
         >>> result = TrainResult(step=37, train_loss=4.2, val_loss=None, best_val_loss=None,
         ...                      tokens_per_second=300.0, seconds=12.0, stopped_by="SIGINT")
-        >>> PretrainRun(None, None, result, Path("run"), [], {}, 2000, 0, None).outcome
+        >>> PretrainRun(None, None, result, Path("run"), [], {}, 2000, 0, None, None).outcome
         'stopped by SIGINT at step 37 before the first evaluation; resume with --resume'
         """
         step, stopped_by = self.result.step, self.result.stopped_by
@@ -220,13 +220,17 @@ def _pretrain(config, train):
         "vocab_size": tokenizer.vocab_size,
         "tokenize_seconds": tokenize_seconds,
     }
-    rows = read_metrics(Path(config.out) / "metrics.jsonl")
+    rows = read_metrics(Path(config.out) / "metrics.jsonl")  # this run's, resumed or not
     evaluations = [row for row in rows if "val_loss" in row]
-    sampled = [row["samples"] for row in rows if "samples" in row]
-    samples = result.samples if result.samples is not None else (sampled or [[]])[-1]
+    losses = [row["loss"] for row in rows if "loss" in row]
+    samples = result.samples
+    if samples is None:  # the last step was not evaluated: the newest logged texts, if any
+        sampled = [row["samples"] for row in rows if "samples" in row]
+        samples = sampled[-1] if sampled else []
     return PretrainRun(
         model, tokenizer, result, Path(config.out), samples, data, steps=train.steps,
         start_step=start_step, last_eval=evaluations[-1] if evaluations else None,
+        last_logged_loss=losses[-1] if losses else None,
     )  # fmt: skip
 
 
