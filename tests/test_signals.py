@@ -63,7 +63,7 @@ def finish(process, timeout):
     return process.returncode, stdout.decode(), stderr.decode()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_before_the_first_evaluation_still_writes_a_report(tmp_path, cache, signum):
     out = tmp_path / "speedrun"
     process = start(["speedrun", "--out", str(out), "--no-progress"], cache)
