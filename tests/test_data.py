@@ -61,6 +61,16 @@ def test_unknown_corpus_name():
         load_corpus("tiny-shakespeare")
 
 
+@pytest.mark.parametrize("name", ["missing.txt", "data/missing", "~/no-such-folder/corpus"])
+def test_a_missing_corpus_file_is_named_as_a_file(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"corpus file '{name}' does not exist"):
+        load_corpus(name)
+    (tmp_path / "texts").mkdir()
+    with pytest.raises(FileNotFoundError, match="corpus file 'texts/' is a folder"):
+        load_corpus("texts/")
+
+
 def test_char_vocab_on_the_corpus():
     text = load_corpus("tinyshakespeare")
     vocab = CharVocab.from_text(text)

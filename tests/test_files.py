@@ -4,6 +4,9 @@ tinyllm reads and writes safetensors by hand (``tinyllm/models/weights.py``, the
 60 lines, bfloat16 included); the ``safetensors`` library and PyTorch are the oracles.
 """
 
+import os
+import stat
+
 import numpy as np
 import pytest
 
@@ -28,6 +31,19 @@ def test_successful_write_replaces_the_file_and_creates_folders(tmp_path):
         f.write(b"\x00\x01")
     assert path.read_bytes() == b"\x00\x01"
     assert [p.name for p in path.parent.iterdir()] == ["tokens.npy"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_mode_a_plain_open_gives(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        with atomic_open(tmp_path / "config.json", "w") as f:
+            f.write("{}")
+        (tmp_path / "plain.txt").write_text("{}")
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE((tmp_path / "config.json").stat().st_mode)
+    assert mode == 0o666 & ~umask == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
 
 
 # --- safetensors: read and written by hand, checked against the library --------------------

@@ -3,6 +3,8 @@ folder the library and transformers read, clear errors that leave nothing behind
 
 import importlib.util
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -12,8 +14,8 @@ from tinyllm.data import load_tokenizer
 from tinyllm.models import Transformer
 from tinyllm.train import read_metrics
 
-QUICK = ["--steps", "3", "--warmup-steps", "1", "--batch-size", "4", "--eval-batches", "1",
-         "--samples", "1", "--sample-tokens", "5", "--no-progress"]  # fmt: skip
+QUICK = ["--steps", "3", "--batch-size", "4", "--eval-batches", "1", "--samples", "1",
+         "--sample-tokens", "5", "--no-progress"]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +33,11 @@ def test_pretrain_writes_a_model_folder_that_sample_and_transformers_read(tmp_pa
     assert load_tokenizer(out).vocab_size == 65
     state = json.loads((out / "checkpoints/step-000003/trainer_state.json").read_text())
     assert state["train_config"]["lr"] == 3e-3  # the flag reached TrainConfig
+    assert state["train_config"]["warmup_steps"] == 0  # a tenth of 3 steps: no warmup error
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir() if p.is_file()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes  # as any file the user writes
 
     assert main(["sample", str(out), "--prompt", "ROMEO:", "--tokens", "20", "--seed", "1"]) == 0
     text = capsys.readouterr().out
@@ -50,11 +57,13 @@ def test_pretrain_writes_a_model_folder_that_sample_and_transformers_read(tmp_pa
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--preset", "huge"], "unknown model preset 'huge'"),
-        (["--corpus", "no-such-corpus"], "no-such-corpus"),
+        (["--preset", "huge"], "invalid choice 'huge'; expected one of tiny, small"),
+        (["--corpus", "no-such-corpus"], "unknown corpus 'no-such-corpus'"),
+        (["--corpus", "texts/missing.txt"], "corpus file 'texts/missing.txt' does not exist"),
         (["--context-length", "5000"], "does not fit the data"),
-        (["--tokenizer", "words"], "tokenizer='words'"),
-        (["--schedule", "cosin"], "unknown schedule 'cosin'"),
+        (["--tokenizer", "words"], "invalid choice 'words'; expected one of char, bpe"),
+        (["--schedule", "cosin"], "invalid choice 'cosin'"),
+        (["--top-k", "0"], "top_k=0: expected an integer >= 1 or None"),
     ],
 )
 def test_bad_pretrain_flags_are_clear_errors(tmp_path, capsys, flags, message):
@@ -62,7 +71,11 @@ def test_bad_pretrain_flags_are_clear_errors(tmp_path, capsys, flags, message):
     tiny = tmp_path / "tiny.txt"
     tiny.write_text("To be, or not to be: that is the question.\n" * 20)
     corpus = ["--corpus", str(tiny)] if "--corpus" not in flags else []
-    assert main(["pretrain", "--out", str(out), *corpus, *QUICK, *flags]) == 2
+    try:
+        code = main(["pretrain", "--out", str(out), *corpus, *QUICK, *flags])
+    except SystemExit as exit:  # refused by argparse, before anything runs
+        code = exit.code
+    assert code == 2
     assert message in capsys.readouterr().err
     assert not (out / "checkpoints").exists()  # nothing was written
 
@@ -76,7 +89,14 @@ def test_pretrain_into_an_existing_run_needs_resume(tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert (out / "model.safetensors").read_bytes() == before
     assert main([*base, "--steps", "5", "--resume"]) == 0
-    assert "step 5:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "step 5:" in printed and "finished at step 5 (resumed from step 3)" in printed
+    assert main([*base, "--steps", "5", "--resume"]) == 0  # finished: nothing to train
+    printed = capsys.readouterr().out
+    assert "this run had already finished at step 5; nothing was trained" in printed
+    last = read_metrics(out / "metrics.jsonl")[-1]
+    assert f"train loss {last['loss']:.4f}, val loss {last['val_loss']:.4f} (step 5)" in printed
+    assert "nan" not in printed and "throughput - tokens/s" in printed
 
 
 def test_speedrun_writes_a_report(tmp_path, capsys):
@@ -93,3 +113,25 @@ def test_speedrun_writes_a_report(tmp_path, capsys):
     assert facts["samples"] == last["samples"] and len(facts["samples"]) == 2  # the last eval's
     assert (out / "loss.png").exists() and (out / "tokenizer.json").exists()
     assert Transformer.from_pretrained(out).config.vocab_size == 1024
+    assert facts["outcome"] == "finished at step 2" and facts["train_config"]["warmup_steps"] == 0
+
+    # --resume on the finished run (the "already holds a run" error suggests it)
+    assert main(["speedrun", "--out", str(out), "--steps", "2", "--resume", "--no-progress"]) == 0
+    again = json.loads((out / "report.json").read_text())
+    said = "this run had already finished at step 2; nothing was trained"
+    assert again["outcome"] == said and said in (out / "report.md").read_text()
+    assert again["train_loss"] == last["loss"] and again["val_loss"] == facts["val_loss"]
+    assert again["samples"] == facts["samples"] and again["tokens_per_second"] is None
+    assert "nan" not in (out / "report.md").read_text()
+
+
+def test_the_speedrun_preset_follows_the_device_not_the_array_library():
+    from tinyllm.backend import get_backend
+    from tinyllm.recipes.speedrun import preset_for
+
+    assert preset_for(get_backend("numpy")) == "cpu"
+    if importlib.util.find_spec("jax"):
+        import jax
+
+        expected = "cpu" if jax.default_backend() == "cpu" else "gpu"
+        assert preset_for(get_backend("jax")) == expected  # JAX on a CPU: the cpu preset

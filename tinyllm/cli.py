@@ -1,4 +1,5 @@
-"""The ``tinyllm`` command. Each subcommand is a ``configure`` / ``run`` pair below.
+"""The ``tinyllm`` command. Each subcommand is a ``configure`` / ``run`` pair below, listed
+with its one-line help in ``COMMANDS`` at the end.
 
 tinyllm info                     version, and which backends work here (and why not)
 tinyllm grade [DIR]              grade the exercises (--solutions, --json results.json)
@@ -6,10 +7,14 @@ tinyllm tokenizer train|encode   train a byte-level BPE (writes tokenizer.json),
 tinyllm pretrain                 train a model on a corpus (flags map onto TrainConfig etc.)
 tinyllm sample DIR               generate text from a trained model folder
 tinyllm speedrun                 the main job: tokenizer, pretraining, samples and a report
+
+Ctrl-C (or SIGTERM) during training saves a checkpoint and stops; a second Ctrl-C leaves
+at once with exit code 130 and a one-line message.
 """
 
 import argparse
 import dataclasses
+import math
 import platform
 import sys
 import types
@@ -75,7 +80,7 @@ def configure_tokenizer(parser):
     from tinyllm.tokenizer import SPLIT_PATTERNS
 
     parser.description = "Train a byte-level BPE tokenizer, or encode text with one."
-    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", help="train or encode")
     actions.required = True
     train = actions.add_parser("train", help="train on a corpus and write DIR/tokenizer.json")
     train.add_argument(
@@ -128,22 +133,30 @@ def run_tokenizer(args):
 
 
 # --- flags from dataclasses -------------------------------------------------------------------
-def add_dataclass_flags(parser, cls, skip=()):
-    """One ``--field-name`` flag per field of dataclass ``cls``, typed from its annotation."""
-    group = parser.add_argument_group(cls.__name__)
+def add_dataclass_flags(parser, cls, title):
+    """One ``--field-name`` flag per field of dataclass ``cls``: typed from its annotation,
+    explained by its ``help`` metadata, and held to its ``choices`` metadata where it has one."""
+    group = parser.add_argument_group(title)
     for field in dataclasses.fields(cls):
-        if field.name in skip:
-            continue
         flag = "--" + field.name.replace("_", "-")
+        if "help" not in field.metadata:
+            raise TypeError(f"{cls.__name__}.{field.name} has no help text in its metadata")
+        text = field.metadata["help"]
+        choices = field.metadata.get("choices")
+        if choices:
+            text += f"; one of: {', '.join(choices)}"
+        text += " (default: %(default)s)"
         if field.type is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+            group.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=field.default, help=text
+            )
             continue
         group.add_argument(
             flag,
-            type=_flag_type(field.type),
+            type=_flag_type(field.type, choices),
             default=field.default,
             metavar=field.name.upper(),
-            help=f"(default: {field.default})",
+            help=text,
         )
 
 
@@ -155,17 +168,25 @@ def dataclass_from_flags(cls, args, **fixed):
     return cls(**{**values, **fixed})
 
 
-def _flag_type(annotation):
-    """The argparse ``type`` for a field annotated ``int``, ``float``, ``str`` or ``X | None``."""
-    if isinstance(annotation, types.UnionType):  # X | None: the word "none" gives None
-        (base,) = [t for t in annotation.__args__ if t is not type(None)]
+def _flag_type(annotation, choices=None):
+    """The argparse ``type`` for a field annotated ``int``, ``float``, ``str`` or ``X | None``
+    (where the word "none" gives None), refusing a value outside ``choices``."""
+    optional = isinstance(annotation, types.UnionType)
+    if optional:
+        (annotation,) = [t for t in annotation.__args__ if t is not type(None)]
 
-        def optional(text):
-            return None if text.lower() == "none" else base(text)
+    def convert(text):
+        if optional and text.lower() == "none":
+            return None
+        value = annotation(text)
+        if choices and value not in choices:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice {text!r}; expected one of {', '.join(choices)}"
+            )
+        return value
 
-        optional.__name__ = base.__name__  # argparse names the type in its error messages
-        return optional
-    return annotation
+    convert.__name__ = annotation.__name__  # argparse names the type in its error messages
+    return convert
 
 
 # --- tinyllm pretrain -------------------------------------------------------------------------
@@ -178,25 +199,24 @@ def configure_pretrain(parser):
         "model.safetensors and the tokenizer (read by tinyllm sample and "
         "Transformer.from_pretrained), metrics.jsonl, loss.png and checkpoints/."
     )
-    add_dataclass_flags(parser, PretrainConfig)
-    add_dataclass_flags(parser, TrainConfig)
+    add_dataclass_flags(parser, PretrainConfig, "data, model and run folder")
+    add_dataclass_flags(parser, TrainConfig, "training")
 
 
 def run_pretrain(args):
     from tinyllm.recipes import PretrainConfig, pretrain
+    from tinyllm.recipes.pretrain import show
     from tinyllm.train import TrainConfig
 
     run = pretrain(
         dataclass_from_flags(PretrainConfig, args), dataclass_from_flags(TrainConfig, args)
     )
-    result = run.result
-    val_loss = "-" if result.val_loss is None else f"{result.val_loss:.4f}"
+    val = "-" if run.val_step is None else f"{show(run.val_loss, '.4f')} (step {run.val_step})"
     print(
-        f"step {result.step}: train loss {result.train_loss:.4f}, val loss {val_loss}, "
-        f"{result.tokens_per_second:,.0f} tokens/s; model in {run.out}"
+        f"step {run.result.step}: train loss {show(run.train_loss, '.4f')}, val loss {val}, "
+        f"training throughput {show(run.tokens_per_second, ',.0f')} tokens/s; model in {run.out}"
     )
-    if result.stopped_by:
-        print(f"stopped by {result.stopped_by}; continue with the same command and --resume")
+    print(run.outcome)
     return 0
 
 
@@ -205,12 +225,76 @@ def configure_sample(parser):
     parser.description = "Generate text from a model folder (one written by tinyllm pretrain)."
     parser.add_argument("directory", metavar="DIR", help="the model folder")
     parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    parser.add_argument("--tokens", type=int, default=200, help="tokens to generate")
-    parser.add_argument("--num-samples", type=int, default=1)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--tokens", type=_integer(1), default=200, help="tokens to generate (default: 200)"
+    )
+    parser.add_argument(
+        "--num-samples", type=_integer(1), default=1, help="texts to generate (default: 1)"
+    )
+    parser.add_argument(
+        "--temperature",
+        type=_number(0),
+        default=0.8,
+        help="below 1 safer, above 1 more surprising; 0 always picks the likeliest token "
+        "(default: 0.8)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=_integer(1),
+        default=None,
+        help="sample among the k likeliest tokens only (default: all)",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=_probability,
+        default=None,
+        help="sample among the likeliest tokens that together hold probability p, in (0, 1] "
+        "(default: all)",
+    )
+    parser.add_argument(
+        "--seed", type=_integer(0), default=0, help="the first sample's seed (default: 0)"
+    )
+
+
+def _integer(least):
+    """An argparse type: an integer >= ``least``."""
+
+    def integer(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {least}")
+        return value
+
+    return integer
+
+
+def _number(least):
+    """An argparse type: a finite number >= ``least``."""
+
+    def number(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value >= least):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number >= {least}")
+        return value
+
+    return number
+
+
+def _probability(text):
+    """An argparse type: a probability in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability in (0, 1]")
+    return value
 
 
 def run_sample(args):
@@ -234,19 +318,37 @@ def run_sample(args):
 
 # --- tinyllm speedrun -------------------------------------------------------------------------
 def configure_speedrun(parser):
+    from tinyllm.backend import NAMES
     from tinyllm.recipes.speedrun import PRESETS
 
     parser.description = (
-        "The main job: train a BPE tokenizer on the shipped corpus, pretrain a model, sample "
-        "from it, and write OUT/report.md with the losses, throughput, samples and plots."
+        "The whole pipeline: train a BPE tokenizer on the shipped corpus, pretrain a model, "
+        "sample from it, and write OUT/report.md with the losses, training throughput, samples "
+        "and plots. Ctrl-C stops at the next step, saves, and still writes the report."
     )
-    parser.add_argument("--out", default="runs/speedrun", help="the run folder")
-    parser.add_argument("--backend", default=None, help="numpy, cupy or jax (default: current)")
     parser.add_argument(
-        "--preset", choices=sorted(PRESETS), help="default: cpu on NumPy, gpu on CuPy/JAX"
+        "--out", default="runs/speedrun", help="the run folder (default: %(default)s)"
     )
-    parser.add_argument("--steps", type=int, help="override the preset's optimizer steps")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument(
+        "--backend",
+        choices=NAMES,
+        default=None,
+        help="the array library (default: the current one, numpy unless TINYLLM_BACKEND says)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="the model and training length (default: gpu when the backend computes on a GPU, "
+        "else cpu)",
+    )
+    parser.add_argument(
+        "--steps", type=_integer(1), help="optimizer steps, instead of the preset's"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out (on a finished run: only rewrite the report)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -263,23 +365,34 @@ def run_speedrun(args):
     return 0
 
 
-COMMANDS = {
-    "info": (configure_info, run_info),
-    "grade": (configure_grade, run_grade),
-    "tokenizer": (configure_tokenizer, run_tokenizer),
-    "pretrain": (configure_pretrain, run_pretrain),
-    "sample": (configure_sample, run_sample),
-    "speedrun": (configure_speedrun, run_speedrun),
-}
+COMMANDS = {  # name: (one-line help, configure, run)
+    "info": ("show the version and which backends (NumPy, CuPy, JAX) work here", configure_info, run_info),
+    "grade": ("grade the exercises and print a score table", configure_grade, run_grade),
+    "tokenizer": ("train a byte-level BPE tokenizer, or encode text with one", configure_tokenizer, run_tokenizer),
+    "pretrain": ("train a language model on a corpus", configure_pretrain, run_pretrain),
+    "sample": ("generate text from a trained model folder", configure_sample, run_sample),
+    "speedrun": ("the whole pipeline in one go: tokenizer, training, samples, report", configure_speedrun, run_speedrun),
+}  # fmt: skip
+
+DESCRIPTION = (
+    "tinyllm builds a small language model from scratch - tokenizer, training, sampling - "
+    "in code made to be read. Train one on Shakespeare in minutes on a laptop CPU "
+    "(tinyllm speedrun), or a bigger one on a GPU; the models load in Hugging Face "
+    "transformers."
+)
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="tinyllm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="tinyllm",
+        description=DESCRIPTION,
+        epilog="Run 'tinyllm COMMAND --help' for a command's options.",
+    )
     parser.add_argument("--version", action="version", version=f"tinyllm {tinyllm.__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     sub.required = True
-    for name, (configure, run) in COMMANDS.items():
-        configure(sub.add_parser(name))
+    for name, (summary, configure, run) in COMMANDS.items():
+        configure(sub.add_parser(name, help=summary, description=summary))
         sub.choices[name].set_defaults(run=run)
     return parser
 
@@ -291,6 +404,23 @@ def main(argv=None):
     except (ValueError, FileNotFoundError, FileExistsError, tinyllm.BackendUnavailable) as err:
         print(f"tinyllm {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C (the first stops training and saves)
+        fresh_line = "\n" if sys.stderr.isatty() else ""  # past a progress bar or "^C"
+        message = f"tinyllm {args.command}: interrupted{_last_checkpoint(args)}"
+        print(fresh_line + message, file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
+
+
+def _last_checkpoint(args):
+    """ "; the last checkpoint is ..." for a command with a run folder, else nothing."""
+    if getattr(args, "out", None) is None:
+        return ""
+    from tinyllm.train import latest_checkpoint
+
+    latest = latest_checkpoint(args.out)
+    if latest is None:
+        return f"; no checkpoint was saved in {args.out}"
+    return f"; the last checkpoint is {latest} (continue with --resume)"
 
 
 if __name__ == "__main__":

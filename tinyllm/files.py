@@ -2,6 +2,8 @@
 
 Write to a temporary file in the same folder, flush it to disk, then ``os.replace`` it over
 the target: the rename is atomic, so readers see the old file or the new one, never a mix.
+The file gets the permissions ``open`` would give a new one (``0o666`` less the umask), not
+the owner-only ``0o600`` of a temporary file.
 
 >>> import tempfile, pathlib
 >>> with tempfile.TemporaryDirectory() as tmp:
@@ -28,6 +30,7 @@ def atomic_open(path, mode="wb", **kwargs):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0o600, readable by us alone
         with os.fdopen(fd, mode, **kwargs) as file:
             yield file
             file.flush()
@@ -37,3 +40,10 @@ def atomic_open(path, mode="wb", **kwargs):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask():
+    """The process's umask (Python can only read it by setting it, so set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

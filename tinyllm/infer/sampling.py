@@ -21,12 +21,16 @@ array([0])
 [[False, False, True, True]]
 
 ``generate`` here recomputes the whole window for every new token: simple and correct,
-and fast enough for the small models this library trains on a CPU.
+and fast enough for the small models this library trains on a CPU. Under JAX every new
+window length would be a new program to compile, so there the window always has the full
+context length - the tokens so far, padded after the end - and one compiled forward reads
+the logits at the last real position. Attention is causal: the padding after that position
+cannot change its logits.
 """
 
 import numpy as np
 
-from ..autograd import no_grad, to_numpy
+from ..autograd import Tensor, no_grad, to_numpy
 
 
 def filter_logits(logits, *, top_k=None, top_p=None):
@@ -73,15 +77,24 @@ def generate(model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=N
     ids = np.asarray(ids, dtype=np.int64)
     if ids.ndim != 2 or ids.shape[1] == 0:
         raise ValueError(f"generate: ids must be (batch, time) with time >= 1, got {ids.shape}")
+    counts = isinstance(max_new_tokens, (int, np.integer)) and not isinstance(max_new_tokens, bool)
+    if not counts or max_new_tokens < 0:
+        raise ValueError(f"generate: max_new_tokens={max_new_tokens!r}: expected an integer >= 0")
     context = model.config.context_length
     rng = np.random.default_rng(seed)
+    backend = model.token_embedding.weight.backend
+    next_logits = _padded_next_logits(model, backend) if backend.name == "jax" else None
     was_training = model.training
     model.eval()
     try:
         with no_grad():
             for _ in range(max_new_tokens):
-                logits, _ = model(ids[:, -context:])  # (B, T, V)
-                last = to_numpy(logits.data[:, -1, :])  # (B, V): the next-token scores
+                window = ids[:, -context:]  # (B, T <= context)
+                if next_logits is None:
+                    logits, _ = model(window)  # (B, T, V)
+                    last = to_numpy(logits.data[:, -1, :])  # (B, V): the next-token scores
+                else:
+                    last = next_logits(window, context)  # (B, V)
                 next_ids = sample_next(
                     last, temperature=temperature, top_k=top_k, top_p=top_p, rng=rng
                 )
@@ -89,6 +102,27 @@ def generate(model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=N
     finally:
         model.train(was_training)
     return ids
+
+
+def _padded_next_logits(model, backend):
+    """``next_logits(window, context)``: the (B, V) logits after ``window`` (B, T), from one
+    compiled forward over a window padded to ``context`` tokens - one shape, one trace."""
+    params = {name: p.data for name, p in model.named_parameters()}
+
+    def logits_at(params, padded, position):
+        with model.bind({name: Tensor(array) for name, array in params.items()}):
+            logits, _ = model(padded)  # (B, context, V)
+        return logits.data[:, position, :]  # (B, V); ``position`` is traced: no retrace
+
+    compiled = backend.jit(logits_at)
+
+    def next_logits(window, context):
+        B, T = window.shape
+        padded = np.zeros((B, context), dtype=window.dtype)  # (B, context)
+        padded[:, :T] = window  # the tokens, then padding the causal mask hides from them
+        return to_numpy(compiled(params, padded, T - 1))
+
+    return next_logits
 
 
 def _softmax(logits):

@@ -11,57 +11,161 @@
 5. leaves ``out`` as a model folder (config.json, model.safetensors, the tokenizer) that
    ``tinyllm sample``, ``Transformer.from_pretrained`` and ``transformers`` all read, with
    ``metrics.jsonl``, ``loss.png`` and ``checkpoints/`` beside it.
+
+Ctrl-C or SIGTERM saves a checkpoint and returns at once: nothing is generated after the
+loop stops. ``PretrainRun.outcome`` says how the run ended, and its figures (losses,
+samples) come from the last evaluation logged in ``metrics.jsonl`` when this session
+made none: a run stopped early, or a finished run resumed, still reports what it has.
 """
 
 import dataclasses
+import json
+import math
 import time
+from dataclasses import field
 from pathlib import Path
 
 import numpy as np
 
+from ..backend import NAMES as BACKENDS
 from ..backend import use_backend
 from ..config import Config
 from ..data import RandomBatches, corpus_tokens, train_val_split
 from ..infer import generate
-from ..models import Transformer, get_preset
-from ..train import TrainConfig, Trainer
+from ..models import PRESETS, Transformer, get_preset
+from ..train import TrainConfig, Trainer, latest_checkpoint, read_metrics
 
 VAL_FRACTION = 0.1
+TOKENIZERS = ("char", "bpe")
 
 
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig(Config):
-    preset: str = "tiny"  # a model preset (tinyllm.models.PRESETS)
-    corpus: str = "tinyshakespeare"  # a shipped corpus, a text file, or hf:<dataset>
-    tokenizer: str = "char"  # "char" (one id per character) or "bpe"
-    vocab_size: int = 1024  # the BPE vocabulary (ignored for "char")
-    context_length: int | None = None  # None: the preset's
-    out: str = "runs/pretrain"  # the run folder
-    backend: str | None = None  # numpy, cupy or jax; None: the current one
-    resume: bool = False  # continue the run in ``out`` from its latest checkpoint
-    samples: int = 2  # texts generated at each evaluation
-    sample_tokens: int = 120  # tokens per sample
-    temperature: float = 0.8
-    top_k: int | None = 40
+    preset: str = field(
+        default="tiny",
+        metadata={"help": "the model's shape (tinyllm.models.PRESETS)", "choices": tuple(PRESETS)},
+    )
+    corpus: str = field(
+        default="tinyshakespeare",
+        metadata={"help": "the text: a shipped corpus, a text file, or hf:<dataset>"},
+    )
+    tokenizer: str = field(
+        default="char",
+        metadata={
+            "help": "char: one id per character; bpe: a byte-level BPE trained on the corpus",
+            "choices": TOKENIZERS,
+        },
+    )
+    vocab_size: int = field(
+        default=1024, metadata={"help": "the BPE vocabulary's size (ignored for char)"}
+    )
+    context_length: int | None = field(
+        default=None, metadata={"help": "tokens the model sees at once; none: the preset's"}
+    )
+    out: str = field(default="runs/pretrain", metadata={"help": "the run folder"})
+    backend: str | None = field(
+        default=None,
+        metadata={"help": "the array library; none: the current one", "choices": BACKENDS},
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "continue the run in --out from its latest checkpoint"}
+    )
+    samples: int = field(default=2, metadata={"help": "texts generated at each evaluation"})
+    sample_tokens: int = field(default=120, metadata={"help": "tokens in each sample"})
+    temperature: float = field(
+        default=0.8, metadata={"help": "sampling temperature; 0 always picks the likeliest token"}
+    )
+    top_k: int | None = field(
+        default=40, metadata={"help": "sample among the k likeliest tokens only; none: all"}
+    )
 
     def __post_init__(self):
-        if self.tokenizer not in ("char", "bpe"):
+        if self.tokenizer not in TOKENIZERS:
             raise ValueError(f"tokenizer={self.tokenizer!r}: expected 'char' or 'bpe'")
         for name in ("vocab_size", "samples", "sample_tokens"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected an integer >= 0")
+        if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
+            raise ValueError(f"temperature={self.temperature!r}: expected a number >= 0")
+        if self.top_k is not None and not (isinstance(self.top_k, int) and self.top_k >= 1):
+            raise ValueError(f"top_k={self.top_k!r}: expected an integer >= 1 or None")
 
 
 @dataclasses.dataclass
 class PretrainRun:
-    """What ``pretrain`` made: the model, its tokenizer, the result and the folder."""
+    """What ``pretrain`` made: the model, its tokenizer, the result and the folder, with the
+    figures a report needs when this session stopped early or had nothing left to train."""
 
     model: Transformer
     tokenizer: object
     result: object  # a TrainResult
     out: Path
-    samples: list
+    samples: list  # the newest evaluation's texts; [] before the first
     data: dict  # corpus facts for the report: characters, tokens, split sizes
+    steps: int  # the steps the run was asked for (TrainConfig.steps)
+    start_step: int  # where this session began: 0, or the checkpoint it resumed from
+    last_eval: dict | None  # the newest metrics.jsonl row with a validation loss
+    last_logged_loss: float | None  # the newest training loss in metrics.jsonl
+
+    @property
+    def trained_steps(self):
+        """Optimizer steps taken in this session."""
+        return self.result.step - self.start_step
+
+    @property
+    def train_loss(self):
+        """The newest training loss: this session's last step, else the last one logged."""
+        if self.trained_steps and is_figure(self.result.train_loss):
+            return self.result.train_loss
+        return self.last_logged_loss
+
+    @property
+    def val_loss(self):
+        """The newest validation loss (``val_step`` says when), None before the first."""
+        return None if self.last_eval is None else self.last_eval["val_loss"]
+
+    @property
+    def val_step(self):
+        return None if self.last_eval is None else self.last_eval["step"]
+
+    @property
+    def tokens_per_second(self):
+        """Training throughput (time in optimizer steps only); None when none ran."""
+        rate = self.result.tokens_per_second
+        return rate if self.trained_steps and is_figure(rate) else None
+
+    @property
+    def outcome(self):
+        """How the run ended, in one sentence.
+
+        >>> from tinyllm.train import TrainResult
+        >>> result = TrainResult(step=37, train_loss=4.2, val_loss=None, best_val_loss=None,
+        ...                      tokens_per_second=300.0, seconds=12.0, stopped_by="SIGINT")
+        >>> PretrainRun(None, None, result, Path("run"), [], {}, 2000, 0, None, None).outcome
+        'stopped by SIGINT at step 37 before the first evaluation; resume with --resume'
+        """
+        step, stopped_by = self.result.step, self.result.stopped_by
+        if self.trained_steps == 0 and step >= self.steps:
+            return f"this run had already finished at step {step}; nothing was trained"
+        if stopped_by and step < self.steps:
+            before = "" if self.last_eval else " before the first evaluation"
+            return f"stopped by {stopped_by} at step {step}{before}; resume with --resume"
+        resumed = f" (resumed from step {self.start_step})" if self.start_step else ""
+        return f"finished at step {step}{resumed}"
+
+
+def is_figure(value):
+    """True for a number that can be shown; False for None and NaN (nothing measured)."""
+    return value is not None and not math.isnan(value)
+
+
+def show(value, spec):
+    """``value`` formatted with ``spec``, or "-" when nothing was measured.
+
+    >>> show(3.14159, ".2f"), show(None, ".2f"), show(float("nan"), ",.0f")
+    ('3.14', '-', '-')
+    """
+    return format(value, spec) if is_figure(value) else "-"
 
 
 def pretrain(config, train=None):
@@ -106,6 +210,7 @@ def _pretrain(config, train):
         tokenizer=tokenizer,
         title=f"pretrain {config.preset}",
     )
+    start_step = _checkpoint_step(config.out) if config.resume else 0
     result = trainer.fit(resume=config.resume)
     data = {
         "corpus": config.corpus,
@@ -115,8 +220,26 @@ def _pretrain(config, train):
         "vocab_size": tokenizer.vocab_size,
         "tokenize_seconds": tokenize_seconds,
     }
-    samples = result.samples if result.samples is not None else sample(model)  # not twice
-    return PretrainRun(model, tokenizer, result, Path(config.out), samples, data)
+    rows = read_metrics(Path(config.out) / "metrics.jsonl")  # this run's, resumed or not
+    evaluations = [row for row in rows if "val_loss" in row]
+    losses = [row["loss"] for row in rows if "loss" in row]
+    samples = result.samples
+    if samples is None:  # the last step was not evaluated: the newest logged texts, if any
+        sampled = [row["samples"] for row in rows if "samples" in row]
+        samples = sampled[-1] if sampled else []
+    return PretrainRun(
+        model, tokenizer, result, Path(config.out), samples, data, steps=train.steps,
+        start_step=start_step, last_eval=evaluations[-1] if evaluations else None,
+        last_logged_loss=losses[-1] if losses else None,
+    )  # fmt: skip
+
+
+def _checkpoint_step(out):
+    """The step of the newest checkpoint in ``out``: where a resumed run starts (0: none)."""
+    latest = latest_checkpoint(out)
+    if latest is None:
+        return 0
+    return json.loads((latest / "trainer_state.json").read_text(encoding="utf-8"))["step"]
 
 
 def sample_texts(model, tokenizer, prompts, config, seed=0):

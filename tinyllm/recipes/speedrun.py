@@ -4,16 +4,18 @@ Stages, each timed:
 
 1. **tokenizer** - a byte-level BPE trained on the training part of tiny Shakespeare;
 2. **pretrain** - a small GPT-shaped model trained from scratch (the shared ``Trainer``);
-3. **sample** - text generated from the trained model;
-4. **report** - ``report.md`` in the run folder: the configs, the losses, throughput,
-   samples and the loss-curve plot.
+3. **sample** - text generated from the model at each evaluation;
+4. **report** - ``report.md`` in the run folder: how the run ended, the configs, the
+   losses, training throughput, samples and the loss-curve plot.
 
-The ``cpu`` preset finishes in minutes on a 2-core laptop; ``--backend jax`` or ``cupy``
-picks the ``gpu`` preset, a bigger model trained longer. Later stages of the course (fine
-tuning, preference tuning, quantization, speculative decoding) append to the same run.
+The preset follows the device: ``cpu`` (minutes on a 2-core laptop) unless the backend
+computes on a GPU (CuPy, or JAX with a GPU), which gets ``gpu``, a bigger model trained
+longer. Ctrl-C or SIGTERM stops at the next step, saves, and still writes the report;
+``--resume`` continues the run, and on a finished run only rewrites the report.
 """
 
 import json
+import math
 import os
 import platform
 import time
@@ -25,7 +27,7 @@ import tinyllm
 from ..backend import get_backend, use_backend
 from ..files import atomic_open
 from ..train import TrainConfig
-from .pretrain import PretrainConfig, pretrain
+from .pretrain import PretrainConfig, pretrain, show
 
 PRESETS = {
     # 16 x 128 tokens a step, about 0.15 s each on two CPU cores: about 5 minutes
@@ -58,9 +60,23 @@ PRESETS = {
 }
 
 
-def preset_for(backend_name):
-    """The speedrun preset for a backend: ``gpu`` for CuPy and JAX, ``cpu`` for NumPy."""
-    return "cpu" if backend_name == "numpy" else "gpu"
+def preset_for(backend):
+    """The speedrun preset for a backend: ``gpu`` when it computes on a GPU, else ``cpu``.
+
+    >>> preset_for(get_backend("numpy"))
+    'cpu'
+    """
+    return "gpu" if runs_on_gpu(backend) else "cpu"
+
+
+def runs_on_gpu(backend):
+    """Whether ``backend`` computes on an accelerator: CuPy always, JAX when its default
+    device is not the CPU (JAX installed without CUDA runs on the CPU), NumPy never."""
+    if backend.name == "cupy":
+        return True
+    if backend.name == "jax":
+        return backend.jax.default_backend() != "cpu"
+    return False
 
 
 def speedrun(out="runs/speedrun", *, backend=None, preset=None, resume=False, **train_changes):
@@ -69,14 +85,13 @@ def speedrun(out="runs/speedrun", *, backend=None, preset=None, resume=False, **
     ``train_changes`` override the preset's ``TrainConfig`` fields (``steps=...``).
     """
     with use_backend(backend):  # None: the current backend
-        name = preset or preset_for(get_backend().name)
+        name = preset or preset_for(get_backend())
         if name not in PRESETS:
             raise ValueError(f"unknown speedrun preset {name!r}; choose one of {sorted(PRESETS)}")
         pretrain_config, train_config = PRESETS[name]
         pretrain_config = pretrain_config.replace(out=str(out), resume=resume)
-        if "steps" in train_changes:  # a shorter run warms up for at most a tenth of it
-            warmup = min(train_config.warmup_steps, train_changes["steps"] // 10)
-            train_changes = {"warmup_steps": warmup, **train_changes}
+        if "steps" in train_changes:  # the preset's warmup is for its length: TrainConfig's
+            train_changes = {"warmup_steps": None, **train_changes}  # rule fits the new one
         train_config = train_config.replace(**train_changes)
         started = time.perf_counter()
         run = pretrain(pretrain_config, train_config)
@@ -85,28 +100,36 @@ def speedrun(out="runs/speedrun", *, backend=None, preset=None, resume=False, **
 
 
 def write_report(run, pretrain_config, train_config, preset, seconds):
-    """``report.md`` (and ``report.json``) in the run folder; returns the report's path."""
+    """``report.md`` (and ``report.json``) in the run folder; returns the report's path.
+
+    Every figure may be missing - a run stopped before its first evaluation has no
+    validation loss, a finished run resumed trained nothing - and the report says so.
+    """
     result, model = run.result, run.model
     facts = {
+        "outcome": run.outcome,
         "preset": preset,
         "backend": get_backend().describe(),
         "machine": f"{_cpu_name()} ({os.cpu_count()} cores), Python "
         f"{platform.python_version()}, NumPy {np.__version__}, tinyllm {tinyllm.__version__}",
         "parameters": model.num_parameters(),
         "steps": result.step,
-        "train_loss": result.train_loss,
-        "val_loss": result.val_loss,
+        "trained_steps": run.trained_steps,
+        "stopped_by": result.stopped_by,
+        "train_loss": run.train_loss,
+        "val_loss": run.val_loss,
+        "val_step": run.val_step,
         "best_val_loss": result.best_val_loss,
-        "tokens_per_second": result.tokens_per_second,
+        "tokens_per_second": run.tokens_per_second,  # in optimizer steps only
         "train_seconds": result.seconds,
         "total_seconds": seconds,
-        "stopped_by": result.stopped_by,
         "data": run.data,
         "model_config": model.config.to_dict(),
         "pretrain_config": pretrain_config.to_dict(),
         "train_config": train_config.to_dict(),
         "samples": run.samples,
     }
+    facts = {key: _nan_to_none(value) for key, value in facts.items()}
     with atomic_open(run.out / "report.json", "w") as file:
         json.dump(facts, file, indent=1)
     path = run.out / "report.md"
@@ -115,31 +138,45 @@ def write_report(run, pretrain_config, train_config, preset, seconds):
     return path
 
 
+def _nan_to_none(value):
+    """JSON has no NaN: a figure nothing measured is null."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def _markdown(f):
-    ppl = float(np.exp(min(f["val_loss"], 50))) if f["val_loss"] is not None else float("nan")
     d = f["data"]
+    ppl = show(math.exp(min(f["val_loss"], 50)), ".1f") if f["val_loss"] is not None else "-"
+    val_at = f" at step {f['val_step']:,}" if f["val_step"] is not None else " (no evaluation yet)"
+    trained = f"{f['steps']:,} steps"
+    if f["trained_steps"] != f["steps"]:
+        trained += f" ({f['trained_steps']:,} in this session)"
     lines = [
         "# tinyllm speedrun",
         "",
         f"Preset `{f['preset']}` on {f['backend']}; {f['machine']}.",
+        "",
+        f"**Outcome:** {f['outcome']}.",
         "",
         "| stage | result |",
         "|---|---|",
         f"| tokenizer | byte-level BPE, {d['vocab_size']:,} tokens: {d['tokens']:,} tokens of "
         f"`{d['corpus']}` ({d['train_tokens']:,} train / {d['val_tokens']:,} validation), "
         f"{d['tokenize_seconds']:.1f} s (tokenizer and ids are cached after the first run) |",
-        f"| pretrain | {f['parameters']:,} parameters, {f['steps']:,} steps in "
-        f"{f['train_seconds']:.0f} s ({f['tokens_per_second']:,.0f} tokens/s) |",
-        f"| loss | train {f['train_loss']:.3f}, validation {f['val_loss']:.3f} "
-        f"(perplexity {ppl:.1f}), best validation {f['best_val_loss']:.3f} |",
+        f"| pretrain | {f['parameters']:,} parameters, {trained} in {f['train_seconds']:.0f} s "
+        f"(training throughput {show(f['tokens_per_second'], ',.0f')} tokens/s) |",
+        f"| loss | train {show(f['train_loss'], '.3f')}, validation {show(f['val_loss'], '.3f')}"
+        f"{val_at} (perplexity {ppl}), best validation {show(f['best_val_loss'], '.3f')} |",
         f"| total | {f['total_seconds']:.0f} s |",
         "",
+        "![loss curves](loss.png)",
+        "",
+        "## Samples",
+        "",
     ]
-    if f["stopped_by"]:
-        lines += [f"Stopped early by {f['stopped_by']}; resume with `--resume`.", ""]
-    lines += ["![loss curves](loss.png)", "", "## Samples", ""]
     for text in f["samples"]:
         lines += ["```text", text, "```", ""]
+    if not f["samples"]:
+        lines += ["None yet: samples are generated at each evaluation.", ""]
     lines += ["## Configs", ""]
     for key in ("model_config", "pretrain_config", "train_config"):
         lines += [f"### {key}", "", "```json", json.dumps(f[key], indent=1), "```", ""]

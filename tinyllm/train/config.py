@@ -2,10 +2,17 @@
 
 The defaults are nanoGPT's Shakespeare-character recipe (AdamW, lr 1e-3 with a cosine
 decay to 1e-4, betas (0.9, 0.99), clipping at 1.0). The model's shape lives elsewhere, in
-``ModelConfig``; data and tokenizer in the recipe that builds the run.
+``ModelConfig``; data and tokenizer in the recipe that builds the run. Each field's
+``help`` (its metadata) says what it means; ``tinyllm pretrain --help`` prints it.
+
+The warmup follows the run's length unless it is given: a tenth of the steps, at most 100.
 
 >>> TrainConfig(steps=100).replace(lr=3e-4).lr
 0.0003
+>>> TrainConfig().warmup_steps, TrainConfig(steps=30).warmup_steps
+(100, 3)
+>>> TrainConfig().replace(steps=50).warmup_steps  # a default warmup follows the new length
+5
 >>> TrainConfig(steps=0)
 Traceback (most recent call last):
 ...
@@ -13,36 +20,73 @@ ValueError: TrainConfig: steps=0 must be an integer >= 1
 """
 
 import dataclasses
+from dataclasses import field
 
 from ..config import Config
 from ..optim import SCHEDULES
 
+MAX_DEFAULT_WARMUP = 100  # a default warmup is a tenth of the run, at most this many steps
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(Config):
-    steps: int = 2000  # optimizer steps
-    batch_size: int = 12  # sequences per optimizer step (split over grad_accum micro-batches)
-    grad_accum: int = 1  # micro-batches per step: the same gradient, less memory
-    lr: float = 1e-3  # the peak learning rate, reached after warmup
-    min_lr: float = 1e-4  # where the schedule ends
-    schedule: str = "cosine"  # "cosine", "linear" or "constant" (see tinyllm.optim.schedules)
-    warmup_steps: int = 100
-    weight_decay: float = 0.1  # AdamW's, for matrices only (norms and biases are not decayed)
-    beta1: float = 0.9
-    beta2: float = 0.99
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # global-norm clipping; 0 turns it off
-    eval_interval: int = 250  # evaluate (val loss, samples, plots) every this many steps
-    eval_batches: int = 20  # batches averaged for one val-loss estimate
-    log_interval: int = 10  # write a metrics line every this many steps
-    checkpoint_interval: int = 500  # 0: a checkpoint only at the end (and on Ctrl-C)
-    keep_checkpoints: int = 2  # the newest this many are kept
-    seed: int = 1337  # data order and dropout masks
-    progress: bool = True  # a tqdm bar on the terminal
+    steps: int = field(default=2000, metadata={"help": "optimizer steps in the whole run"})
+    batch_size: int = field(
+        default=12,
+        metadata={"help": "sequences per optimizer step (split over --grad-accum micro-batches)"},
+    )
+    grad_accum: int = field(
+        default=1, metadata={"help": "micro-batches per step: the same gradient, less memory"}
+    )
+    lr: float = field(default=1e-3, metadata={"help": "the peak learning rate, after warmup"})
+    min_lr: float = field(default=1e-4, metadata={"help": "the learning rate the schedule ends at"})
+    schedule: str = field(
+        default="cosine",
+        metadata={"help": "how the learning rate falls after warmup", "choices": tuple(SCHEDULES)},
+    )
+    warmup_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "steps of linear warmup up to --lr; none: a tenth of --steps, at most "
+            f"{MAX_DEFAULT_WARMUP}"
+        },
+    )
+    weight_decay: float = field(
+        default=0.1, metadata={"help": "AdamW's decay, on matrices only (not norms or biases)"}
+    )
+    beta1: float = field(default=0.9, metadata={"help": "AdamW's gradient-average decay"})
+    beta2: float = field(default=0.99, metadata={"help": "AdamW's squared-gradient decay"})
+    eps: float = field(default=1e-8, metadata={"help": "AdamW's denominator guard"})
+    grad_clip: float = field(
+        default=1.0, metadata={"help": "clip the global gradient norm to this; 0 turns it off"}
+    )
+    eval_interval: int = field(
+        default=250,
+        metadata={
+            "help": "evaluate (val loss, samples, plot) every this many steps; 0: at the end"
+        },
+    )
+    eval_batches: int = field(
+        default=20, metadata={"help": "batches averaged for one validation loss"}
+    )
+    log_interval: int = field(
+        default=10, metadata={"help": "write a metrics.jsonl line every this many steps"}
+    )
+    checkpoint_interval: int = field(
+        default=500,
+        metadata={"help": "save a checkpoint every this many steps; 0: at the end (and on Ctrl-C)"},
+    )
+    keep_checkpoints: int = field(default=2, metadata={"help": "keep only the newest this many"})
+    seed: int = field(default=1337, metadata={"help": "seed for the data order and dropout masks"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self):
         def fail(message):
             raise ValueError(f"TrainConfig: {message}")
+
+        if self.warmup_steps is None and isinstance(self.steps, int):
+            object.__setattr__(self, "warmup_steps", min(MAX_DEFAULT_WARMUP, self.steps // 10))
+            object.__setattr__(self, "_default_warmup", True)  # replace(steps=...) redoes it
 
         positive = ("steps", "batch_size", "grad_accum", "eval_batches", "log_interval")
         non_negative = ("warmup_steps", "eval_interval", "checkpoint_interval")
@@ -66,6 +110,12 @@ class TrainConfig(Config):
                 f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}; "
                 "each micro-batch holds batch_size / grad_accum sequences"
             )
+
+    def replace(self, **changes):
+        """A copy with some fields changed; a warmup left to the default follows new ``steps``."""
+        if getattr(self, "_default_warmup", False):
+            changes = {"warmup_steps": None, **changes}
+        return super().replace(**changes)
 
     @property
     def micro_batch_size(self):
