@@ -12,6 +12,7 @@ import pytest
 from tinyllm.cli import main
 from tinyllm.data import load_tokenizer
 from tinyllm.models import Transformer
+from tinyllm.tokenizer import Tokenizer
 from tinyllm.train import read_metrics
 
 QUICK = ["--steps", "3", "--batch-size", "4", "--eval-batches", "1", "--samples", "1",
@@ -113,6 +114,9 @@ def test_speedrun_writes_a_report(tmp_path, capsys):
     assert facts["samples"] == last["samples"] and len(facts["samples"]) == 2  # the last eval's
     assert (out / "loss.png").exists() and (out / "tokenizer.json").exists()
     assert Transformer.from_pretrained(out).config.vocab_size == 1024
+    exported = json.loads((out / "config.json").read_text())  # the tokenizer's own end of text
+    end_of_text = Tokenizer.load(out).special_tokens["<|endoftext|>"]
+    assert exported["eos_token_id"] == end_of_text < 1024 and exported["bos_token_id"] is None
     assert facts["outcome"] == "finished at step 2" and facts["train_config"]["warmup_steps"] == 0
 
     # --resume on the finished run (the "already holds a run" error suggests it)

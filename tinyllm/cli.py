@@ -213,8 +213,8 @@ def run_pretrain(args):
     )
     val = "-" if run.val_step is None else f"{show(run.val_loss, '.4f')} (step {run.val_step})"
     print(
-        f"step {run.result.step}: train loss {show(run.train_loss, '.4f')}, val loss {val}, "
-        f"training throughput {show(run.tokens_per_second, ',.0f')} tokens/s; model in {run.out}"
+        f"step {run.result.step}: train loss {show(run.result.train_loss, '.4f')}, val loss {val}, "
+        f"training throughput {show(run.result.tokens_per_second, ',.0f')} tokens/s; model in {run.out}"
     )
     print(run.outcome)
     return 0

@@ -19,7 +19,6 @@ made none: a run stopped early, or a finished run resumed, still reports what it
 """
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import field
@@ -33,7 +32,7 @@ from ..config import Config
 from ..data import RandomBatches, corpus_tokens, train_val_split
 from ..infer import generate
 from ..models import PRESETS, Transformer, get_preset
-from ..train import TrainConfig, Trainer, latest_checkpoint, read_metrics
+from ..train import TrainConfig, Trainer, read_metrics
 
 VAL_FRACTION = 0.1
 TOKENIZERS = ("char", "bpe")
@@ -103,21 +102,17 @@ class PretrainRun:
     samples: list  # the newest evaluation's texts; [] before the first
     data: dict  # corpus facts for the report: characters, tokens, split sizes
     steps: int  # the steps the run was asked for (TrainConfig.steps)
-    start_step: int  # where this session began: 0, or the checkpoint it resumed from
     last_eval: dict | None  # the newest metrics.jsonl row with a validation loss
-    last_logged_loss: float | None  # the newest training loss in metrics.jsonl
 
     @property
     def trained_steps(self):
-        """Optimizer steps taken in this session."""
-        return self.result.step - self.start_step
+        """Optimizer steps taken in this session (0 when a finished run is resumed)."""
+        return self.result.steps_this_session
 
     @property
-    def train_loss(self):
-        """The newest training loss: this session's last step, else the last one logged."""
-        if self.trained_steps and is_figure(self.result.train_loss):
-            return self.result.train_loss
-        return self.last_logged_loss
+    def start_step(self):
+        """Where this session began: 0, or the checkpoint it resumed from."""
+        return self.result.step - self.result.steps_this_session
 
     @property
     def val_loss(self):
@@ -129,19 +124,14 @@ class PretrainRun:
         return None if self.last_eval is None else self.last_eval["step"]
 
     @property
-    def tokens_per_second(self):
-        """Training throughput (time in optimizer steps only); None when none ran."""
-        rate = self.result.tokens_per_second
-        return rate if self.trained_steps and is_figure(rate) else None
-
-    @property
     def outcome(self):
         """How the run ended, in one sentence.
 
         >>> from tinyllm.train import TrainResult
         >>> result = TrainResult(step=37, train_loss=4.2, val_loss=None, best_val_loss=None,
-        ...                      tokens_per_second=300.0, seconds=12.0, stopped_by="SIGINT")
-        >>> PretrainRun(None, None, result, Path("run"), [], {}, 2000, 0, None, None).outcome
+        ...                      tokens_per_second=300.0, seconds=12.0, stopped_by="SIGINT",
+        ...                      steps_this_session=37)
+        >>> PretrainRun(None, None, result, Path("run"), [], {}, 2000, None).outcome
         'stopped by SIGINT at step 37 before the first evaluation; resume with --resume'
         """
         step, stopped_by = self.result.step, self.result.stopped_by
@@ -186,7 +176,10 @@ def _pretrain(config, train):
     )
     tokenizer, tokens = view.tokenizer, view.tokens.astype(np.int64)
     tokenize_seconds = time.perf_counter() - start
-    model_config = get_preset(config.preset, vocab_size=tokenizer.vocab_size)
+    end_of_text = getattr(tokenizer, "special_tokens", {}).get("<|endoftext|>")  # None: char
+    model_config = get_preset(
+        config.preset, vocab_size=tokenizer.vocab_size, eos_token_id=end_of_text
+    )
     if config.context_length is not None:
         model_config = model_config.replace(context_length=config.context_length)
     context = model_config.context_length
@@ -210,7 +203,6 @@ def _pretrain(config, train):
         tokenizer=tokenizer,
         title=f"pretrain {config.preset}",
     )
-    start_step = _checkpoint_step(config.out) if config.resume else 0
     result = trainer.fit(resume=config.resume)
     data = {
         "corpus": config.corpus,
@@ -222,24 +214,14 @@ def _pretrain(config, train):
     }
     rows = read_metrics(Path(config.out) / "metrics.jsonl")  # this run's, resumed or not
     evaluations = [row for row in rows if "val_loss" in row]
-    losses = [row["loss"] for row in rows if "loss" in row]
     samples = result.samples
     if samples is None:  # the last step was not evaluated: the newest logged texts, if any
         sampled = [row["samples"] for row in rows if "samples" in row]
         samples = sampled[-1] if sampled else []
     return PretrainRun(
         model, tokenizer, result, Path(config.out), samples, data, steps=train.steps,
-        start_step=start_step, last_eval=evaluations[-1] if evaluations else None,
-        last_logged_loss=losses[-1] if losses else None,
+        last_eval=evaluations[-1] if evaluations else None,
     )  # fmt: skip
-
-
-def _checkpoint_step(out):
-    """The step of the newest checkpoint in ``out``: where a resumed run starts (0: none)."""
-    latest = latest_checkpoint(out)
-    if latest is None:
-        return 0
-    return json.loads((latest / "trainer_state.json").read_text(encoding="utf-8"))["step"]
 
 
 def sample_texts(model, tokenizer, prompts, config, seed=0):
