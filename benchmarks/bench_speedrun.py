@@ -3,12 +3,13 @@
 ``tinyllm speedrun`` on a CPU should finish its pretraining stage in minutes, and a laptop
 is rarely quiet. This script runs the stage (the ``cpu`` preset of
 ``tinyllm.recipes.speedrun``, cut to ``--steps`` steps unless ``--full``) once on the
-machine as it is, then again while a child process spins on one core (``while True: pass``;
-it is always killed), and prints the slowdown: busy / quiet, target at most 1.5. It does so
-twice: with the BLAS thread count ``pretrain`` chooses (``tinyllm.backend.threads``) and
-with the BLAS library's own default (one thread per core), to show what the choice buys.
-The machine line carries the CPU, its vector extensions and NumPy's float32 matmul speed,
-so that the figures say where they were taken.
+machine as it is, then again while a child process spins on one core (always killed, and
+ending by itself if this script dies first), and prints the slowdown: busy / quiet, target
+at most 1.5. It does so twice: with the BLAS thread count ``pretrain`` chooses
+(``tinyllm.backend.threads``) and with the BLAS library's own default (one thread per
+core), to show what the choice buys. The machine line carries the CPU, its vector
+extensions and NumPy's float32 matmul speed, so that the figures say where they were
+taken.
 
     python benchmarks/bench_speedrun.py            # 200 steps a run: a few minutes
     python benchmarks/bench_speedrun.py --full     # the whole stage, as the speedrun runs it
@@ -56,10 +57,15 @@ def matmul_gflops(threads=None, n=1024):
     return 2 * n**3 / (ms / 1000) / 1e9
 
 
+# spins until killed, or until its parent is gone (then it is re-parented): a benchmark
+# killed by a timeout leaves no spinning child behind
+SPIN = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass"
+
+
 @contextlib.contextmanager
 def busy_process():
     """One child process spinning on a core for the length of the block."""
-    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    child = subprocess.Popen([sys.executable, "-c", SPIN])
     try:
         time.sleep(0.5)  # let it get going
         yield child
