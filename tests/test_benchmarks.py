@@ -17,7 +17,8 @@ pytest.importorskip("torch", reason="the benchmarks compare against PyTorch (the
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("bench_*.py"))
-PEER = {"bench_tokenizer.py": "HF"}  # the word each script's comparison names; default torch
+# the word each script's comparison names (the peer it is measured against); default torch
+PEER = {"bench_tokenizer.py": "HF", "bench_speedrun.py": "busy"}
 
 
 def test_benchmark_scripts_are_found():

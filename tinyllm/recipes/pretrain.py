@@ -28,6 +28,7 @@ import numpy as np
 
 from ..backend import NAMES as BACKENDS
 from ..backend import use_backend
+from ..backend.threads import blas_threads, training_threads
 from ..config import Config
 from ..data import RandomBatches, corpus_tokens, train_val_split
 from ..infer import generate
@@ -162,8 +163,10 @@ def pretrain(config, train=None):
     """Run the recipe in the module docstring (``train``: a ``TrainConfig``, None for the
     defaults); returns a ``PretrainRun``."""
     train = TrainConfig() if train is None else train
-    with use_backend(config.backend):  # None: the current backend
-        return _pretrain(config, train)
+    with use_backend(config.backend) as backend:  # None: the current backend
+        threads = training_threads(get_preset(config.preset).d_model, backend.name)
+        with blas_threads(threads):  # a narrow model: one thread, robust on a busy machine
+            return _pretrain(config, train)
 
 
 def _pretrain(config, train):
