@@ -21,7 +21,8 @@ machine: it keeps the library's default. ``TINYLLM_BLAS_THREADS=n`` overrides th
 
 import contextlib
 import os
-import warnings
+
+from threadpoolctl import threadpool_info, threadpool_limits
 
 ENV_VAR = "TINYLLM_BLAS_THREADS"
 NARROW_WIDTH = 256  # models narrower than this train with one BLAS thread
@@ -45,35 +46,16 @@ def training_threads(width, backend_name="numpy"):
 @contextlib.contextmanager
 def blas_threads(limit):
     """Run the ``with`` block with at most ``limit`` BLAS threads (None: no change), then
-    put back the count that was there before, even on an exception.
-
-    Needs ``threadpoolctl``; without it the block runs unchanged, with a warning.
-    """
+    put back the count that was there before, even on an exception."""
     if limit is None:
         yield
         return
-    limit = _positive_int(limit, "limit")
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        warnings.warn(
-            f"blas_threads({limit}): threadpoolctl is not installed, so NumPy's BLAS keeps "
-            "its default thread count (pip install threadpoolctl)",
-            stacklevel=3,
-        )
-        yield
-        return
-    with threadpool_limits(limits=limit, user_api="blas"):
+    with threadpool_limits(limits=_positive_int(limit, "limit"), user_api="blas"):
         yield
 
 
 def blas_thread_counts():
-    """The thread count of each BLAS library loaded in this process (empty without
-    ``threadpoolctl``)."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return []
+    """The thread count of each BLAS library loaded in this process."""
     return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
 
 
