@@ -15,8 +15,8 @@ with one. A wide model is mostly matrix products, where more threads pay even on
 machine: it keeps the library's default. ``TINYLLM_BLAS_THREADS=n`` overrides the choice.
 
 >>> with blas_threads(1):
-...     blas_thread_counts()
-[1]
+...     set(blas_thread_counts())  # every BLAS library loaded (NumPy's; SciPy's, torch's...)
+{1}
 """
 
 import contextlib
