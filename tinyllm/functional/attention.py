@@ -1,7 +1,7 @@
 """Fused causal scaled-dot-product attention, for multi-head, grouped-query and multi-query.
 
-    S = (q * scale) @ k^T        (B, H, T, S_len)   how much each query likes each key
-    P = softmax(S), masked       future keys get probability 0 when ``causal``
+    S = (q * scale) @ k^T + M    (B, H, T, S_len)   how much each query likes each key
+    P = softmax(S)                                  M = -inf hides a key: probability 0
     O = P @ v                    (B, H, T, D)       a weighted mix of values
 
 Backward, with dO the incoming gradient (the row-sum trick avoids one (T, S) pass):
@@ -18,6 +18,15 @@ With ``causal=True`` and more keys than queries (S_len > T, as when a KV cache h
 past), query i sits at position S_len - T + i and sees keys up to there. A sliding
 ``window`` (Mistral) hides, in addition, the keys ``window`` or more positions back.
 
+An explicit ``mask``, broadcastable to (B, H, T, S_len), hides more: boolean (True = the
+query may see the key) or additive (a float added to the scores: 0, or -inf / a large
+negative number). With ``causal`` too, a key is seen only where both allow it. A padded
+batch uses it: a (B, 1, 1, S_len) mask that is False on each row's padding keys. The mask
+is a constant, never differentiated.
+
+A query that sees no key at all (a padding query, say) has no distribution to average
+over; its output row is 0, and so is every gradient through it, rather than NaN.
+
 >>> import numpy as np, tinyllm
 >>> q = k = v = tinyllm.Tensor(np.eye(2, dtype=np.float32).reshape(1, 1, 2, 2))
 >>> scaled_dot_product_attention(q, k, v).numpy()[0, 0, 0]   # query 0 sees only key 0
@@ -26,10 +35,13 @@ array([1., 0.], dtype=float32)
 
 import math
 
+import numpy as np
+
 from ..autograd.function import Function
+from ..autograd.tensor import Tensor
 
 
-def _check(q, k, v):
+def _check(q, k, v, mask):
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(
             "attention: q, k, v must be (batch, heads, time, head_dim); got shapes "
@@ -47,13 +59,42 @@ def _check(q, k, v):
         )
     if S < T:
         raise ValueError(f"attention: {T} queries but only {S} keys; need at least as many keys")
+    if mask is None:
+        return
+    if mask.dtype != bool and not np.issubdtype(mask.dtype, np.floating):
+        raise TypeError(
+            f"attention: mask must be boolean (True = may attend) or float (added to the "
+            f"scores); got dtype {mask.dtype}"
+        )
+    try:
+        fits = mask.ndim <= 4 and np.broadcast_shapes(mask.shape, (B, H, T, S)) == (B, H, T, S)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"attention: mask of shape {tuple(mask.shape)} does not broadcast to "
+            f"(batch, heads, queries, keys) = {(B, H, T, S)}"
+        )
+
+
+def _grouped(mask, H_kv, G):
+    """``mask`` (..., T, S) broadcastable to (B, H, T, S) -> (B|1, H_kv|1, G|1, T|1, S|1).
+
+    The H query heads are H_kv groups of G, so a per-head mask splits its head axis the same
+    way; a mask shared by all heads gets two axes of 1.
+    """
+    mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)  # (B|1, H|1, T|1, S|1)
+    b, h, t, s = mask.shape
+    return mask.reshape(b, H_kv, G, t, s) if h > 1 else mask.reshape(b, 1, 1, t, s)
 
 
 class ScaledDotProductAttention(Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal=True, scale=None, window=None):
-        _check(q, k, v)
+    def forward(ctx, q, k, v, causal=True, scale=None, window=None, mask=None):
         xp, backend = ctx.xp, ctx.backend
+        if mask is not None and not backend.owns(mask):
+            mask = backend.asarray(mask)
+        _check(q, k, v, mask)
         B, H, T, D = q.shape
         H_kv, S = k.shape[1], k.shape[2]
         G = H // H_kv
@@ -61,14 +102,22 @@ class ScaledDotProductAttention(Function):
 
         q_scaled = (q * scale).reshape(B, H_kv, G * T, D)  # query heads of a group stacked
         scores = q_scaled @ xp.swapaxes(k, -1, -2)  # (B, H_kv, G*T, S)
-        if causal:  # add -inf where a key lies in a query's future (or too far in its past)
+        bias = 0.0  # (B|1, H_kv|1, G|1, T, S): 0 where a query may see a key, -inf where not
+        if causal:  # -inf where a key lies in a query's future (or too far in its past)
             visible = xp.tril(xp.ones((T, S), dtype=bool), k=S - T)  # (T, S)
             if window is not None:
                 visible &= ~xp.tril(xp.ones((T, S), dtype=bool), k=S - T - window)
-            mask = xp.where(visible, 0.0, -xp.inf).astype(scores.dtype)  # (T, S)
-            scores = (scores.reshape(B, H_kv, G, T, S) + mask).reshape(B, H_kv, G * T, S)
-        e = xp.exp(scores - backend.max_last(scores))  # softmax over the keys
-        probs = e / backend.sum_last(e)  # (B, H_kv, G*T, S)
+            bias = bias + xp.where(visible, 0.0, -xp.inf)  # (T, S)
+        if mask is not None:  # the caller's mask: booleans become 0 / -inf, floats stay
+            mask_bias = xp.where(mask, 0.0, -xp.inf) if mask.dtype == bool else mask
+            bias = bias + _grouped(mask_bias, H_kv, G)  # (B|1, H_kv|1, G|1, T|1, S|1)
+        if causal or mask is not None:
+            scores = scores.reshape(B, H_kv, G, T, S) + bias.astype(scores.dtype)
+            scores = scores.reshape(B, H_kv, G * T, S)
+        row_max = backend.max_last(scores)  # (B, H_kv, G*T, 1); -inf where no key is visible
+        e = xp.exp(scores - xp.where(row_max == -xp.inf, 0.0, row_max))  # softmax over keys
+        total = backend.sum_last(e)  # >= 1 where a key is visible, 0 where none is
+        probs = e / xp.where(total == 0, 1.0, total)  # a row that sees nothing stays all 0
         out = probs @ v  # (B, H_kv, G*T, D)
 
         ctx.save_for_backward(q_scaled, k, v, probs, out)
@@ -92,12 +141,24 @@ class ScaledDotProductAttention(Function):
         return grad_q, grad_k, grad_v
 
 
-def scaled_dot_product_attention(q, k, v, causal=True, scale=None, window=None):
+def scaled_dot_product_attention(q, k, v, causal=True, scale=None, window=None, mask=None):
     """Attention of ``q`` (B, H, T, D) over ``k``, ``v`` (B, H_kv, S, D); returns (B, H, T, D).
 
     ``scale`` defaults to 1/sqrt(D); ``causal`` hides keys after each query's position, and
-    ``window`` (with ``causal``) those ``window`` or more positions before it.
+    ``window`` (with ``causal``) those ``window`` or more positions before it. ``mask``
+    (an array or Tensor broadcastable to (B, H, T, S)) hides, in addition, the keys where it
+    is False (boolean) or adds itself to the scores (float). A query that sees no key gets 0.
+
+    >>> import numpy as np, tinyllm
+    >>> q = k = v = tinyllm.Tensor(np.eye(2, dtype=np.float32).reshape(1, 1, 2, 2))
+    >>> padding = np.array([False, True]).reshape(1, 1, 1, 2)    # key 0 is padding
+    >>> scaled_dot_product_attention(q, k, v, mask=padding).numpy()[0, 0]
+    array([[0., 0.],
+           [0., 1.]], dtype=float32)
     """
     if window is not None and (not causal or window < 1):
         raise ValueError(f"attention: window={window} needs causal=True and a window of >= 1 keys")
-    return ScaledDotProductAttention.apply(q, k, v, causal=causal, scale=scale, window=window)
+    mask = mask.data if isinstance(mask, Tensor) else mask
+    return ScaledDotProductAttention.apply(
+        q, k, v, causal=causal, scale=scale, window=window, mask=mask
+    )

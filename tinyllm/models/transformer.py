@@ -73,9 +73,9 @@ class Block(Module):
             self.mlp = (SwiGLU if config.mlp == "swiglu" else MLP)(*sizes, **kwargs)
         self.dropout = Dropout(config.dropout, seed=rng.integers(2**31))
 
-    def forward(self, x, start=0):
+    def forward(self, x, start=0, mask=None):
         """``x`` (B, T, d_model) -> ``(x, aux_loss)``; ``aux_loss`` is None without experts."""
-        x = x + self.attention(self.attention_norm(x), start)
+        x = x + self.attention(self.attention_norm(x), start, mask=mask)
         h, aux_loss = self.mlp(self.mlp_norm(x)), None
         if isinstance(self.mlp, MoE):
             h, aux_loss = h
@@ -122,10 +122,33 @@ class Transformer(Module):
             )
         return ids
 
-    def forward(self, ids, targets=None, start=0):
+    def _positions(self, positions, shape):
+        """Per-row ``positions`` (B, T) as integers, for learned position embeddings only."""
+        if self.position_embedding is None:
+            raise ValueError(
+                "Transformer: positions are for learned position embeddings; this model uses "
+                "RoPE, whose scores depend only on distances, so left padding needs none"
+            )
+        positions = self._ids(positions, "positions")
+        if positions.shape != shape:
+            raise ValueError(
+                f"Transformer: positions of shape {tuple(positions.shape)} must match ids "
+                f"{tuple(shape)}"
+            )
+        return positions
+
+    def forward(self, ids, targets=None, start=0, mask=None, positions=None):
         """Logits (B, T, vocab_size) for ``ids`` (B, T) at positions ``start ..``, and the loss.
 
         ``targets`` (B, T) are the next tokens; entries equal to -100 are not scored.
+
+        A batch of prompts of different lengths is padded on the left. ``mask`` (boolean,
+        broadcastable to (B, n_head, T, T), e.g. (B, 1, 1, T) False on the padding) hides
+        the padding keys on top of the causal mask. Learned position embeddings (GPT-2) then
+        need ``positions`` (B, T), each row's real tokens numbered from 0, so that they get
+        the positions they would have alone; padding queries see no key and give 0. RoPE
+        needs no ``positions``: its scores depend only on how far apart query and key are,
+        which padding does not change, so it rotates by ``start ..`` and rejects them.
         """
         ids = self._ids(ids, "ids")
         B, T = ids.shape
@@ -135,13 +158,16 @@ class Transformer(Module):
                 f"context_length of {self.config.context_length}"
             )
         x = self.token_embedding(ids)  # (B, T, d_model)
+        if positions is not None:
+            positions = self._positions(positions, ids.shape)
         if self.position_embedding is not None:
-            positions = x.backend.xp.arange(start, start + T)
-            x = x + self.position_embedding(positions)  # (T, d_model) broadcast over B
+            if positions is None:
+                positions = x.backend.xp.arange(start, start + T)  # the same for every row
+            x = x + self.position_embedding(positions)  # (T, d_model) or (B, T, d_model)
         x = self.dropout(x)
         aux_losses = []
         for block in self.blocks:
-            x, aux_loss = block(x, start)
+            x, aux_loss = block(x, start, mask=mask)
             if aux_loss is not None:
                 aux_losses.append(aux_loss)
         x = self.final_norm(x)

@@ -82,14 +82,18 @@ class CausalSelfAttention(Module):
             x = norm(x)  # over each head's own features
         return x.transpose(0, 2, 1, 3)  # (B, n, T, head_dim)
 
-    def forward(self, x, start=0):
-        """``x`` (B, T, d_model) at positions ``start .. start + T - 1`` -> (B, T, d_model)."""
+    def forward(self, x, start=0, mask=None):
+        """``x`` (B, T, d_model) at positions ``start .. start + T - 1`` -> (B, T, d_model).
+
+        ``mask`` (broadcastable to (B, n_head, T, T); boolean or additive) hides keys on top
+        of the causal mask, as ``F.scaled_dot_product_attention`` does with it.
+        """
         B, T, _ = x.shape
         q = self._heads(self.q_proj(x), self.n_head, self.q_norm)  # (B, n_head, T, head_dim)
         k = self._heads(self.k_proj(x), self.n_kv_head, self.k_norm)  # (B, n_kv_head, T, head_dim)
         v = self._heads(self.v_proj(x), self.n_kv_head)  # (B, n_kv_head, T, head_dim)
         if self.rope is not None:
             q, k = self.rope(q, start), self.rope(k, start)
-        y = F.scaled_dot_product_attention(q, k, v, causal=True, window=self.window)
+        y = F.scaled_dot_product_attention(q, k, v, causal=True, window=self.window, mask=mask)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, self.n_head * self.head_dim)  # merge heads
         return self.dropout(self.o_proj(y))  # (B, T, d_model)
