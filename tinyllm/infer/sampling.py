@@ -207,6 +207,8 @@ def stream_generate(
     After that the row yields ``pad_id`` and the piece "". The stream ends when every row
     has stopped, or after ``max_new_tokens`` steps. The repetition penalty looks at the
     whole sequence so far, prompt included. The settings are checked here, at the call.
+    Eval mode and ``no_grad`` hold only around each forward, so code reading the stream
+    between steps sees the model's own mode and records gradients as usual.
 
     >>> from tinyllm.models import Transformer, get_preset
     >>> model = Transformer(get_preset("tiny", n_layer=1, d_model=16, context_length=8))
@@ -249,7 +251,7 @@ def generate(
     a token id: ``row[row >= 0]`` keeps the tokens).
 
     The model runs in eval mode (no dropout) and without recording gradients; its mode is
-    restored afterwards. Prompts longer than the context keep their last tokens.
+    restored after each step. Prompts longer than the context keep their last tokens.
     """
     steps = stream_generate(
         model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
