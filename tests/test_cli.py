@@ -70,6 +70,8 @@ def test_a_value_outside_the_choices_is_refused_naming_them(capsys):
         ("--top-k", "0", "'0' is not an integer >= 1"),
         ("--top-p", "1.5", "'1.5' is not a probability in (0, 1]"),
         ("--seed", "-1", "'-1' is not an integer >= 0"),
+        ("--min-p", "0", "'0' is not a probability in (0, 1]"),
+        ("--repetition-penalty", "-1", "'-1' is not a number >= 0"),
     ],
 )
 def test_bad_sample_flags_are_refused(tmp_path, capsys, flag, value, message):

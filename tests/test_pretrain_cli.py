@@ -43,6 +43,13 @@ def test_pretrain_writes_a_model_folder_that_sample_and_transformers_read(tmp_pa
     assert main(["sample", str(out), "--prompt", "ROMEO:", "--tokens", "20", "--seed", "1"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("ROMEO:") and len(text.rstrip("\n")) == len("ROMEO:") + 20
+    greedy = ["sample", str(out), "--prompt", "ROMEO:", "--tokens", "20", "--temperature", "0"]
+    assert main([*greedy, "--repetition-penalty", "1.5", "--min-p", "0.1"]) == 0
+    penalized = capsys.readouterr().out  # greedy: the penalty alone decides the difference
+    assert main(greedy) == 0
+    plain = capsys.readouterr().out
+    repeats = len(load_tokenizer(out).encode(plain)) > len(set(load_tokenizer(out).encode(plain)))
+    assert repeats and penalized != plain  # a 3-step model repeats itself; the penalty acts
 
     if importlib.util.find_spec("transformers"):
         import torch

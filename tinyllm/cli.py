@@ -252,6 +252,19 @@ def configure_sample(parser):
         "(default: all)",
     )
     parser.add_argument(
+        "--min-p",
+        type=_probability,
+        default=None,
+        help="drop tokens less likely than min-p times the likeliest one, in (0, 1] "
+        "(default: none dropped)",
+    )
+    parser.add_argument(
+        "--repetition-penalty",
+        type=_number(0),
+        default=None,
+        help="above 1, tokens already in the text become less likely (default: none)",
+    )
+    parser.add_argument(
         "--seed", type=_integer(0), default=0, help="the first sample's seed (default: 0)"
     )
 
@@ -299,18 +312,25 @@ def _probability(text):
 
 def run_sample(args):
     from tinyllm.data import load_tokenizer
-    from tinyllm.infer import generate
+    from tinyllm.infer import stream_generate
     from tinyllm.models import Transformer
 
     tokenizer = load_tokenizer(args.directory)
     model = Transformer.from_pretrained(args.directory)
-    prompt = tokenizer.encode(args.prompt.replace("\\n", "\n"))  # "\\n" typed in a shell
+    text = args.prompt.replace("\\n", "\n")  # "\\n" typed in a shell
+    prompt = tokenizer.encode(text)
+    if args.repetition_penalty == 0:
+        raise ValueError("--repetition-penalty 0: expected a number > 0")
     for index in range(args.num_samples):
-        ids = generate(
+        print(text, end="", flush=True)
+        pieces = stream_generate(
             model, [prompt], args.tokens, temperature=args.temperature, top_k=args.top_k,
-            top_p=args.top_p, seed=args.seed + index,
+            top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+            decode=tokenizer.decode, seed=args.seed + index,
         )  # fmt: skip
-        print(tokenizer.decode(ids[0].tolist()))
+        for _, piece in pieces:  # printed as each token is decoded
+            print(piece[0], end="", flush=True)
+        print()
         if index + 1 < args.num_samples:
             print("-" * 40)
     return 0
