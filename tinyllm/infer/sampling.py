@@ -20,17 +20,21 @@ array([0])
 >>> np.isinf(filter_logits(logits, top_p=0.7)).tolist()  # 0.5 + 0.3 reaches 0.7
 [[False, False, True, True]]
 
-``generate`` here recomputes the whole window for every new token: simple and correct,
-and fast enough for the small models this library trains on a CPU. Under JAX every new
-window length would be a new program to compile, so there the window always has the full
-context length - the tokens so far, padded after the end - and one compiled forward reads
-the logits at the last real position. Attention is causal: the padding after that position
-cannot change its logits.
+``generate`` keeps a KV cache (``tinyllm.nn.kv_cache``): the prompt runs through the
+model once (prefill), then each step runs only the newest token over the cached keys and
+values (decode). Once the sequence is longer than the context, the window slides: every
+position moves, the cached keys no longer fit, and each further step recomputes the last
+``context_length`` tokens without the cache - the same tokens as without a cache, at the
+old price. Under JAX every new length would be a new program to compile, so there the
+window always has the full context length - the tokens so far, padded after the end - and
+one compiled forward reads the logits at the last real position. Attention is causal: the
+padding after that position cannot change its logits.
 """
 
 import numpy as np
 
 from ..autograd import Tensor, no_grad, to_numpy
+from ..nn.kv_cache import KVCache
 
 
 def filter_logits(logits, *, top_k=None, top_p=None):
@@ -72,7 +76,8 @@ def generate(model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=N
     """``ids`` (B, T) followed by ``max_new_tokens`` sampled tokens: an int64 array.
 
     The model runs in eval mode (no dropout) and without recording gradients; its mode is
-    restored afterwards. Prompts longer than the context keep their last tokens.
+    restored afterwards. Prompts longer than the context keep their last tokens. A KV cache
+    saves recomputing the prefix (see the module doc for what happens past the context).
     """
     ids = np.asarray(ids, dtype=np.int64)
     if ids.ndim != 2 or ids.shape[1] == 0:
@@ -83,18 +88,17 @@ def generate(model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=N
     context = model.config.context_length
     rng = np.random.default_rng(seed)
     backend = model.token_embedding.weight.backend
-    next_logits = _padded_next_logits(model, backend) if backend.name == "jax" else None
+    if backend.name == "jax":
+        next_logits = _padded_next_logits(model, backend)
+    else:
+        next_logits = _cached_next_logits(model, len(ids), backend)
     was_training = model.training
     model.eval()
     try:
         with no_grad():
             for _ in range(max_new_tokens):
                 window = ids[:, -context:]  # (B, T <= context)
-                if next_logits is None:
-                    logits, _ = model(window)  # (B, T, V)
-                    last = to_numpy(logits.data[:, -1, :])  # (B, V): the next-token scores
-                else:
-                    last = next_logits(window, context)  # (B, V)
+                last = next_logits(window, ids.shape[1] > context)  # (B, V): next-token scores
                 next_ids = sample_next(
                     last, temperature=temperature, top_k=top_k, top_p=top_p, rng=rng
                 )
@@ -104,9 +108,28 @@ def generate(model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=N
     return ids
 
 
+def _cached_next_logits(model, batch_size, backend):
+    """``next_logits(window, slid)``: the (B, V) logits after ``window`` (B, T), the tokens
+    so far. The first call runs them all into a KV cache (prefill); later calls run only the
+    tokens added since (decode). Once the window has ``slid`` (the sequence outgrew the
+    context), positions no longer match the cache, and the whole window is recomputed."""
+    weight = model.token_embedding.weight
+    cache = KVCache.for_model(model.config, batch_size, dtype=weight.dtype, backend=backend)
+
+    def next_logits(window, slid):
+        if slid:
+            logits, _ = model(window)  # (B, context, V)
+        else:
+            logits, _ = model(window[:, cache.length :], cache=cache)  # (B, new tokens, V)
+        return to_numpy(logits.data[:, -1, :])
+
+    return next_logits
+
+
 def _padded_next_logits(model, backend):
-    """``next_logits(window, context)``: the (B, V) logits after ``window`` (B, T), from one
-    compiled forward over a window padded to ``context`` tokens - one shape, one trace."""
+    """``next_logits(window, slid)``: the (B, V) logits after ``window`` (B, T), from one
+    compiled forward over a window padded to the context length - one shape, one trace."""
+    context = model.config.context_length
     params = {name: p.data for name, p in model.named_parameters()}
 
     def logits_at(params, padded, position):
@@ -116,7 +139,7 @@ def _padded_next_logits(model, backend):
 
     compiled = backend.jit(logits_at)
 
-    def next_logits(window, context):
+    def next_logits(window, slid):
         B, T = window.shape
         padded = np.zeros((B, context), dtype=window.dtype)  # (B, context)
         padded[:, :T] = window  # the tokens, then padding the causal mask hides from them

@@ -82,14 +82,27 @@ class CausalSelfAttention(Module):
             x = norm(x)  # over each head's own features
         return x.transpose(0, 2, 1, 3)  # (B, n, T, head_dim)
 
-    def forward(self, x, start=0):
-        """``x`` (B, T, d_model) at positions ``start .. start + T - 1`` -> (B, T, d_model)."""
+    def forward(self, x, start=0, cache=None, layer=None):
+        """``x`` (B, T, d_model) at positions ``start .. start + T - 1`` -> (B, T, d_model).
+
+        With a ``cache`` (a ``KVCache``) holding positions ``0 .. start - 1``, this call's
+        keys and values are written into its slot ``layer`` and the queries attend over all
+        of them: the causal mask, offset by ``start``, lets query i see keys up to
+        ``start + i`` (and the sliding ``window`` hides the older ones the cache still holds).
+        """
         B, T, _ = x.shape
         q = self._heads(self.q_proj(x), self.n_head, self.q_norm)  # (B, n_head, T, head_dim)
         k = self._heads(self.k_proj(x), self.n_kv_head, self.k_norm)  # (B, n_kv_head, T, head_dim)
         v = self._heads(self.v_proj(x), self.n_kv_head)  # (B, n_kv_head, T, head_dim)
         if self.rope is not None:
             q, k = self.rope(q, start), self.rope(k, start)
+        if cache is not None:
+            if cache.length != start:
+                raise ValueError(
+                    f"CausalSelfAttention: start={start} but the cache holds {cache.length} "
+                    "positions; new positions must follow the cached ones"
+                )
+            k, v = cache.update(layer, k, v)  # (B, n_kv_head, start + T, head_dim)
         y = F.scaled_dot_product_attention(q, k, v, causal=True, window=self.window)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, self.n_head * self.head_dim)  # merge heads
         return self.dropout(self.o_proj(y))  # (B, T, d_model)
