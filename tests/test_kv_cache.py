@@ -152,6 +152,8 @@ def test_bad_cache_use_is_named():
         model(np.zeros((2, 1), np.int64), start=1, cache=cache)
     with pytest.raises(RuntimeError, match="no_grad"):
         model(np.zeros((2, 1), np.int64), cache=cache)  # gradients on: the cache would drop them
+    with pytest.raises(ValueError, match="layer=None: expected 0 .. 1"), tinyllm.no_grad():
+        model.blocks[0].attention(np.zeros((2, 1, 32), np.float32), start=3, cache=cache)
     with pytest.raises(ValueError, match="n_kv_head=0"):
         KVCache(n_layer=1, batch_size=1, n_kv_head=0, max_len=4, head_dim=2)
 

@@ -10,6 +10,7 @@ multi-head attention; ``n_kv_head == 1`` is multi-query attention.
     x (B, T, d_model) -> q (B, n_head, T, head_dim), k, v (B, n_kv_head, T, head_dim)
     [Qwen3: RMSNorm each query and key head]
     [RoPE rotates q and k by their positions]
+    [with a KV cache: k, v are appended to the cached ones, and q attends over all of them]
     attention over the past -> (B, n_head, T, head_dim) -> merge heads -> output projection
 
 >>> import numpy as np

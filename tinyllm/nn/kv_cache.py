@@ -74,7 +74,7 @@ class KVCache:
         """A cache fitting a model's ``config`` (a ``ModelConfig``): ``n_layer`` layers of
         ``kv_heads`` heads, ``context_length`` positions unless ``max_len`` says fewer."""
         return cls(
-            config.n_layer, batch_size, config.kv_heads, max_len or config.context_length,
+            config.n_layer, batch_size, config.kv_heads, config.context_length if max_len is None else max_len,
             config.head_dim, dtype=dtype, backend=backend,
         )  # fmt: skip
 
@@ -95,7 +95,7 @@ class KVCache:
                 "KVCache: keys and values that need gradients cannot be cached (the cache is "
                 "for inference); run the forward under tinyllm.no_grad()"
             )
-        if not 0 <= layer < len(self.keys):
+        if not isinstance(layer, (int, np.integer)) or not 0 <= layer < len(self.keys):
             raise ValueError(f"KVCache: layer={layer!r}: expected 0 .. {len(self.keys) - 1}")
         B, H, _, D = self.shape
         T = k_new.shape[2]
