@@ -73,9 +73,11 @@ class Block(Module):
             self.mlp = (SwiGLU if config.mlp == "swiglu" else MLP)(*sizes, **kwargs)
         self.dropout = Dropout(config.dropout, seed=rng.integers(2**31))
 
-    def forward(self, x, start=0, mask=None):
-        """``x`` (B, T, d_model) -> ``(x, aux_loss)``; ``aux_loss`` is None without experts."""
-        x = x + self.attention(self.attention_norm(x), start, mask=mask)
+    def forward(self, x, start=0, cache=None, layer=None, mask=None):
+        """``x`` (B, T, d_model) -> ``(x, aux_loss)``; ``aux_loss`` is None without experts.
+
+        ``cache``, ``layer`` and ``mask`` go to the attention (``CausalSelfAttention.forward``)."""
+        x = x + self.attention(self.attention_norm(x), start, cache=cache, layer=layer, mask=mask)
         h, aux_loss = self.mlp(self.mlp_norm(x)), None
         if isinstance(self.mlp, MoE):
             h, aux_loss = h
@@ -137,10 +139,14 @@ class Transformer(Module):
             )
         return positions
 
-    def forward(self, ids, targets=None, start=0, mask=None, positions=None):
+    def forward(self, ids, targets=None, start=0, cache=None, mask=None, positions=None):
         """Logits (B, T, vocab_size) for ``ids`` (B, T) at positions ``start ..``, and the loss.
 
         ``targets`` (B, T) are the next tokens; entries equal to -100 are not scored.
+
+        ``cache`` (a ``KVCache``, inference only: use ``no_grad``) holds the keys and values
+        of the tokens before ``ids``; ``ids`` then sit at positions ``cache.length ..``,
+        their keys and values are added to the cache, and they attend over all of it.
 
         A batch of prompts of different lengths is padded on the left. ``mask`` (boolean,
         broadcastable to (B, n_head, T, T), e.g. (B, 1, 1, T) False on the padding) hides
@@ -152,6 +158,13 @@ class Transformer(Module):
         """
         ids = self._ids(ids, "ids")
         B, T = ids.shape
+        if cache is not None:
+            if start not in (0, cache.length):
+                raise ValueError(
+                    f"Transformer: start={start} with a cache holding {cache.length} positions; "
+                    "with a cache the positions come from its length (leave start out)"
+                )
+            start = cache.length
         if start + T > self.config.context_length:
             raise ValueError(
                 f"Transformer: a sequence of {T} tokens at position {start} runs past the "
@@ -166,10 +179,12 @@ class Transformer(Module):
             x = x + self.position_embedding(positions)  # (T, d_model) or (B, T, d_model)
         x = self.dropout(x)
         aux_losses = []
-        for block in self.blocks:
-            x, aux_loss = block(x, start, mask=mask)
+        for layer, block in enumerate(self.blocks):
+            x, aux_loss = block(x, start, cache=cache, layer=layer, mask=mask)
             if aux_loss is not None:
                 aux_losses.append(aux_loss)
+        if cache is not None:
+            cache.advance(T)  # every layer has written positions start .. start + T - 1
         x = self.final_norm(x)
         if self.lm_head is None:
             logits = x @ self.token_embedding.weight.T  # (B, T, vocab_size), tied weights

@@ -8,9 +8,11 @@
 | `rope.py`      | RotaryEmbedding, with linear / dynamic NTK / YaRN scaling  |
 | `attention.py` | CausalSelfAttention: multi-head, grouped-query, multi-query|
 | `moe.py`       | MoE: top-k routing, load-balancing loss, expert counts     |
+| `kv_cache.py`  | KVCache: per-layer keys/values of the n_kv_head heads      |
 """
 
 from .attention import CausalSelfAttention
+from .kv_cache import KVCache
 from .layers import Dropout, Embedding, LayerNorm, Linear, RMSNorm, dropout_key
 from .mlp import MLP, SwiGLU
 from .module import Buffer, Module, Parameter
@@ -23,6 +25,7 @@ __all__ = [
     "CausalSelfAttention",
     "Dropout",
     "Embedding",
+    "KVCache",
     "LayerNorm",
     "Linear",
     "MoE",

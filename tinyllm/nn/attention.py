@@ -10,6 +10,7 @@ multi-head attention; ``n_kv_head == 1`` is multi-query attention.
     x (B, T, d_model) -> q (B, n_head, T, head_dim), k, v (B, n_kv_head, T, head_dim)
     [Qwen3: RMSNorm each query and key head]
     [RoPE rotates q and k by their positions]
+    [with a KV cache: k, v are appended to the cached ones, and q attends over all of them]
     attention over the past -> (B, n_head, T, head_dim) -> merge heads -> output projection
 
 >>> import numpy as np
@@ -82,10 +83,14 @@ class CausalSelfAttention(Module):
             x = norm(x)  # over each head's own features
         return x.transpose(0, 2, 1, 3)  # (B, n, T, head_dim)
 
-    def forward(self, x, start=0, mask=None):
+    def forward(self, x, start=0, cache=None, layer=None, mask=None):
         """``x`` (B, T, d_model) at positions ``start .. start + T - 1`` -> (B, T, d_model).
 
-        ``mask`` (broadcastable to (B, n_head, T, T); boolean or additive) hides keys on top
+        With a ``cache`` (a ``KVCache``) holding positions ``0 .. start - 1``, this call's
+        keys and values are written into its slot ``layer`` and the queries attend over all
+        of them: the causal mask, offset by ``start``, lets query i see keys up to
+        ``start + i`` (and the sliding ``window`` hides the older ones the cache still holds).
+        ``mask`` (broadcastable to (B, n_head, T, S); boolean or additive) hides keys on top
         of the causal mask, as ``F.scaled_dot_product_attention`` does with it.
         """
         B, T, _ = x.shape
@@ -94,6 +99,13 @@ class CausalSelfAttention(Module):
         v = self._heads(self.v_proj(x), self.n_kv_head)  # (B, n_kv_head, T, head_dim)
         if self.rope is not None:
             q, k = self.rope(q, start), self.rope(k, start)
+        if cache is not None:
+            if cache.length != start:
+                raise ValueError(
+                    f"CausalSelfAttention: start={start} but the cache holds {cache.length} "
+                    "positions; new positions must follow the cached ones"
+                )
+            k, v = cache.update(layer, k, v)  # (B, n_kv_head, start + T, head_dim)
         y = F.scaled_dot_product_attention(q, k, v, causal=True, window=self.window, mask=mask)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, self.n_head * self.head_dim)  # merge heads
         return self.dropout(self.o_proj(y))  # (B, T, d_model)

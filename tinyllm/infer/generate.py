@@ -1,0 +1,235 @@
+"""Generation: the loop that turns a prompt into text, one sampled token at a time.
+
+``stream_generate`` is the generation loop: it yields each new token as it is produced, and
+stops a row when it emits a stop token or its text comes to hold a stop string.
+``generate`` collects the stream into one array.
+
+The loop keeps a KV cache (``tinyllm.nn.kv_cache``): the prompt runs through the model once
+(prefill), then each step runs only the newest token over the cached keys and values
+(decode). Once the sequence is longer than the context, the window slides: every position
+moves, the cached keys no longer fit, and each further step recomputes the last
+``context_length`` tokens without the cache - the same tokens as without a cache, at the
+old price. Under JAX every new length would be a new program to compile, so there the
+window always has the full context length - the tokens so far, padded after the end - and
+one compiled forward reads the logits at the last real position. Attention is causal: the
+padding after that position cannot change its logits.
+"""
+
+import contextlib
+import numbers
+
+import numpy as np
+
+from ..autograd import Tensor, no_grad, to_numpy
+from ..nn.kv_cache import KVCache
+from .sampling import _is_integer, check_sampling_settings, sample_next
+
+
+def stream_generate(
+    model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
+    repetition_penalty=None, stop_token_ids=None, stop_strings=None, decode=None, pad_id=-1,
+    seed=0,
+):  # fmt: skip
+    """Yield the new tokens after ``ids`` (B, T) as they are produced, one step at a time.
+
+    Each step yields an int64 array (B,): one new token per row. With ``decode`` (a function
+    from a list of token ids to text, such as a tokenizer's ``decode``) it yields
+    ``(token_ids, pieces)`` instead, ``pieces`` the list of B texts those tokens add. A piece
+    that would end in a partly decoded character (U+FFFD) waits for the next token.
+
+    A row stops once it emits one of ``stop_token_ids``, or once its new text holds one of
+    ``stop_strings`` (which needs ``decode``); the token that stops it is still yielded.
+    After that the row yields ``pad_id`` and the piece "". The stream ends when every row
+    has stopped, or after ``max_new_tokens`` steps. The repetition penalty looks at the
+    whole sequence so far, prompt included. The settings are checked here, at the call.
+    Eval mode and ``no_grad`` hold only around each forward, so code reading the stream
+    between steps sees the model's own mode and records gradients as usual.
+
+    >>> from tinyllm.models import Transformer, get_preset
+    >>> model = Transformer(get_preset("tiny", n_layer=1, d_model=16, context_length=8))
+    >>> steps = list(stream_generate(model, [[1, 2]], 3, temperature=0))
+    >>> len(steps), steps[0].shape
+    (3, (1,))
+    """
+    ids = _as_prompt(ids)
+    counts = isinstance(max_new_tokens, numbers.Integral) and not isinstance(max_new_tokens, bool)
+    if not counts or max_new_tokens < 0:
+        raise ValueError(f"generate: max_new_tokens={max_new_tokens!r}: expected an integer >= 0")
+    sampling = dict(
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repetition_penalty,
+    )  # fmt: skip
+    check_sampling_settings(**sampling)
+    stop_token_ids = _as_stop_token_ids(stop_token_ids, model.config.vocab_size)
+    stop_strings = _as_stop_strings(stop_strings)
+    if decode is not None and not callable(decode):
+        raise ValueError(f"decode={decode!r}: expected a function from token ids to text")
+    if stop_strings and decode is None:
+        raise ValueError(f"stop_strings={stop_strings!r} need decode=, e.g. tokenizer.decode")
+    if not _is_integer(pad_id):
+        raise ValueError(f"pad_id={pad_id!r}: expected an integer")
+    stops = _Stops(len(ids), ids.shape[1], stop_token_ids, stop_strings, decode, pad_id)
+    return _stream(model, ids, max_new_tokens, sampling, stops, seed)
+
+
+def generate(
+    model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
+    repetition_penalty=None, stop_token_ids=None, stop_strings=None, decode=None, pad_id=-1,
+    seed=0,
+):  # fmt: skip
+    """``ids`` (B, T) followed by the sampled tokens: an int64 array (B, T + n).
+
+    Without stop conditions, n is ``max_new_tokens``. With ``stop_token_ids`` or
+    ``stop_strings`` (see ``stream_generate``), n is the number of steps until every row
+    stopped, at most ``max_new_tokens``; a row that stopped earlier ends with its stop token
+    (or the token that completed its stop string) and then ``pad_id``s (-1 by default, never
+    a token id: ``row[row >= 0]`` keeps the tokens).
+
+    The model runs in eval mode (no dropout) and without recording gradients; its mode is
+    restored after each step. Prompts longer than the context keep their last tokens.
+    """
+    steps = stream_generate(
+        model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        min_p=min_p, repetition_penalty=repetition_penalty, stop_token_ids=stop_token_ids,
+        stop_strings=stop_strings, decode=decode, pad_id=pad_id, seed=seed,
+    )  # fmt: skip
+    new_ids = [step[0] if decode is not None else step for step in steps]  # each (B,)
+    return np.concatenate([_as_prompt(ids), *(column[:, None] for column in new_ids)], axis=1)
+
+
+def _stream(model, ids, max_new_tokens, sampling, stops, seed):
+    """The generation loop behind ``stream_generate``: a generator over the steps."""
+    context = model.config.context_length
+    rng = np.random.default_rng(seed)
+    backend = model.token_embedding.weight.backend
+    if backend.name == "jax":
+        next_logits = _padded_next_logits(model, backend)
+    else:
+        next_logits = _cached_next_logits(model, len(ids), backend)
+    for _ in range(max_new_tokens):
+        window = ids[:, -context:]  # (B, T <= context)
+        with _inference(model):
+            last = next_logits(window, ids.shape[1] > context)  # (B, V): next-token scores
+        next_ids = sample_next(last, **sampling, previous_ids=ids, rng=rng)  # (B,)
+        ids = np.concatenate([ids, next_ids[:, None]], axis=1)
+        yield stops.step(ids)
+        if stops.stopped.all():
+            return
+
+
+class _Stops:
+    """Which rows have stopped, and the text each has produced so far (with ``decode``)."""
+
+    def __init__(self, batch, prompt_length, stop_token_ids, stop_strings, decode, pad_id):
+        self.stopped = np.zeros(batch, dtype=bool)  # (B,)
+        self.prompt_length = prompt_length
+        self.stop_token_ids, self.stop_strings = stop_token_ids, stop_strings
+        self.decode, self.pad_id = decode, pad_id
+        self.shown = [""] * batch  # the text already yielded, per row
+
+    def step(self, ids):
+        """What the stream yields after the newest column of ``ids`` (B, T + steps)."""
+        was_stopped = self.stopped.copy()  # (B,)
+        new_ids = np.where(was_stopped, self.pad_id, ids[:, -1]).astype(np.int64)  # (B,)
+        self.stopped |= np.isin(ids[:, -1], self.stop_token_ids)
+        if self.decode is None:
+            return new_ids
+        pieces = []
+        for row in range(len(ids)):
+            if was_stopped[row]:
+                pieces.append("")
+                continue
+            text = self.decode(ids[row, self.prompt_length :].tolist())
+            if any(stop in text for stop in self.stop_strings):
+                self.stopped[row] = True
+            if text.endswith("\ufffd"):
+                pieces.append("")  # a character split across tokens: wait for the rest
+            else:
+                pieces.append(text[len(self.shown[row]) :])
+                self.shown[row] = text
+        return new_ids, pieces
+
+
+@contextlib.contextmanager
+def _inference(model):
+    """Eval mode (no dropout) and no gradient recording for one forward; both restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _cached_next_logits(model, batch_size, backend):
+    """``next_logits(window, slid)``: the (B, V) logits after ``window`` (B, T), the tokens
+    so far. The first call runs them all into a KV cache (prefill); later calls run only the
+    tokens added since (decode). Once the window has ``slid`` (the sequence outgrew the
+    context), positions no longer match the cache, and the whole window is recomputed."""
+    weight = model.token_embedding.weight
+    cache = KVCache.for_model(model.config, batch_size, dtype=weight.dtype, backend=backend)
+
+    def next_logits(window, slid):
+        if slid:
+            logits, _ = model(window)  # (B, context, V)
+        else:
+            logits, _ = model(window[:, cache.length :], cache=cache)  # (B, new tokens, V)
+        return to_numpy(logits.data[:, -1, :])
+
+    return next_logits
+
+
+def _padded_next_logits(model, backend):
+    """``next_logits(window, slid)``: the (B, V) logits after ``window`` (B, T), from one
+    compiled forward over a window padded to the context length - one shape, one trace."""
+    context = model.config.context_length
+    params = {name: p.data for name, p in model.named_parameters()}
+
+    def logits_at(params, padded, position):
+        with model.bind({name: Tensor(array) for name, array in params.items()}):
+            logits, _ = model(padded)  # (B, context, V)
+        return logits.data[:, position, :]  # (B, V); ``position`` is traced: no retrace
+
+    compiled = backend.jit(logits_at)
+
+    def next_logits(window, slid):
+        B, T = window.shape
+        padded = np.zeros((B, context), dtype=window.dtype)  # (B, context)
+        padded[:, :T] = window  # the tokens, then padding the causal mask hides from them
+        return to_numpy(compiled(params, padded, T - 1))
+
+    return next_logits
+
+
+def _as_prompt(ids):
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.ndim != 2 or ids.shape[1] == 0:
+        raise ValueError(f"generate: ids must be (batch, time) with time >= 1, got {ids.shape}")
+    return ids
+
+
+def _as_stop_token_ids(stop_token_ids, vocab_size):
+    """``stop_token_ids`` (None or a sequence of ids) as an int64 array (S,)."""
+    if stop_token_ids is None:
+        return np.zeros(0, dtype=np.int64)
+    listed = isinstance(stop_token_ids, (list, tuple, np.ndarray))
+    if not listed or not all(_is_integer(i) and 0 <= i < vocab_size for i in stop_token_ids):
+        raise ValueError(
+            f"stop_token_ids={stop_token_ids!r}: expected a list of token ids in "
+            f"0..{vocab_size - 1}, or None"
+        )
+    return np.asarray(stop_token_ids, dtype=np.int64).reshape(-1)
+
+
+def _as_stop_strings(stop_strings):
+    """``stop_strings`` (None or a list of non-empty strings) as a tuple."""
+    if stop_strings is None:
+        return ()
+    listed = isinstance(stop_strings, (list, tuple))
+    if not listed or not all(isinstance(s, str) and s for s in stop_strings):
+        raise ValueError(
+            f"stop_strings={stop_strings!r}: expected a list of non-empty strings, e.g. ['\\n'], "
+            "or None"
+        )
+    return tuple(stop_strings)
