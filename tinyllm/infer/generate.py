@@ -13,6 +13,14 @@ old price. Under JAX every new length would be a new program to compile, so ther
 window always has the full context length - the tokens so far, padded after the end - and
 one compiled forward reads the logits at the last real position. Attention is causal: the
 padding after that position cannot change its logits.
+
+Prompts of different lengths run as one batch padded on the left, so that every row's
+newest token sits in the last column. A boolean key mask hides each row's padding from
+every query, in the prefill and at every decode step; learned position embeddings (GPT-2)
+get each row's real positions, counted from its first real token; RoPE needs none (its
+scores depend only on how far apart two tokens are, which the padding does not change).
+Each row then gets the tokens it gets alone. Such a batch does not slide: its longest
+prompt and the new tokens must fit in the context.
 """
 
 import contextlib
@@ -31,6 +39,11 @@ def stream_generate(
     seed=0,
 ):  # fmt: skip
     """Yield the new tokens after ``ids`` (B, T) as they are produced, one step at a time.
+
+    ``ids`` may also be a list of B prompts of different lengths (lists of token ids): they
+    run together, padded on the left, and each row gets the tokens it would get alone
+    (greedy; sampling draws one number per row per step from the shared ``seed``, so a
+    sampled row depends on its place in the batch, as in any batch).
 
     Each step yields an int64 array (B,): one new token per row. With ``decode`` (a function
     from a list of token ids to text, such as a tokenizer's ``decode``) it yields
@@ -51,7 +64,20 @@ def stream_generate(
     >>> len(steps), steps[0].shape
     (3, (1,))
     """
-    ids = _as_prompt(ids)
+    return _start(
+        model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        min_p=min_p, repetition_penalty=repetition_penalty, stop_token_ids=stop_token_ids,
+        stop_strings=stop_strings, decode=decode, pad_id=pad_id, seed=seed,
+    )[0]  # fmt: skip
+
+
+def _start(
+    model, ids, max_new_tokens, *, temperature, top_k, top_p, min_p, repetition_penalty,
+    stop_token_ids, stop_strings, decode, pad_id, seed,
+):  # fmt: skip
+    """The checked settings of ``stream_generate`` -> ``(stream, stops, pads)``; ``pads``
+    (B,) is how many padding columns each row starts with, or None for a rectangular batch."""
+    ids, pads = _as_prompts(ids)
     counts = isinstance(max_new_tokens, numbers.Integral) and not isinstance(max_new_tokens, bool)
     if not counts or max_new_tokens < 0:
         raise ValueError(f"generate: max_new_tokens={max_new_tokens!r}: expected an integer >= 0")
@@ -68,8 +94,15 @@ def stream_generate(
         raise ValueError(f"stop_strings={stop_strings!r} need decode=, e.g. tokenizer.decode")
     if not _is_integer(pad_id):
         raise ValueError(f"pad_id={pad_id!r}: expected an integer")
+    context = model.config.context_length
+    if pads is not None and ids.shape[1] + max_new_tokens - 1 > context:
+        raise ValueError(
+            f"generate: prompts of different lengths, the longest {ids.shape[1]} tokens, with "
+            f"max_new_tokens={max_new_tokens} run past the context_length of {context}; such "
+            "a batch does not slide its window: generate fewer tokens, or each prompt alone"
+        )
     stops = _Stops(len(ids), ids.shape[1], stop_token_ids, stop_strings, decode, pad_id)
-    return _stream(model, ids, max_new_tokens, sampling, stops, seed)
+    return _stream(model, ids, pads, max_new_tokens, sampling, stops, seed), stops, pads
 
 
 def generate(
@@ -78,6 +111,15 @@ def generate(
     seed=0,
 ):  # fmt: skip
     """``ids`` (B, T) followed by the sampled tokens: an int64 array (B, T + n).
+
+    For a list of prompts of different lengths (see ``stream_generate``) it is a list of B
+    int64 arrays instead, each a prompt followed by its own new tokens - up to and including
+    the one that stopped it - without padding, so the rows differ in length:
+
+    >>> from tinyllm.models import Transformer, get_preset
+    >>> model = Transformer(get_preset("tiny", n_layer=1, d_model=16, context_length=8))
+    >>> [row.shape for row in generate(model, [[1, 2, 3], [4]], 2, temperature=0)]
+    [(5,), (3,)]
 
     Without stop conditions, n is ``max_new_tokens``. With ``stop_token_ids`` or
     ``stop_strings`` (see ``stream_generate``), n is the number of steps until every row
@@ -88,24 +130,32 @@ def generate(
     The model runs in eval mode (no dropout) and without recording gradients; its mode is
     restored after each step. Prompts longer than the context keep their last tokens.
     """
-    steps = stream_generate(
+    steps, stops, pads = _start(
         model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         min_p=min_p, repetition_penalty=repetition_penalty, stop_token_ids=stop_token_ids,
         stop_strings=stop_strings, decode=decode, pad_id=pad_id, seed=seed,
     )  # fmt: skip
     new_ids = [step[0] if decode is not None else step for step in steps]  # each (B,)
-    return np.concatenate([_as_prompt(ids), *(column[:, None] for column in new_ids)], axis=1)
+    prompts, _ = _as_prompts(ids)  # (B, T), padded on the left if ragged
+    B = len(prompts)
+    new_ids = np.stack(new_ids, axis=1) if new_ids else np.zeros((B, 0), dtype=np.int64)
+    if pads is None:
+        return np.concatenate([prompts, new_ids], axis=1)  # (B, T + n)
+    return [
+        np.concatenate([prompts[row, pads[row] :], new_ids[row, : stops.produced[row]]])
+        for row in range(B)
+    ]
 
 
-def _stream(model, ids, max_new_tokens, sampling, stops, seed):
+def _stream(model, ids, pads, max_new_tokens, sampling, stops, seed):
     """The generation loop behind ``stream_generate``: a generator over the steps."""
     context = model.config.context_length
     rng = np.random.default_rng(seed)
     backend = model.token_embedding.weight.backend
     if backend.name == "jax":
-        next_logits = _padded_next_logits(model, backend)
+        next_logits = _padded_next_logits(model, backend, pads)
     else:
-        next_logits = _cached_next_logits(model, len(ids), backend)
+        next_logits = _cached_next_logits(model, len(ids), backend, pads)
     for _ in range(max_new_tokens):
         window = ids[:, -context:]  # (B, T <= context)
         with _inference(model):
@@ -122,6 +172,7 @@ class _Stops:
 
     def __init__(self, batch, prompt_length, stop_token_ids, stop_strings, decode, pad_id):
         self.stopped = np.zeros(batch, dtype=bool)  # (B,)
+        self.produced = np.zeros(batch, dtype=np.int64)  # (B,) new tokens, stop token included
         self.prompt_length = prompt_length
         self.stop_token_ids, self.stop_strings = stop_token_ids, stop_strings
         self.decode, self.pad_id = decode, pad_id
@@ -131,6 +182,7 @@ class _Stops:
         """What the stream yields after the newest column of ``ids`` (B, T + steps)."""
         was_stopped = self.stopped.copy()  # (B,)
         new_ids = np.where(was_stopped, self.pad_id, ids[:, -1]).astype(np.int64)  # (B,)
+        self.produced += ~was_stopped
         self.stopped |= np.isin(ids[:, -1], self.stop_token_ids)
         if self.decode is None:
             return new_ids
@@ -162,11 +214,12 @@ def _inference(model):
         model.train(was_training)
 
 
-def _cached_next_logits(model, batch_size, backend):
+def _cached_next_logits(model, batch_size, backend, pads=None):
     """``next_logits(window, slid)``: the (B, V) logits after ``window`` (B, T), the tokens
     so far. The first call runs them all into a KV cache (prefill); later calls run only the
     tokens added since (decode). Once the window has ``slid`` (the sequence outgrew the
-    context), positions no longer match the cache, and the whole window is recomputed."""
+    context), positions no longer match the cache, and the whole window is recomputed.
+    ``pads`` (B,): each row starts with that many padding columns (see ``_padding``)."""
     weight = model.token_embedding.weight
     cache = KVCache.for_model(model.config, batch_size, dtype=weight.dtype, backend=backend)
 
@@ -174,21 +227,26 @@ def _cached_next_logits(model, batch_size, backend):
         if slid:
             logits, _ = model(window)  # (B, context, V)
         else:
-            logits, _ = model(window[:, cache.length :], cache=cache)  # (B, new tokens, V)
+            new = window[:, cache.length :]  # (B, new tokens)
+            padding = _padding(model, pads, cache.length, cache.length + new.shape[1])
+            logits, _ = model(new, cache=cache, **padding)  # (B, new tokens, V)
         return to_numpy(logits.data[:, -1, :])
 
     return next_logits
 
 
-def _padded_next_logits(model, backend):
+def _padded_next_logits(model, backend, pads=None):
     """``next_logits(window, slid)``: the (B, V) logits after ``window`` (B, T), from one
-    compiled forward over a window padded to the context length - one shape, one trace."""
+    compiled forward over a window padded to the context length - one shape, one trace.
+    With ``pads`` (B,) the rows also start with padding columns; the mask and positions
+    that hide them are the same at every step (a ragged batch never slides)."""
     context = model.config.context_length
     params = {name: p.data for name, p in model.named_parameters()}
+    padding = _padding(model, pads, 0, context)
 
     def logits_at(params, padded, position):
         with model.bind({name: Tensor(array) for name, array in params.items()}):
-            logits, _ = model(padded)  # (B, context, V)
+            logits, _ = model(padded, **padding)  # (B, context, V)
         return logits.data[:, position, :]  # (B, V); ``position`` is traced: no retrace
 
     compiled = backend.jit(logits_at)
@@ -202,11 +260,60 @@ def _padded_next_logits(model, backend):
     return next_logits
 
 
-def _as_prompt(ids):
-    ids = np.asarray(ids, dtype=np.int64)
-    if ids.ndim != 2 or ids.shape[1] == 0:
-        raise ValueError(f"generate: ids must be (batch, time) with time >= 1, got {ids.shape}")
-    return ids
+def _padding(model, pads, start, end):
+    """The ``mask`` and ``positions`` keywords of a forward over columns ``start .. end - 1``
+    of a batch whose rows start with ``pads`` (B,) padding columns; none without ``pads``.
+
+    The mask (B, 1, 1, end) shows each query every real key (the causal mask hides the
+    future); learned position embeddings get positions (B, end - start) counted from each
+    row's first real token (0 on the padding, whose queries see no key anyway).
+    """
+    if pads is None:
+        return {}
+    columns = np.arange(end)  # (S,) every key so far
+    padding = {"mask": (columns >= pads[:, None])[:, None, None, :]}  # (B, 1, 1, S)
+    if model.position_embedding is not None:
+        padding["positions"] = np.maximum(columns[start:] - pads[:, None], 0)  # (B, T)
+    return padding
+
+
+def _as_prompts(ids):
+    """``ids`` as an int64 array (B, T) and the padding (B,) of each row, or None.
+
+    A rectangular ``ids`` (an array, or lists of one length) comes back as it is, with None.
+    A list of prompts of different lengths comes back padded on the left with each row's own
+    first token - a token the row already holds, so the repetition penalty sees no new one,
+    and the mask hides it from the model - with how many columns each row's padding takes.
+    """
+    ragged = isinstance(ids, (list, tuple)) and len({_length_of(row) for row in ids}) > 1
+    if not ragged:
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(
+                f"generate: ids must be (batch, time) with time >= 1, or a list of prompts "
+                f"(lists of token ids), got {ids.shape}"
+            )
+        return ids, None
+    rows = []
+    for i, row in enumerate(ids):
+        row = np.asarray(row)
+        if row.ndim != 1 or row.size == 0 or not np.issubdtype(row.dtype, np.integer):
+            raise ValueError(
+                f"generate: prompt {i} is {ids[i]!r}: expected a non-empty list of token ids"
+            )
+        rows.append(row.astype(np.int64))
+    T = max(len(row) for row in rows)
+    pads = np.array([T - len(row) for row in rows], dtype=np.int64)  # (B,)
+    padded = np.stack([np.concatenate([np.full(T - len(row), row[0]), row]) for row in rows])
+    return padded, pads
+
+
+def _length_of(row):
+    """The length of one prompt of a list, or None where it has none (checked later)."""
+    try:
+        return len(row)
+    except TypeError:
+        return None
 
 
 def _as_stop_token_ids(stop_token_ids, vocab_size):
