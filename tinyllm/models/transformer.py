@@ -149,10 +149,12 @@ class Transformer(Module):
         their keys and values are added to the cache, and they attend over all of it.
 
         A batch of prompts of different lengths is padded on the left. ``mask`` (boolean,
-        broadcastable to (B, n_head, T, T), e.g. (B, 1, 1, T) False on the padding) hides
+        broadcastable to (B, n_head, T, S), e.g. (B, 1, 1, S) False on the padding) hides
         the padding keys on top of the causal mask. Learned position embeddings (GPT-2) then
         need ``positions`` (B, T), each row's real tokens numbered from 0, so that they get
-        the positions they would have alone; padding queries see no key and give 0. RoPE
+        the positions they would have alone; padding queries see no key and give 0. With a
+        cache, the mask covers all S = cache.length + T keys and ``positions`` number the new
+        tokens only (they replace ``cache.length ..``, row by row). RoPE
         needs no ``positions``: its scores depend only on how far apart query and key are,
         which padding does not change, so it rotates by ``start ..`` and rejects them.
         """
