@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tinyllm.backend import NAMES as BACKENDS
-from tinyllm.cli import COMMANDS, build_parser, main
+from tinyllm.cli import ALIASES, COMMANDS, build_parser, main
 from tinyllm.infer import generate
 from tinyllm.models import PRESETS, Transformer, get_preset
 from tinyllm.optim import SCHEDULES
@@ -25,7 +25,8 @@ def help_of(capsys, *args):
 def test_top_level_help_lists_every_command_with_its_summary(capsys):
     text = help_of(capsys)
     for name, (summary, _, _) in COMMANDS.items():
-        assert f"{name} {' '.join(summary.split())}" in text
+        aliases = "".join(f" ({alias})" for alias in ALIASES.get(name, []))
+        assert f"{name}{aliases} {' '.join(summary.split())}" in text
     assert "language model" in text and "configure" not in text  # for users, not internals
 
 
@@ -78,7 +79,8 @@ def test_bad_sample_flags_are_refused(tmp_path, capsys, flag, value, message):
     with pytest.raises(SystemExit) as exit:
         main(["sample", str(tmp_path), flag, value])
     assert exit.value.code == 2
-    assert f"argument {flag}: {message}" in capsys.readouterr().err
+    err = capsys.readouterr().err  # (a flag with two names is shown as --a/--b)
+    assert f"argument {flag}: {message}" in err or f"/{flag}: {message}" in err
 
 
 def test_generate_refuses_a_negative_token_count():

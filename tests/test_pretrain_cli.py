@@ -48,6 +48,10 @@ def test_pretrain_writes_a_model_folder_that_sample_and_transformers_read(tmp_pa
     penalized = capsys.readouterr().out  # greedy: the penalty alone decides the difference
     assert main(greedy) == 0
     plain = capsys.readouterr().out
+    assert main(["generate", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "5"]) == 0
+    streamed = capsys.readouterr()  # "sample" is the same command under its first name
+    assert streamed.out.startswith("ROMEO:") and "5 tokens in " in streamed.err
+    assert "tokens/s)" in streamed.err and "tokens/s" not in streamed.out
     repeats = len(load_tokenizer(out).encode(plain)) > len(set(load_tokenizer(out).encode(plain)))
     assert repeats and penalized != plain  # a 3-step model repeats itself; the penalty acts
 

@@ -5,7 +5,7 @@ tinyllm info                     version, and which backends work here (and why 
 tinyllm grade [DIR]              grade the exercises (--solutions, --json results.json)
 tinyllm tokenizer train|encode   train a byte-level BPE (writes tokenizer.json), encode text
 tinyllm pretrain                 train a model on a corpus (flags map onto TrainConfig etc.)
-tinyllm sample DIR               generate text from a trained model folder
+tinyllm generate DIR             stream text from a trained model folder (alias: sample)
 tinyllm speedrun                 the main job: tokenizer, pretraining, samples and a report
 
 Ctrl-C (or SIGTERM) during training saves a checkpoint and stops; a second Ctrl-C leaves
@@ -17,6 +17,7 @@ import dataclasses
 import math
 import platform
 import sys
+import time
 import types
 
 import numpy as np
@@ -196,7 +197,7 @@ def configure_pretrain(parser):
 
     parser.description = (
         "Train a model on a corpus. Writes the run folder --out: config.json, "
-        "model.safetensors and the tokenizer (read by tinyllm sample and "
+        "model.safetensors and the tokenizer (read by tinyllm generate and "
         "Transformer.from_pretrained), metrics.jsonl, loss.png and checkpoints/."
     )
     add_dataclass_flags(parser, PretrainConfig, "data, model and run folder")
@@ -220,13 +221,18 @@ def run_pretrain(args):
     return 0
 
 
-# --- tinyllm sample ---------------------------------------------------------------------------
+# --- tinyllm generate (alias: sample) ----------------------------------------------------------
 def configure_sample(parser):
     parser.description = "Generate text from a model folder (one written by tinyllm pretrain)."
     parser.add_argument("directory", metavar="DIR", help="the model folder")
     parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     parser.add_argument(
-        "--tokens", type=_integer(1), default=200, help="tokens to generate (default: 200)"
+        "--max-new-tokens",
+        "--tokens",
+        dest="tokens",
+        type=_integer(1),
+        default=200,
+        help="tokens to generate (default: 200)",
     )
     parser.add_argument(
         "--num-samples", type=_integer(1), default=1, help="texts to generate (default: 1)"
@@ -321,6 +327,7 @@ def run_sample(args):
     prompt = tokenizer.encode(text)
     if args.repetition_penalty == 0:
         raise ValueError("--repetition-penalty 0: expected a number > 0")
+    started, produced = time.perf_counter(), 0
     for index in range(args.num_samples):
         print(text, end="", flush=True)
         pieces = stream_generate(
@@ -330,9 +337,15 @@ def run_sample(args):
         )  # fmt: skip
         for _, piece in pieces:  # printed as each token is decoded
             print(piece[0], end="", flush=True)
+            produced += 1
         print()
         if index + 1 < args.num_samples:
             print("-" * 40)
+    seconds = time.perf_counter() - started
+    print(
+        f"{produced} tokens in {seconds:.1f} s ({produced / seconds:,.1f} tokens/s)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -390,9 +403,11 @@ COMMANDS = {  # name: (one-line help, configure, run)
     "grade": ("grade the exercises and print a score table", configure_grade, run_grade),
     "tokenizer": ("train a byte-level BPE tokenizer, or encode text with one", configure_tokenizer, run_tokenizer),
     "pretrain": ("train a language model on a corpus", configure_pretrain, run_pretrain),
-    "sample": ("generate text from a trained model folder", configure_sample, run_sample),
+    "generate": ("stream text from a trained model folder (alias: sample)", configure_sample, run_sample),
     "speedrun": ("the whole pipeline in one go: tokenizer, training, samples, report", configure_speedrun, run_speedrun),
 }  # fmt: skip
+
+ALIASES = {"generate": ["sample"]}  # the name the first version of the command had
 
 DESCRIPTION = (
     "tinyllm builds a small language model from scratch - tokenizer, training, sampling - "
@@ -412,7 +427,8 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     sub.required = True
     for name, (summary, configure, run) in COMMANDS.items():
-        configure(sub.add_parser(name, help=summary, description=summary))
+        aliases = ALIASES.get(name, [])
+        configure(sub.add_parser(name, aliases=aliases, help=summary, description=summary))
         sub.choices[name].set_defaults(run=run)
     return parser
 

@@ -9,7 +9,7 @@
 3. builds the model from a preset (its vocabulary resized to the tokenizer's);
 4. trains with the shared ``Trainer``, sampling text at every evaluation;
 5. leaves ``out`` as a model folder (config.json, model.safetensors, the tokenizer) that
-   ``tinyllm sample``, ``Transformer.from_pretrained`` and ``transformers`` all read, with
+   ``tinyllm generate``, ``Transformer.from_pretrained`` and ``transformers`` all read, with
    ``metrics.jsonl``, ``loss.png`` and ``checkpoints/`` beside it.
 
 Ctrl-C or SIGTERM saves a checkpoint and returns at once: nothing is generated after the

@@ -182,7 +182,7 @@ def _markdown(f):
         lines += [f"### {key}", "", "```json", json.dumps(f[key], indent=1), "```", ""]
     lines += [
         "The model folder here loads with `Transformer.from_pretrained` and `transformers`;",
-        "`tinyllm sample` generates from it. `metrics.jsonl` holds every logged step.",
+        "`tinyllm generate` streams text from it. `metrics.jsonl` holds every logged step.",
         "",
     ]
     return "\n".join(lines)
