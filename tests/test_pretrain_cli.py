@@ -48,6 +48,11 @@ def test_pretrain_writes_a_model_folder_that_sample_and_transformers_read(tmp_pa
     penalized = capsys.readouterr().out  # greedy: the penalty alone decides the difference
     assert main(greedy) == 0
     plain = capsys.readouterr().out
+    assert main([*greedy, "--repetition-penalty", "0"]) == 2  # checked before any output
+    refused = capsys.readouterr()
+    assert (
+        refused.out == "" and "repetition_penalty=0.0: expected a finite number > 0" in refused.err
+    )
     assert main(["generate", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "5"]) == 0
     streamed = capsys.readouterr()  # "sample" is the same command under its first name
     assert streamed.out.startswith("ROMEO:") and "5 tokens in " in streamed.err

@@ -325,16 +325,14 @@ def run_sample(args):
     model = Transformer.from_pretrained(args.directory)
     text = args.prompt.replace("\\n", "\n")  # "\\n" typed in a shell
     prompt = tokenizer.encode(text)
-    if args.repetition_penalty == 0:
-        raise ValueError("--repetition-penalty 0: expected a number > 0")
     started, produced = time.perf_counter(), 0
     for index in range(args.num_samples):
-        print(text, end="", flush=True)
-        pieces = stream_generate(
+        pieces = stream_generate(  # checks every setting before the prompt is printed
             model, [prompt], args.tokens, temperature=args.temperature, top_k=args.top_k,
             top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
             decode=tokenizer.decode, seed=args.seed + index,
         )  # fmt: skip
+        print(text, end="", flush=True)
         for _, piece in pieces:  # printed as each token is decoded
             print(piece[0], end="", flush=True)
             produced += 1

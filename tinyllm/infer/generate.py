@@ -75,8 +75,9 @@ def _start(
     model, ids, max_new_tokens, *, temperature, top_k, top_p, min_p, repetition_penalty,
     stop_token_ids, stop_strings, decode, pad_id, seed,
 ):  # fmt: skip
-    """The checked settings of ``stream_generate`` -> ``(stream, stops, pads)``; ``pads``
-    (B,) is how many padding columns each row starts with, or None for a rectangular batch."""
+    """The checked settings of ``stream_generate`` -> ``(stream, stops, prompts, pads)``:
+    ``prompts`` (B, T) padded on the left if ragged, ``pads`` (B,) how many padding columns
+    each row starts with, or None for a rectangular batch."""
     ids, pads = _as_prompts(ids)
     counts = isinstance(max_new_tokens, numbers.Integral) and not isinstance(max_new_tokens, bool)
     if not counts or max_new_tokens < 0:
@@ -102,7 +103,7 @@ def _start(
             "a batch does not slide its window: generate fewer tokens, or each prompt alone"
         )
     stops = _Stops(len(ids), ids.shape[1], stop_token_ids, stop_strings, decode, pad_id)
-    return _stream(model, ids, pads, max_new_tokens, sampling, stops, seed), stops, pads
+    return _stream(model, ids, pads, max_new_tokens, sampling, stops, seed), stops, ids, pads
 
 
 def generate(
@@ -130,13 +131,12 @@ def generate(
     The model runs in eval mode (no dropout) and without recording gradients; its mode is
     restored after each step. Prompts longer than the context keep their last tokens.
     """
-    steps, stops, pads = _start(
+    steps, stops, prompts, pads = _start(
         model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         min_p=min_p, repetition_penalty=repetition_penalty, stop_token_ids=stop_token_ids,
         stop_strings=stop_strings, decode=decode, pad_id=pad_id, seed=seed,
     )  # fmt: skip
     new_ids = [step[0] if decode is not None else step for step in steps]  # each (B,)
-    prompts, _ = _as_prompts(ids)  # (B, T), padded on the left if ragged
     B = len(prompts)
     new_ids = np.stack(new_ids, axis=1) if new_ids else np.zeros((B, 0), dtype=np.int64)
     if pads is None:

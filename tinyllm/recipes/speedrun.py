@@ -116,11 +116,11 @@ def write_report(run, pretrain_config, train_config, preset, seconds):
         "steps": result.step,
         "trained_steps": run.trained_steps,
         "stopped_by": result.stopped_by,
-        "train_loss": run.result.train_loss,
+        "train_loss": result.train_loss,
         "val_loss": run.val_loss,
         "val_step": run.val_step,
         "best_val_loss": result.best_val_loss,
-        "tokens_per_second": run.result.tokens_per_second,  # in optimizer steps only
+        "tokens_per_second": result.tokens_per_second,  # in optimizer steps only
         "train_seconds": result.seconds,
         "total_seconds": seconds,
         "data": run.data,
