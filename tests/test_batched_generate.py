@@ -37,6 +37,9 @@ def test_prompts_of_different_lengths_get_what_they_get_alone(case):
     for row, alone, prompt in zip(together, _alone(model, PROMPTS, 10, temperature=0), PROMPTS):
         assert row.dtype == np.int64 and len(row) == len(prompt) + 10
         np.testing.assert_array_equal(row, alone)
+    uncached = generate(model, PROMPTS, 10, temperature=0, use_cache=False)
+    for row, cached in zip(uncached, together):
+        np.testing.assert_array_equal(row, cached)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -87,8 +87,10 @@ def test_greedy_and_sampled_generation_match_generation_without_a_cache(case):
     prompt = np.random.default_rng(2).integers(0, 61, (2, 4))
     for settings in (dict(temperature=0), dict(temperature=1.0, top_k=20, seed=3)):
         # 30 new tokens: past the context of 24, where the window slides
-        out = generate(model, prompt, 30, **settings)
-        np.testing.assert_array_equal(out, recomputed_generate(model, prompt, 30, **settings))
+        expected = recomputed_generate(model, prompt, 30, **settings)
+        np.testing.assert_array_equal(generate(model, prompt, 30, **settings), expected)
+        uncached = generate(model, prompt, 30, use_cache=False, **settings)
+        np.testing.assert_array_equal(uncached, expected)
 
 
 def test_dynamic_ntk_keeps_each_cached_key_as_it_was_rotated():

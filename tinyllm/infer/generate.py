@@ -36,7 +36,7 @@ from .sampling import _is_integer, check_sampling_settings, sample_next
 def stream_generate(
     model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
     repetition_penalty=None, stop_token_ids=None, stop_strings=None, decode=None, pad_id=-1,
-    seed=0,
+    seed=0, use_cache=True,
 ):  # fmt: skip
     """Yield the new tokens after ``ids`` (B, T) as they are produced, one step at a time.
 
@@ -55,6 +55,8 @@ def stream_generate(
     After that the row yields ``pad_id`` and the piece "". The stream ends when every row
     has stopped, or after ``max_new_tokens`` steps. The repetition penalty looks at the
     whole sequence so far, prompt included. The settings are checked here, at the call.
+    ``use_cache=False`` reruns the whole window at every step instead of keeping a KV
+    cache: the same tokens, at the quadratic price (lessons and benchmarks compare the two).
     Eval mode and ``no_grad`` hold only around each forward, so code reading the stream
     between steps sees the model's own mode and records gradients as usual.
 
@@ -67,13 +69,13 @@ def stream_generate(
     return _start(
         model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         min_p=min_p, repetition_penalty=repetition_penalty, stop_token_ids=stop_token_ids,
-        stop_strings=stop_strings, decode=decode, pad_id=pad_id, seed=seed,
+        stop_strings=stop_strings, decode=decode, pad_id=pad_id, seed=seed, use_cache=use_cache,
     )[0]  # fmt: skip
 
 
 def _start(
     model, ids, max_new_tokens, *, temperature, top_k, top_p, min_p, repetition_penalty,
-    stop_token_ids, stop_strings, decode, pad_id, seed,
+    stop_token_ids, stop_strings, decode, pad_id, seed, use_cache,
 ):  # fmt: skip
     """The checked settings of ``stream_generate`` -> ``(stream, stops, prompts, pads)``:
     ``prompts`` (B, T) padded on the left if ragged, ``pads`` (B,) how many padding columns
@@ -103,13 +105,16 @@ def _start(
             "a batch does not slide its window: generate fewer tokens, or each prompt alone"
         )
     stops = _Stops(len(ids), ids.shape[1], stop_token_ids, stop_strings, decode, pad_id)
-    return _stream(model, ids, pads, max_new_tokens, sampling, stops, seed), stops, ids, pads
+    if not isinstance(use_cache, bool):
+        raise ValueError(f"use_cache={use_cache!r}: expected True or False")
+    stream = _stream(model, ids, pads, max_new_tokens, sampling, stops, seed, use_cache)
+    return stream, stops, ids, pads
 
 
 def generate(
     model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
     repetition_penalty=None, stop_token_ids=None, stop_strings=None, decode=None, pad_id=-1,
-    seed=0,
+    seed=0, use_cache=True,
 ):  # fmt: skip
     """``ids`` (B, T) followed by the sampled tokens: an int64 array (B, T + n).
 
@@ -134,7 +139,7 @@ def generate(
     steps, stops, prompts, pads = _start(
         model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         min_p=min_p, repetition_penalty=repetition_penalty, stop_token_ids=stop_token_ids,
-        stop_strings=stop_strings, decode=decode, pad_id=pad_id, seed=seed,
+        stop_strings=stop_strings, decode=decode, pad_id=pad_id, seed=seed, use_cache=use_cache,
     )  # fmt: skip
     new_ids = [step[0] if decode is not None else step for step in steps]  # each (B,)
     B = len(prompts)
@@ -147,12 +152,14 @@ def generate(
     ]
 
 
-def _stream(model, ids, pads, max_new_tokens, sampling, stops, seed):
+def _stream(model, ids, pads, max_new_tokens, sampling, stops, seed, use_cache):
     """The generation loop behind ``stream_generate``: a generator over the steps."""
     context = model.config.context_length
     rng = np.random.default_rng(seed)
     backend = model.token_embedding.weight.backend
-    if backend.name == "jax":
+    if not use_cache:
+        next_logits = _recomputed_next_logits(model, pads)
+    elif backend.name == "jax":
         next_logits = _padded_next_logits(model, backend, pads)
     else:
         next_logits = _cached_next_logits(model, len(ids), backend, pads)
@@ -214,6 +221,17 @@ def _inference(model):
         model.train(was_training)
 
 
+def _recomputed_next_logits(model, pads=None):
+    """``next_logits(window, slid)``: the (B, V) logits after ``window`` (B, T), the tokens
+    so far, from a forward over all of them - no cache, every position recomputed."""
+
+    def next_logits(window, slid):
+        logits, _ = model(window, **_padding(model, None if slid else pads, 0, window.shape[1]))
+        return to_numpy(logits.data[:, -1, :])  # (B, V)
+
+    return next_logits
+
+
 def _cached_next_logits(model, batch_size, backend, pads=None):
     """``next_logits(window, slid)``: the (B, V) logits after ``window`` (B, T), the tokens
     so far. The first call runs them all into a KV cache (prefill); later calls run only the
@@ -222,14 +240,14 @@ def _cached_next_logits(model, batch_size, backend, pads=None):
     ``pads`` (B,): each row starts with that many padding columns (see ``_padding``)."""
     weight = model.token_embedding.weight
     cache = KVCache.for_model(model.config, batch_size, dtype=weight.dtype, backend=backend)
+    recompute = _recomputed_next_logits(model)
 
     def next_logits(window, slid):
         if slid:
-            logits, _ = model(window)  # (B, context, V)
-        else:
-            new = window[:, cache.length :]  # (B, new tokens)
-            padding = _padding(model, pads, cache.length, cache.length + new.shape[1])
-            logits, _ = model(new, cache=cache, **padding)  # (B, new tokens, V)
+            return recompute(window, slid)
+        new = window[:, cache.length :]  # (B, new tokens)
+        padding = _padding(model, pads, cache.length, cache.length + new.shape[1])
+        logits, _ = model(new, cache=cache, **padding)  # (B, new tokens, V)
         return to_numpy(logits.data[:, -1, :])
 
     return next_logits
