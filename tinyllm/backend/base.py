@@ -90,6 +90,24 @@ class Backend:
             return np.vectorize(math.erf, otypes=[x.dtype])(x)
         return erf(x).astype(x.dtype, copy=False)
 
+    def slice_at(self, x, start, length, axis=0):
+        """``length`` entries of ``x`` along ``axis`` from ``start``, which may be traced
+        (JAX needs ``length`` fixed and ``start`` a value of the program)."""
+        index = [slice(None)] * x.ndim
+        index[axis] = slice(start, start + length)
+        return x[tuple(index)]
+
+    def write_at(self, target, values, start, axis=0):
+        """``target`` with ``values`` written along ``axis`` from ``start`` (maybe traced).
+
+        Like ``scatter_add``, NumPy and CuPy write in place and return ``target``, JAX
+        returns a new array: use the returned array.
+        """
+        index = [slice(None)] * target.ndim
+        index[axis] = slice(start, start + values.shape[axis])
+        target[tuple(index)] = values
+        return target
+
     # --- reductions the fused ops share -----------------------------------------------
     def sum_last(self, x):
         """``x.sum(axis=-1, keepdims=True)``: (..., n) -> (..., 1)."""

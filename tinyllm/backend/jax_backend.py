@@ -41,6 +41,12 @@ class JaxBackend(Backend):
     def scatter_add(self, target, index, values):
         return target.at[index].add(values)
 
+    def slice_at(self, x, start, length, axis=0):
+        return self.jax.lax.dynamic_slice_in_dim(x, start, length, axis)
+
+    def write_at(self, target, values, start, axis=0):
+        return self.jax.lax.dynamic_update_slice_in_dim(target, values, start, axis)
+
     def erf(self, x):
         return self.jax.scipy.special.erf(x)
 

@@ -9,10 +9,14 @@ The loop keeps a KV cache (``tinyllm.nn.kv_cache``): the prompt runs through the
 (decode). Once the sequence is longer than the context, the window slides: every position
 moves, the cached keys no longer fit, and each further step recomputes the last
 ``context_length`` tokens without the cache - the same tokens as without a cache, at the
-old price. Under JAX every new length would be a new program to compile, so there the
-window always has the full context length - the tokens so far, padded after the end - and
-one compiled forward reads the logits at the last real position. Attention is causal: the
-padding after that position cannot change its logits.
+old price. ``use_cache=False`` recomputes every step that way, for comparison.
+
+Under JAX every new shape would be a new program to compile, so there the cache has fixed
+shapes (``StaticKVCache``: all ``context_length`` slots, a mask hiding the empty ones) and
+goes in and out of one compiled step as a value: one program for the prefill, one for
+every decoding step. Past the context, one compiled forward over the window padded to the
+context length reads the logits at the last real position (attention is causal: the
+padding after that position cannot change them).
 
 Prompts of different lengths run as one batch padded on the left, so that every row's
 newest token sits in the last column. A boolean key mask hides each row's padding from
@@ -24,12 +28,14 @@ prompt and the new tokens must fit in the context.
 """
 
 import contextlib
+import functools
 import numbers
+import weakref
 
 import numpy as np
 
 from ..autograd import Tensor, no_grad, to_numpy
-from ..nn.kv_cache import KVCache
+from ..nn.kv_cache import KVCache, StaticKVCache
 from .sampling import _is_integer, check_sampling_settings, sample_next
 
 
@@ -160,7 +166,7 @@ def _stream(model, ids, pads, max_new_tokens, sampling, stops, seed, use_cache):
     if not use_cache:
         next_logits = _recomputed_next_logits(model, pads)
     elif backend.name == "jax":
-        next_logits = _padded_next_logits(model, backend, pads)
+        next_logits = _compiled_next_logits(model, len(ids), backend, pads)
     else:
         next_logits = _cached_next_logits(model, len(ids), backend, pads)
     for _ in range(max_new_tokens):
@@ -253,6 +259,38 @@ def _cached_next_logits(model, batch_size, backend, pads=None):
     return next_logits
 
 
+def _compiled_next_logits(model, batch_size, backend, pads=None):
+    """``next_logits(window, slid)`` as ``_cached_next_logits``, each forward compiled.
+
+    The cache is a ``StaticKVCache`` of the full context: its arrays and its length go into
+    a compiled step and come back out, so one program serves the prefill and one every
+    decoding step. A window that has slid uses ``_padded_next_logits``; dynamic RoPE
+    scaling, whose angles change with the length, runs the cache eagerly instead.
+    """
+    config = model.config
+    if (config.rope_scaling or {}).get("type") == "dynamic":
+        return _cached_next_logits(model, batch_size, backend, pads)  # eager: new angles
+    weight = model.token_embedding.weight
+    empty = StaticKVCache.for_model(config, batch_size, dtype=weight.dtype, backend=backend)
+    keys, values, length = empty.keys, empty.values, 0
+    params = {name: p.data for name, p in model.named_parameters()}
+    step = _compiled(model, _cached_step)
+    slide = _padded_next_logits(model, backend)
+    mask = _padding(model, pads, 0, config.context_length).get("mask")  # the same every step
+
+    def next_logits(window, slid):
+        nonlocal keys, values, length
+        if slid:
+            return slide(window, slid)
+        new = window[:, length:]  # (B, new tokens)
+        positions = _padding(model, pads, length, length + new.shape[1]).get("positions")
+        logits, keys, values = step(params, keys, values, length, new, mask, positions)
+        length += new.shape[1]
+        return to_numpy(logits)  # (B, V)
+
+    return next_logits
+
+
 def _padded_next_logits(model, backend, pads=None):
     """``next_logits(window, slid)``: the (B, V) logits after ``window`` (B, T), from one
     compiled forward over a window padded to the context length - one shape, one trace.
@@ -261,21 +299,48 @@ def _padded_next_logits(model, backend, pads=None):
     context = model.config.context_length
     params = {name: p.data for name, p in model.named_parameters()}
     padding = _padding(model, pads, 0, context)
-
-    def logits_at(params, padded, position):
-        with model.bind({name: Tensor(array) for name, array in params.items()}):
-            logits, _ = model(padded, **padding)  # (B, context, V)
-        return logits.data[:, position, :]  # (B, V); ``position`` is traced: no retrace
-
-    compiled = backend.jit(logits_at)
+    logits_at = _compiled(model, _window_logits)
 
     def next_logits(window, slid):
         B, T = window.shape
         padded = np.zeros((B, context), dtype=window.dtype)  # (B, context)
         padded[:, :T] = window  # the tokens, then padding the causal mask hides from them
-        return to_numpy(compiled(params, padded, T - 1))
+        return to_numpy(
+            logits_at(params, padded, T - 1, padding.get("mask"), padding.get("positions"))
+        )
 
     return next_logits
+
+
+_PROGRAMS = weakref.WeakKeyDictionary()  # model -> {name: a compiled forward of it}
+
+
+def _compiled(model, forward):
+    """``forward(model, ...)`` compiled for ``model``, once: later calls of ``generate``
+    reuse the compilation (a new input shape still compiles anew, as ``jit`` does)."""
+    programs = _PROGRAMS.setdefault(model, {})
+    if forward.__name__ not in programs:
+        backend = model.token_embedding.weight.backend
+        # a weak reference: the compiled program must not keep the model alive
+        programs[forward.__name__] = backend.jit(functools.partial(forward, weakref.proxy(model)))
+    return programs[forward.__name__]
+
+
+def _cached_step(model, params, keys, values, length, ids, mask, positions):
+    """The logits (B, V) after ``ids`` (B, T) that follow ``length`` cached positions, and
+    the cache's new keys and values: one forward over a ``StaticKVCache``."""
+    cache = StaticKVCache.of(keys, values, length, model.token_embedding.weight.backend)
+    with model.bind({name: Tensor(array) for name, array in params.items()}):
+        logits, _ = model(ids, cache=cache, mask=mask, positions=positions)
+    keys, values, _ = cache.arrays()
+    return logits.data[:, -1, :], keys, values
+
+
+def _window_logits(model, params, padded, position, mask, positions):
+    """The logits (B, V) at column ``position`` (traced: no retrace) of ``padded`` (B, T)."""
+    with model.bind({name: Tensor(array) for name, array in params.items()}):
+        logits, _ = model(padded, mask=mask, positions=positions)  # (B, T, V)
+    return logits.data[:, position, :]
 
 
 def _padding(model, pads, start, end):

@@ -161,13 +161,14 @@ class Transformer(Module):
         ids = self._ids(ids, "ids")
         B, T = ids.shape
         if cache is not None:
-            if start not in (0, cache.length):
+            if start != 0 and start is not cache.length and start != cache.length:
                 raise ValueError(
                     f"Transformer: start={start} with a cache holding {cache.length} positions; "
                     "with a cache the positions come from its length (leave start out)"
                 )
-            start = cache.length
-        if start + T > self.config.context_length:
+            start = cache.length  # traced inside a compiled decoding step (StaticKVCache)
+        traced = self.token_embedding.weight.backend.is_traced(start)
+        if not traced and start + T > self.config.context_length:
             raise ValueError(
                 f"Transformer: a sequence of {T} tokens at position {start} runs past the "
                 f"context_length of {self.config.context_length}"
@@ -177,7 +178,7 @@ class Transformer(Module):
             positions = self._positions(positions, ids.shape)
         if self.position_embedding is not None:
             if positions is None:
-                positions = x.backend.xp.arange(start, start + T)  # the same for every row
+                positions = start + x.backend.xp.arange(T)  # the same for every row
             x = x + self.position_embedding(positions)  # (T, d_model) or (B, T, d_model)
         x = self.dropout(x)
         aux_losses = []

@@ -24,6 +24,7 @@ multi-head attention; ``n_kv_head == 1`` is multi-query attention.
 import numpy as np
 
 from .. import functional as F
+from ..autograd import Tensor
 from .layers import Dropout, Linear, RMSNorm
 from .module import Module
 
@@ -90,6 +91,8 @@ class CausalSelfAttention(Module):
         keys and values are written into its slot ``layer`` and the queries attend over all
         of them: the causal mask, offset by ``start``, lets query i see keys up to
         ``start + i`` (and the sliding ``window`` hides the older ones the cache still holds).
+        A cache of fixed shape (``StaticKVCache``) returns every slot, and its ``visible``
+        mask replaces the causal one.
         ``mask`` (broadcastable to (B, n_head, T, S); boolean or additive) hides keys on top
         of the causal mask, as ``F.scaled_dot_product_attention`` does with it.
         """
@@ -99,13 +102,28 @@ class CausalSelfAttention(Module):
         v = self._heads(self.v_proj(x), self.n_kv_head)  # (B, n_kv_head, T, head_dim)
         if self.rope is not None:
             q, k = self.rope(q, start), self.rope(k, start)
+        causal, window = True, self.window
         if cache is not None:
-            if cache.length != start:
+            if start is not cache.length and cache.length != start:
                 raise ValueError(
                     f"CausalSelfAttention: start={start} but the cache holds {cache.length} "
                     "positions; new positions must follow the cached ones"
                 )
-            k, v = cache.update(layer, k, v)  # (B, n_kv_head, start + T, head_dim)
-        y = F.scaled_dot_product_attention(q, k, v, causal=True, window=self.window, mask=mask)
+            k, v = cache.update(layer, k, v)  # (B, n_kv_head, S, head_dim), S >= start + T
+            visible = cache.visible(T, self.window)  # (T, S), or None: causal says it
+            if visible is not None:
+                mask = visible if mask is None else _both(cache.backend.xp, visible, mask)
+                causal, window = False, None
+        y = F.scaled_dot_product_attention(q, k, v, causal=causal, window=window, mask=mask)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, self.n_head * self.head_dim)  # merge heads
         return self.dropout(self.o_proj(y))  # (B, T, d_model)
+
+
+
+def _both(xp, visible, mask):
+    """The keys both ``visible`` (T, S booleans) and the caller's ``mask`` (boolean, or
+    additive float) allow, in the caller's kind of mask."""
+    mask = xp.asarray(mask.data if isinstance(mask, Tensor) else mask)
+    if mask.dtype == bool:
+        return visible & mask
+    return xp.where(visible, mask, -xp.inf)

@@ -109,18 +109,21 @@ class KVCache:
             raise ValueError(
                 f"KVCache: {T} new positions after {self.length} run past max_len={self.max_len}"
             )
-        self.keys[layer] = self._write(self.keys[layer], k_new.data)
-        self.values[layer] = self._write(self.values[layer], v_new.data)
+        self._write(layer, k_new, v_new)
         return Tensor(self.keys[layer][:, :, :end]), Tensor(self.values[layer][:, :, :end])
 
-    def _write(self, array, new):
-        """``array`` with ``new`` written along the time axis from ``length``: in place
-        where arrays are mutable (NumPy, CuPy), as a new array under JAX."""
-        start, end = self.length, self.length + new.shape[2]
-        if not self.backend.mutable_arrays:
-            return array.at[:, :, start:end].set(new)
-        array[:, :, start:end] = new
-        return array
+    def _write(self, layer, k_new, v_new):
+        """Write the new positions along the time axis from ``length``: in place where
+        arrays are mutable (NumPy, CuPy), as new arrays under JAX."""
+        write = self.backend.write_at
+        self.keys[layer] = write(self.keys[layer], k_new.data, self.length, axis=2)
+        self.values[layer] = write(self.values[layer], v_new.data, self.length, axis=2)
+
+    def visible(self, T, window=None):
+        """Which keys of ``update``'s result each of the ``T`` new queries may see, as a
+        boolean (T, S) array, or None where attention's causal mask already says it (the
+        keys end at the newest query, so query i sits at S - T + i)."""
+        return None
 
     def advance(self, n):
         """Count ``n`` more positions as filled: called once all layers have written them."""
@@ -139,3 +142,47 @@ class KVCache:
     def reset(self):
         """Forget every position (the arrays stay allocated, ready for the next sequence)."""
         self.truncate(0)
+
+
+class StaticKVCache(KVCache):
+    """A KV cache whose shapes never change, for decoding compiled with ``jax.jit``.
+
+    A compiled program has fixed shapes, and a new shape means a new compilation. So
+    ``update`` returns the keys and values of all ``max_len`` positions, filled or not,
+    and ``visible`` says which of them each new query may see: the filled ones up to its
+    own position (and within the sliding window). ``length`` may be a traced value of the
+    program, and the writes go through ``backend.write_at`` (``dynamic_update_slice``):
+    one program serves every step. The compiled step takes the arrays and the length in
+    and gives them back (``arrays()``, ``of(...)``): inside ``jit`` the cache is a value.
+    """
+
+    @classmethod
+    def of(cls, keys, values, length, backend):
+        """A cache over existing ``keys`` and ``values`` (lists of (B, H, max_len, D)
+        arrays, one per layer) whose first ``length`` positions are filled."""
+        cache = cls.__new__(cls)
+        cache.backend, cache.keys, cache.values = backend, list(keys), list(values)
+        cache.shape, cache.max_len, cache.length = keys[0].shape, keys[0].shape[2], length
+        return cache
+
+    def arrays(self):
+        """``(keys, values, length)``: what a compiled step returns to carry the cache on."""
+        return self.keys, self.values, self.length
+
+    def update(self, layer, k_new, v_new):
+        """Write ``k_new``, ``v_new`` (B, n_kv_head, T, head_dim) from ``length``; return
+        every position's keys and values (B, n_kv_head, max_len, head_dim) as Tensors."""
+        self._write(layer, k_new, v_new)
+        return Tensor(self.keys[layer]), Tensor(self.values[layer])
+
+    def visible(self, T, window=None):
+        xp = self.backend.xp
+        query = self.length + xp.arange(T)[:, None]  # (T, 1) each new query's position
+        key = xp.arange(self.max_len)[None, :]  # (1, S)
+        seen = key <= query  # filled, and not in the query's future
+        if window is not None:
+            seen = seen & (key > query - window)
+        return seen  # (T, S)
+
+    def advance(self, n):
+        self.length = self.length + n  # no range check: the length may be traced

@@ -90,6 +90,7 @@ class RotaryEmbedding:
         self.head_dim, self.theta = head_dim, theta
         self.scaling = scaling or {}
         self.original = self.scaling.get("original_context_length", context_length)
+        self.context_length = context_length
         self._cache = {}
 
     def inverse_frequencies(self, seq_len):
@@ -113,6 +114,14 @@ class RotaryEmbedding:
         One table from position 0 is kept per backend and sliced; dynamic scaling past the
         trained length changes every angle, so there the table is remade for each length.
         """
+        if backend.is_traced(start):  # a compiled decoding step: any position up to the context
+            if self.scaling.get("type") == "dynamic":
+                raise ValueError(
+                    "RoPE: dynamic scaling remakes every angle as the sequence grows, so it "
+                    "needs a known length, not a traced start"
+                )
+            cos, sin = self.tables(0, max(self.context_length or 0, self.original or 0), backend)
+            return backend.slice_at(cos, start, length), backend.slice_at(sin, start, length)
         end = start + length
         stretched = self.scaling.get("type") == "dynamic" and end > self.original
         tag = end if stretched else None
