@@ -119,7 +119,6 @@ class CausalSelfAttention(Module):
         return self.dropout(self.o_proj(y))  # (B, T, d_model)
 
 
-
 def _both(xp, visible, mask):
     """The keys both ``visible`` (T, S booleans) and the caller's ``mask`` (boolean, or
     additive float) allow, in the caller's kind of mask."""
