@@ -27,22 +27,23 @@ Each row then gets the tokens it gets alone. Such a batch does not slide: its lo
 prompt and the new tokens must fit in the context.
 """
 
-import contextlib
 import functools
 import numbers
 import weakref
 
 import numpy as np
 
-from ..autograd import Tensor, no_grad, to_numpy
+from ..autograd import Tensor, to_numpy
 from ..nn.kv_cache import KVCache, StaticKVCache
 from .sampling import _is_integer, check_sampling_settings, sample_next
+from .speculative import speculative_stream
+from .stream import GenerationStats, Stops, inference
 
 
 def stream_generate(
     model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
     repetition_penalty=None, stop_token_ids=None, stop_strings=None, decode=None, pad_id=-1,
-    seed=0, use_cache=True,
+    seed=0, use_cache=True, draft=None, draft_tokens=4, prompt_lookup=None, stats=None,
 ):  # fmt: skip
     """Yield the new tokens after ``ids`` (B, T) as they are produced, one step at a time.
 
@@ -63,6 +64,13 @@ def stream_generate(
     whole sequence so far, prompt included. The settings are checked here, at the call.
     ``use_cache=False`` reruns the whole window at every step instead of keeping a KV
     cache: the same tokens, at the quadratic price (lessons and benchmarks compare the two).
+
+    Speculative decoding (``tinyllm.infer.speculative``), for one prompt: ``draft`` (a
+    smaller model over the same vocabulary) or ``prompt_lookup`` (the longest n-gram to
+    look up in the text so far, e.g. 3) proposes ``draft_tokens`` tokens at a time, and one
+    forward of ``model`` checks them all. The tokens have exactly the distribution they
+    have without it (greedy: the same tokens). ``stats`` (a ``GenerationStats``) is filled
+    in as the stream runs: new tokens, forward passes, proposals and acceptances.
     Eval mode and ``no_grad`` hold only around each forward, so code reading the stream
     between steps sees the model's own mode and records gradients as usual.
 
@@ -76,12 +84,14 @@ def stream_generate(
         model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         min_p=min_p, repetition_penalty=repetition_penalty, stop_token_ids=stop_token_ids,
         stop_strings=stop_strings, decode=decode, pad_id=pad_id, seed=seed, use_cache=use_cache,
+        draft=draft, draft_tokens=draft_tokens, prompt_lookup=prompt_lookup, stats=stats,
     )[0]  # fmt: skip
 
 
 def _start(
     model, ids, max_new_tokens, *, temperature, top_k, top_p, min_p, repetition_penalty,
-    stop_token_ids, stop_strings, decode, pad_id, seed, use_cache,
+    stop_token_ids, stop_strings, decode, pad_id, seed, use_cache, draft, draft_tokens,
+    prompt_lookup, stats,
 ):  # fmt: skip
     """The checked settings of ``stream_generate`` -> ``(stream, stops, prompts, pads)``:
     ``prompts`` (B, T) padded on the left if ragged, ``pads`` (B,) how many padding columns
@@ -110,17 +120,69 @@ def _start(
             f"max_new_tokens={max_new_tokens} run past the context_length of {context}; such "
             "a batch does not slide its window: generate fewer tokens, or each prompt alone"
         )
-    stops = _Stops(len(ids), ids.shape[1], stop_token_ids, stop_strings, decode, pad_id)
+    stops = Stops(len(ids), ids.shape[1], stop_token_ids, stop_strings, decode, pad_id)
     if not isinstance(use_cache, bool):
         raise ValueError(f"use_cache={use_cache!r}: expected True or False")
-    stream = _stream(model, ids, pads, max_new_tokens, sampling, stops, seed, use_cache)
+    if stats is None:
+        stats = GenerationStats()
+    elif not isinstance(stats, GenerationStats):
+        raise ValueError(f"stats={stats!r}: expected a GenerationStats to fill in, or None")
+    rng = np.random.default_rng(seed)
+    proposer = _proposer(model, ids, max_new_tokens, draft, draft_tokens, prompt_lookup, use_cache)
+    if proposer is None:
+        stream = _stream(model, ids, pads, max_new_tokens, sampling, stops, rng, stats, use_cache)
+    else:
+        stream = speculative_stream(
+            model, ids, max_new_tokens, sampling, stops, rng, stats, draft=proposer, k=draft_tokens
+        )
     return stream, stops, ids, pads
+
+
+def _proposer(model, ids, max_new_tokens, draft, draft_tokens, prompt_lookup, use_cache):
+    """What proposes tokens for speculative decoding - a draft model, or the longest n-gram
+    prompt lookup matches (an int) - checked against the target; None without speculation."""
+    if draft is None and prompt_lookup is None:
+        return None
+    if draft is not None and prompt_lookup is not None:
+        raise ValueError("speculative decoding takes a draft model or prompt_lookup, not both")
+    if not (_is_integer(draft_tokens) and draft_tokens >= 1):
+        raise ValueError(f"draft_tokens={draft_tokens!r}: expected a positive integer")
+    if prompt_lookup is not None and not (_is_integer(prompt_lookup) and prompt_lookup >= 1):
+        raise ValueError(
+            f"prompt_lookup={prompt_lookup!r}: expected the longest n-gram to look up, an "
+            "integer >= 1 (e.g. 3), or None"
+        )
+    if draft is not None:
+        vocab = getattr(getattr(draft, "config", None), "vocab_size", None)
+        if vocab is None:
+            raise ValueError(f"draft={draft!r}: expected a Transformer over the same vocabulary")
+        if vocab != model.config.vocab_size:
+            raise ValueError(
+                f"draft model's vocabulary has {vocab} tokens, the target's "
+                f"{model.config.vocab_size}: a draft must share the target's tokenizer"
+            )
+    if len(ids) != 1:
+        raise ValueError(
+            f"speculative decoding runs one prompt at a time; got a batch of {len(ids)}"
+        )
+    if not use_cache:
+        raise ValueError("speculative decoding needs the KV cache: leave use_cache=True")
+    context = min(
+        model.config.context_length, getattr(draft, "config", model.config).context_length
+    )
+    if ids.shape[1] + max_new_tokens - 1 > context:
+        raise ValueError(
+            f"speculative decoding: a prompt of {ids.shape[1]} tokens with "
+            f"max_new_tokens={max_new_tokens} runs past the context_length of {context}; it "
+            "does not slide its window: generate fewer tokens, or without speculation"
+        )
+    return prompt_lookup if draft is None else draft
 
 
 def generate(
     model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
     repetition_penalty=None, stop_token_ids=None, stop_strings=None, decode=None, pad_id=-1,
-    seed=0, use_cache=True,
+    seed=0, use_cache=True, draft=None, draft_tokens=4, prompt_lookup=None, stats=None,
 ):  # fmt: skip
     """``ids`` (B, T) followed by the sampled tokens: an int64 array (B, T + n).
 
@@ -146,6 +208,7 @@ def generate(
         model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         min_p=min_p, repetition_penalty=repetition_penalty, stop_token_ids=stop_token_ids,
         stop_strings=stop_strings, decode=decode, pad_id=pad_id, seed=seed, use_cache=use_cache,
+        draft=draft, draft_tokens=draft_tokens, prompt_lookup=prompt_lookup, stats=stats,
     )  # fmt: skip
     new_ids = [step[0] if decode is not None else step for step in steps]  # each (B,)
     B = len(prompts)
@@ -158,10 +221,9 @@ def generate(
     ]
 
 
-def _stream(model, ids, pads, max_new_tokens, sampling, stops, seed, use_cache):
+def _stream(model, ids, pads, max_new_tokens, sampling, stops, rng, stats, use_cache):
     """The generation loop behind ``stream_generate``: a generator over the steps."""
     context = model.config.context_length
-    rng = np.random.default_rng(seed)
     backend = model.token_embedding.weight.backend
     if not use_cache:
         next_logits = _recomputed_next_logits(model, pads)
@@ -171,60 +233,15 @@ def _stream(model, ids, pads, max_new_tokens, sampling, stops, seed, use_cache):
         next_logits = _cached_next_logits(model, len(ids), backend, pads)
     for _ in range(max_new_tokens):
         window = ids[:, -context:]  # (B, T <= context)
-        with _inference(model):
+        with inference(model):
             last = next_logits(window, ids.shape[1] > context)  # (B, V): next-token scores
         next_ids = sample_next(last, **sampling, previous_ids=ids, rng=rng)  # (B,)
         ids = np.concatenate([ids, next_ids[:, None]], axis=1)
+        stats.target_forwards += 1
+        stats.new_tokens += 1
         yield stops.step(ids)
         if stops.stopped.all():
             return
-
-
-class _Stops:
-    """Which rows have stopped, and the text each has produced so far (with ``decode``)."""
-
-    def __init__(self, batch, prompt_length, stop_token_ids, stop_strings, decode, pad_id):
-        self.stopped = np.zeros(batch, dtype=bool)  # (B,)
-        self.produced = np.zeros(batch, dtype=np.int64)  # (B,) new tokens, stop token included
-        self.prompt_length = prompt_length
-        self.stop_token_ids, self.stop_strings = stop_token_ids, stop_strings
-        self.decode, self.pad_id = decode, pad_id
-        self.shown = [""] * batch  # the text already yielded, per row
-
-    def step(self, ids):
-        """What the stream yields after the newest column of ``ids`` (B, T + steps)."""
-        was_stopped = self.stopped.copy()  # (B,)
-        new_ids = np.where(was_stopped, self.pad_id, ids[:, -1]).astype(np.int64)  # (B,)
-        self.produced += ~was_stopped
-        self.stopped |= np.isin(ids[:, -1], self.stop_token_ids)
-        if self.decode is None:
-            return new_ids
-        pieces = []
-        for row in range(len(ids)):
-            if was_stopped[row]:
-                pieces.append("")
-                continue
-            text = self.decode(ids[row, self.prompt_length :].tolist())
-            if any(stop in text for stop in self.stop_strings):
-                self.stopped[row] = True
-            if text.endswith("\ufffd"):
-                pieces.append("")  # a character split across tokens: wait for the rest
-            else:
-                pieces.append(text[len(self.shown[row]) :])
-                self.shown[row] = text
-        return new_ids, pieces
-
-
-@contextlib.contextmanager
-def _inference(model):
-    """Eval mode (no dropout) and no gradient recording for one forward; both restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        with no_grad():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def _recomputed_next_logits(model, pads=None):

@@ -151,15 +151,14 @@ def filter_logits(logits, *, top_k=None, top_p=None, min_p=None):
     return logits
 
 
-def sample_next(
+def next_token_probs(
     logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
-    repetition_penalty=None, previous_ids=None, rng,
+    repetition_penalty=None, previous_ids=None,
 ):  # fmt: skip
-    """One next-token id per row of ``logits`` (B, V), as an int64 array (B,).
+    """The distribution (B, V) that ``sample_next`` draws from, after every rule.
 
-    ``previous_ids`` (B, n), the tokens so far, is what ``repetition_penalty`` looks at.
-    The penalty applies before greedy picking too (it changes which token is likeliest);
-    top-k, top-p and min-p never drop the likeliest token, so greedy ignores them.
+    Greedy (``temperature=0``) is the distribution with all its mass on the likeliest
+    token. Speculative decoding compares these distributions of the draft and the target.
     """
     check_sampling_settings(
         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -171,11 +170,40 @@ def sample_next(
             raise ValueError("repetition_penalty needs previous_ids: the (B, n) tokens so far")
         logits = penalize_repetition(logits, previous_ids, repetition_penalty)
     if temperature == 0:
-        return logits.argmax(axis=-1).astype(np.int64)
-    probs = _softmax(filter_logits(logits / temperature, top_k=top_k, top_p=top_p, min_p=min_p))
-    uniform = rng.random((len(probs), 1))  # (B, 1): inverse-CDF sampling, one draw per row
+        probs = np.zeros_like(logits)
+        np.put_along_axis(probs, logits.argmax(axis=-1)[:, None], 1.0, axis=-1)
+        return probs
+    return _softmax(filter_logits(logits / temperature, top_k=top_k, top_p=top_p, min_p=min_p))
+
+
+def draw(probs, rng):
+    """One token id per row of ``probs`` (B, V), by inverse-CDF sampling: an int64 (B,).
+
+    One uniform number per row: the first token whose cumulative probability passes it.
+    """
+    uniform = rng.random((len(probs), 1))  # (B, 1)
     ids = (np.cumsum(probs, axis=-1) < uniform).sum(axis=-1)
     return np.minimum(ids, probs.shape[-1] - 1).astype(np.int64)
+
+
+def sample_next(
+    logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
+    repetition_penalty=None, previous_ids=None, rng,
+):  # fmt: skip
+    """One next-token id per row of ``logits`` (B, V), as an int64 array (B,).
+
+    ``previous_ids`` (B, n), the tokens so far, is what ``repetition_penalty`` looks at.
+    The penalty applies before greedy picking too (it changes which token is likeliest);
+    top-k, top-p and min-p never drop the likeliest token, so greedy ignores them. Greedy
+    draws no random number.
+    """
+    probs = next_token_probs(
+        logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repetition_penalty, previous_ids=previous_ids,
+    )  # fmt: skip
+    if temperature == 0:
+        return probs.argmax(axis=-1).astype(np.int64)
+    return draw(probs, rng)
 
 
 def _is_real(value):
