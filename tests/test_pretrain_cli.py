@@ -57,6 +57,15 @@ def test_pretrain_writes_a_model_folder_that_sample_and_transformers_read(tmp_pa
     streamed = capsys.readouterr()  # "sample" is the same command under its first name
     assert streamed.out.startswith("ROMEO:") and "5 tokens in " in streamed.err
     assert "tokens/s)" in streamed.err and "tokens/s" not in streamed.out
+    errors = []
+    for speculation in (["--draft", str(out), "--draft-tokens", "3"], ["--prompt-lookup"]):
+        assert main([*greedy, *speculation]) == 0
+        speculated = capsys.readouterr()
+        assert speculated.out == plain  # greedy: the same text with and without speculation
+        errors.append(speculated.err)
+    # the model as its own draft keeps all: 5 rounds of 3 proposals and 1 more token each
+    assert "100% of 15 proposed tokens accepted, 4.00 tokens per forward pass" in errors[0]
+    assert "proposed tokens accepted" in errors[1]
     repeats = len(load_tokenizer(out).encode(plain)) > len(set(load_tokenizer(out).encode(plain)))
     assert repeats and penalized != plain  # a 3-step model repeats itself; the penalty acts
 

@@ -273,6 +273,29 @@ def configure_sample(parser):
     parser.add_argument(
         "--seed", type=_integer(0), default=0, help="the first sample's seed (default: 0)"
     )
+    speculation = parser.add_mutually_exclusive_group()
+    speculation.add_argument(
+        "--draft",
+        metavar="DRAFT_DIR",
+        help="speculative decoding: a smaller model folder with the same tokenizer proposes "
+        "tokens, the model checks them in one pass (the same text distribution, faster)",
+    )
+    speculation.add_argument(
+        "--prompt-lookup",
+        metavar="N",
+        type=_integer(1),
+        nargs="?",
+        const=3,
+        help="speculative decoding without a draft model: propose the tokens that followed the "
+        "last earlier match of the newest n-gram, n up to N (default N: 3)",
+    )
+    parser.add_argument(
+        "--draft-tokens",
+        metavar="K",
+        type=_integer(1),
+        default=4,
+        help="tokens proposed per round with --draft or --prompt-lookup (default: 4)",
+    )
 
 
 def _integer(least):
@@ -318,32 +341,38 @@ def _probability(text):
 
 def run_sample(args):
     from tinyllm.data import load_tokenizer
-    from tinyllm.infer import stream_generate
+    from tinyllm.infer import GenerationStats, stream_generate
     from tinyllm.models import Transformer
 
     tokenizer = load_tokenizer(args.directory)
     model = Transformer.from_pretrained(args.directory)
+    draft = None if args.draft is None else Transformer.from_pretrained(args.draft)
     text = args.prompt.replace("\\n", "\n")  # "\\n" typed in a shell
     prompt = tokenizer.encode(text)
-    started, produced = time.perf_counter(), 0
+    stats, started = GenerationStats(), time.perf_counter()
     for index in range(args.num_samples):
         pieces = stream_generate(  # checks every setting before the prompt is printed
             model, [prompt], args.tokens, temperature=args.temperature, top_k=args.top_k,
             top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-            decode=tokenizer.decode, seed=args.seed + index,
+            decode=tokenizer.decode, seed=args.seed + index, draft=draft,
+            prompt_lookup=args.prompt_lookup, draft_tokens=args.draft_tokens, stats=stats,
         )  # fmt: skip
         print(text, end="", flush=True)
         for _, piece in pieces:  # printed as each token is decoded
             print(piece[0], end="", flush=True)
-            produced += 1
         print()
         if index + 1 < args.num_samples:
             print("-" * 40)
     seconds = time.perf_counter() - started
-    print(
-        f"{produced} tokens in {seconds:.1f} s ({produced / seconds:,.1f} tokens/s)",
-        file=sys.stderr,
+    report = (
+        f"{stats.new_tokens} tokens in {seconds:.1f} s ({stats.new_tokens / seconds:,.1f} tokens/s)"
     )
+    if stats.drafted:
+        report += (
+            f"; {stats.acceptance_rate:.0%} of {stats.drafted} proposed tokens accepted, "
+            f"{stats.tokens_per_forward:.2f} tokens per forward pass of the model"
+        )
+    print(report, file=sys.stderr)
     return 0
 
 
