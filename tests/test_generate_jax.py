@@ -50,7 +50,10 @@ def count_traces(model, monkeypatch):
 def test_compiled_cached_decoding_gives_numpys_tokens(case):
     numpy_model, jax_model = numpy_and_jax_models(ModelConfig(**{**BASE, **CASES[case]}))
     prompt = np.random.default_rng(1).integers(0, 61, (2, 5))
-    for settings in (dict(temperature=0), dict(temperature=1.0, top_p=0.9, seed=3)):
+    samplings = (dict(temperature=0), dict(temperature=1.0, top_p=0.9, seed=3))
+    if case == "dynamic-rope":  # runs eagerly (see CachedDecoder): slow, greedy is enough
+        samplings = samplings[:1]
+    for settings in samplings:
         expected = generate(numpy_model, prompt, 19, **settings)  # up to the context of 24
         np.testing.assert_array_equal(generate(jax_model, prompt, 19, **settings), expected)
 

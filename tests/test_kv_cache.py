@@ -209,3 +209,22 @@ def test_cached_greedy_generation_equals_transformers_generate(case, tmp_path):
     hf_step_logits = np.stack([step.numpy() for step in expected.logits])  # (11, B, V)
     cached, _ = cached_and_recomputed(ours, prompt, steps=10)
     np.testing.assert_allclose(cached, hf_step_logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["cupy", "jax"])
+def test_gpu_backends_generate_numpys_tokens(name):
+    """Runs where the backend works (CuPy needs a CUDA GPU; JAX runs on CPU or GPU)."""
+    works, detail = tinyllm.available_backends()[name]
+    if not works:
+        pytest.skip(detail)
+    prompt = np.random.default_rng(3).integers(0, 61, (2, 4))
+    model = model_of(CONFIGS["llama-gqa"])
+    expected = generate(model, prompt, 12, temperature=0)
+    speculated = generate(model, prompt[:1], 12, temperature=0, draft=model_of(LLAMA, seed=1))
+    with tinyllm.use_backend(name):
+        moved = model_of(CONFIGS["llama-gqa"])  # the same weights: initialised on the host
+        np.testing.assert_array_equal(generate(moved, prompt, 12, temperature=0), expected)
+        draft = model_of(LLAMA, seed=1)
+        ours = generate(moved, prompt[:1], 12, temperature=0, draft=draft)
+    np.testing.assert_array_equal(ours, speculated)
+    np.testing.assert_array_equal(speculated, expected[:1])

@@ -27,14 +27,12 @@ Each row then gets the tokens it gets alone. Such a batch does not slide: its lo
 prompt and the new tokens must fit in the context.
 """
 
-import functools
 import numbers
-import weakref
 
 import numpy as np
 
 from ..autograd import Tensor, to_numpy
-from ..nn.kv_cache import KVCache, StaticKVCache
+from .decoder import CachedDecoder, compiled, padding_keywords
 from .sampling import _is_integer, check_sampling_settings, sample_next
 from .speculative import speculative_stream
 from .stream import GenerationStats, Stops, inference
@@ -224,13 +222,10 @@ def generate(
 def _stream(model, ids, pads, max_new_tokens, sampling, stops, rng, stats, use_cache):
     """The generation loop behind ``stream_generate``: a generator over the steps."""
     context = model.config.context_length
-    backend = model.token_embedding.weight.backend
-    if not use_cache:
-        next_logits = _recomputed_next_logits(model, pads)
-    elif backend.name == "jax":
-        next_logits = _compiled_next_logits(model, len(ids), backend, pads)
+    if use_cache:
+        next_logits = _cached_next_logits(model, len(ids), pads)
     else:
-        next_logits = _cached_next_logits(model, len(ids), backend, pads)
+        next_logits = _recomputed_next_logits(model, pads)
     for _ in range(max_new_tokens):
         window = ids[:, -context:]  # (B, T <= context)
         with inference(model):
@@ -247,110 +242,52 @@ def _stream(model, ids, pads, max_new_tokens, sampling, stops, rng, stats, use_c
 def _recomputed_next_logits(model, pads=None):
     """``next_logits(window, slid)``: the (B, V) logits after ``window`` (B, T), the tokens
     so far, from a forward over all of them - no cache, every position recomputed."""
+    if model.token_embedding.weight.backend.name == "jax":
+        return _padded_next_logits(model, pads)  # one compiled program for every length
 
     def next_logits(window, slid):
-        logits, _ = model(window, **_padding(model, None if slid else pads, 0, window.shape[1]))
+        padding = padding_keywords(model, None if slid else pads, 0, window.shape[1])
+        logits, _ = model(window, **padding)
         return to_numpy(logits.data[:, -1, :])  # (B, V)
 
     return next_logits
 
 
-def _cached_next_logits(model, batch_size, backend, pads=None):
+def _cached_next_logits(model, batch_size, pads=None):
     """``next_logits(window, slid)``: the (B, V) logits after ``window`` (B, T), the tokens
     so far. The first call runs them all into a KV cache (prefill); later calls run only the
     tokens added since (decode). Once the window has ``slid`` (the sequence outgrew the
     context), positions no longer match the cache, and the whole window is recomputed.
-    ``pads`` (B,): each row starts with that many padding columns (see ``_padding``)."""
-    weight = model.token_embedding.weight
-    cache = KVCache.for_model(model.config, batch_size, dtype=weight.dtype, backend=backend)
+    ``pads`` (B,): each row starts with that many padding columns (see ``padding_keywords``)."""
+    decoder = CachedDecoder(model, batch_size, pads)
     recompute = _recomputed_next_logits(model)
 
     def next_logits(window, slid):
         if slid:
             return recompute(window, slid)
-        new = window[:, cache.length :]  # (B, new tokens)
-        padding = _padding(model, pads, cache.length, cache.length + new.shape[1])
-        logits, _ = model(new, cache=cache, **padding)  # (B, new tokens, V)
-        return to_numpy(logits.data[:, -1, :])
+        return decoder(window[:, decoder.length :])[:, -1, :]  # (B, V)
 
     return next_logits
 
 
-def _compiled_next_logits(model, batch_size, backend, pads=None):
-    """``next_logits(window, slid)`` as ``_cached_next_logits``, each forward compiled.
-
-    The cache is a ``StaticKVCache`` of the full context: its arrays and its length go into
-    a compiled step and come back out, so one program serves the prefill and one every
-    decoding step. A window that has slid uses ``_padded_next_logits``; dynamic RoPE
-    scaling, whose angles change with the length, runs the cache eagerly instead.
-    """
-    config = model.config
-    if (config.rope_scaling or {}).get("type") == "dynamic":
-        return _cached_next_logits(model, batch_size, backend, pads)  # eager: new angles
-    weight = model.token_embedding.weight
-    empty = StaticKVCache.for_model(config, batch_size, dtype=weight.dtype, backend=backend)
-    keys, values, length = empty.keys, empty.values, 0
-    params = {name: p.data for name, p in model.named_parameters()}
-    step = _compiled(model, _cached_step)
-    slide = _padded_next_logits(model, backend)
-    mask = _padding(model, pads, 0, config.context_length).get("mask")  # the same every step
-
-    def next_logits(window, slid):
-        nonlocal keys, values, length
-        if slid:
-            return slide(window, slid)
-        new = window[:, length:]  # (B, new tokens)
-        positions = _padding(model, pads, length, length + new.shape[1]).get("positions")
-        logits, keys, values = step(params, keys, values, length, new, mask, positions)
-        length += new.shape[1]
-        return to_numpy(logits)  # (B, V)
-
-    return next_logits
-
-
-def _padded_next_logits(model, backend, pads=None):
+def _padded_next_logits(model, pads=None):
     """``next_logits(window, slid)``: the (B, V) logits after ``window`` (B, T), from one
     compiled forward over a window padded to the context length - one shape, one trace.
     With ``pads`` (B,) the rows also start with padding columns; the mask and positions
     that hide them are the same at every step (a ragged batch never slides)."""
     context = model.config.context_length
     params = {name: p.data for name, p in model.named_parameters()}
-    padding = _padding(model, pads, 0, context)
-    logits_at = _compiled(model, _window_logits)
+    padding = padding_keywords(model, pads, 0, context)
+    logits_at = compiled(model, _window_logits)
 
     def next_logits(window, slid):
         B, T = window.shape
         padded = np.zeros((B, context), dtype=window.dtype)  # (B, context)
         padded[:, :T] = window  # the tokens, then padding the causal mask hides from them
-        return to_numpy(
-            logits_at(params, padded, T - 1, padding.get("mask"), padding.get("positions"))
-        )
+        mask, positions = padding.get("mask"), padding.get("positions")
+        return to_numpy(logits_at(params, padded, T - 1, mask, positions))
 
     return next_logits
-
-
-_PROGRAMS = weakref.WeakKeyDictionary()  # model -> {name: a compiled forward of it}
-
-
-def _compiled(model, forward):
-    """``forward(model, ...)`` compiled for ``model``, once: later calls of ``generate``
-    reuse the compilation (a new input shape still compiles anew, as ``jit`` does)."""
-    programs = _PROGRAMS.setdefault(model, {})
-    if forward.__name__ not in programs:
-        backend = model.token_embedding.weight.backend
-        # a weak reference: the compiled program must not keep the model alive
-        programs[forward.__name__] = backend.jit(functools.partial(forward, weakref.proxy(model)))
-    return programs[forward.__name__]
-
-
-def _cached_step(model, params, keys, values, length, ids, mask, positions):
-    """The logits (B, V) after ``ids`` (B, T) that follow ``length`` cached positions, and
-    the cache's new keys and values: one forward over a ``StaticKVCache``."""
-    cache = StaticKVCache.of(keys, values, length, model.token_embedding.weight.backend)
-    with model.bind({name: Tensor(array) for name, array in params.items()}):
-        logits, _ = model(ids, cache=cache, mask=mask, positions=positions)
-    keys, values, _ = cache.arrays()
-    return logits.data[:, -1, :], keys, values
 
 
 def _window_logits(model, params, padded, position, mask, positions):
@@ -358,23 +295,6 @@ def _window_logits(model, params, padded, position, mask, positions):
     with model.bind({name: Tensor(array) for name, array in params.items()}):
         logits, _ = model(padded, mask=mask, positions=positions)  # (B, T, V)
     return logits.data[:, position, :]
-
-
-def _padding(model, pads, start, end):
-    """The ``mask`` and ``positions`` keywords of a forward over columns ``start .. end - 1``
-    of a batch whose rows start with ``pads`` (B,) padding columns; none without ``pads``.
-
-    The mask (B, 1, 1, end) shows each query every real key (the causal mask hides the
-    future); learned position embeddings get positions (B, end - start) counted from each
-    row's first real token (0 on the padding, whose queries see no key anyway).
-    """
-    if pads is None:
-        return {}
-    columns = np.arange(end)  # (S,) every key so far
-    padding = {"mask": (columns >= pads[:, None])[:, None, None, :]}  # (B, 1, 1, S)
-    if model.position_embedding is not None:
-        padding["positions"] = np.maximum(columns[start:] - pads[:, None], 0)  # (B, T)
-    return padding
 
 
 def _as_prompts(ids):

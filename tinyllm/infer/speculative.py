@@ -37,10 +37,8 @@ array([[1., 0., 0.]])
 
 import numpy as np
 
-from ..autograd import to_numpy
-from ..nn.kv_cache import KVCache
+from .decoder import CachedDecoder
 from .sampling import draw, next_token_probs
-from .stream import inference
 
 
 def residual_distribution(p, q):
@@ -109,13 +107,13 @@ def speculative_stream(target, prompt, max_new_tokens, sampling, stops, rng, sta
 
     ``prompt`` (1, T); ``sampling`` the sampling settings; ``draft`` a model over the same
     vocabulary, or a positive int: prompt lookup with n-grams up to that long; ``k`` the
-    proposals per round. Each model keeps a KV cache; after a round each cache is cut back
-    (``truncate``) to the tokens that were kept, so what it holds never includes a
+    proposals per round. Each model keeps a KV cache (a ``CachedDecoder``: compiled under
+    JAX); after a round each cache is cut back (``truncate``) to the tokens that were kept, so what it holds never includes a
     rejected token. ``stats`` (a ``GenerationStats``) counts proposals and acceptances.
     """
     vocab_size = target.config.vocab_size
-    target_cache = _cache_for(target)
-    draft_cache = None if isinstance(draft, int) else _cache_for(draft)
+    target_cache = CachedDecoder(target, 1)
+    draft_cache = None if isinstance(draft, int) else CachedDecoder(draft, 1)
     seq = np.asarray(prompt[0], dtype=np.int64)  # (n,) the tokens so far
     produced = 0
     while produced < max_new_tokens:
@@ -124,8 +122,8 @@ def speculative_stream(target, prompt, max_new_tokens, sampling, stops, rng, sta
             proposed = lookup_proposals(seq, budget, max_ngram=draft)
             draft_probs = np.eye(vocab_size)[proposed]  # (n, V): a lookup is certain
         else:
-            proposed, draft_probs = _draft(draft, draft_cache, seq, budget, sampling, rng)
-        target_probs = _verify(target, target_cache, seq, proposed, sampling)  # (n + 1, V)
+            proposed, draft_probs = _draft(draft_cache, seq, budget, sampling, rng)
+        target_probs = _verify(target_cache, seq, proposed, sampling)  # (n + 1, V)
         kept, token = accept_or_resample(proposed, draft_probs, target_probs, rng)
         stats.target_forwards += 1
         stats.drafted += len(proposed)
@@ -142,35 +140,28 @@ def speculative_stream(target, prompt, max_new_tokens, sampling, stops, rng, sta
                 return
 
 
-def _cache_for(model):
-    weight = model.token_embedding.weight
-    return KVCache.for_model(model.config, 1, dtype=weight.dtype, backend=weight.backend)
+def _forward(decoder, ids):
+    """The logits (T, V) of the tokens of ``ids`` (1-D) the ``decoder`` does not hold yet."""
+    return decoder(ids[decoder.length :][None])[0]
 
 
-def _forward(model, cache, ids):
-    """The logits (T, V) of the tokens of ``ids`` (1-D) the ``cache`` does not hold yet."""
-    with inference(model):
-        logits, _ = model(ids[cache.length :][None], cache=cache)  # (1, T, V)
-    return to_numpy(logits.data[0])
-
-
-def _draft(draft, cache, seq, budget, sampling, rng):
-    """``budget`` tokens drawn one at a time from ``draft`` after ``seq``: (proposed (n,),
-    their distributions (n, V))."""
+def _draft(decoder, seq, budget, sampling, rng):
+    """``budget`` tokens drawn one at a time from the draft model after ``seq``: (proposed
+    (n,), their distributions (n, V))."""
     proposed, probs = [], []
     for _ in range(budget):
         so_far = np.concatenate([seq, proposed]).astype(np.int64)
-        logits = _forward(draft, cache, so_far)[-1:]  # (1, V)
+        logits = _forward(decoder, so_far)[-1:]  # (1, V)
         probs.append(next_token_probs(logits, **sampling, previous_ids=so_far[None])[0])
         proposed.append(int(draw(probs[-1][None], rng)[0]))
-    probs = np.asarray(probs).reshape(budget, draft.config.vocab_size)  # (n, V)
+    probs = np.asarray(probs).reshape(budget, decoder.model.config.vocab_size)  # (n, V)
     return np.asarray(proposed, dtype=np.int64), probs
 
 
-def _verify(target, cache, seq, proposed, sampling):
+def _verify(decoder, seq, proposed, sampling):
     """The target's distributions (n + 1, V) after ``seq`` and after each of the ``n``
     proposals, from one forward over them (and any tokens its cache lacks)."""
-    logits = _forward(target, cache, np.concatenate([seq, proposed]))[-len(proposed) - 1 :]
+    logits = _forward(decoder, np.concatenate([seq, proposed]))[-len(proposed) - 1 :]
     return np.concatenate([
         next_token_probs(
             logits[i : i + 1], **sampling,

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The checks that need an NVIDIA GPU, as one script for one run on a GPU machine, from the
+# repository root:  bash benchmarks/gpu_checks.sh [OUT_DIR]
+#
+# 1. the backend, generation and KV-cache tests, with CuPy and JAX on the GPU;
+# 2. bench_generate.py's backend table: compiled JAX and CuPy decoding against NumPy's;
+# 3. the speedrun's pretraining stage (the gpu preset, cut to 200 steps) on CuPy and on JAX.
+# Each part has a time limit of its own, so that one slow part cannot use up the run. What
+# each part prints goes to OUT_DIR (default: gpu-checks/) as well as to the screen.
+set -u
+OUT=${1:-gpu-checks}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+export TINYLLM_CACHE=${TINYLLM_CACHE:-/tmp/tinyllm-cache}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
+python3 -c "import numpy, cupy, jax; print('numpy', numpy.__version__, '| cupy', cupy.__version__, '| jax', jax.__version__, jax.devices())" 2>&1 | tee -a "$OUT/machine.txt"
+python3 -m tinyllm.cli info 2>&1 | tee -a "$OUT/machine.txt"
+
+part() {  # part NAME SECONDS COMMAND...
+  local name=$1 seconds=$2; shift 2
+  echo "=== $name (limit ${seconds} s)"
+  local start=$SECONDS
+  timeout "$seconds" "$@" > "$OUT/$name.txt" 2>&1
+  local status=$?
+  tail -n 40 "$OUT/$name.txt"
+  echo "=== $name: exit $status after $((SECONDS - start)) s"
+}
+
+part tests 210 python3 -m pytest -q -x -p no:cacheprovider tests/test_backends.py \
+  tests/test_generate_jax.py tests/test_kv_cache.py tests/test_batched_generate.py \
+  tests/test_speculative.py -k "jax or cupy or gpu or backend"
+part bench_generate 120 python3 benchmarks/bench_generate.py --only backends
+for backend in cupy jax; do
+  part "speedrun_$backend" 110 python3 -m tinyllm.cli speedrun --backend "$backend" \
+    --steps 200 --no-progress --out "/tmp/speedrun-$backend"
+  cp "/tmp/speedrun-$backend/report.md" "$OUT/speedrun_$backend.md" 2>/dev/null
+done
