@@ -61,10 +61,10 @@ QUICK = dict(
 PROMPT_TOKENS = 16
 
 
-def timed(fn):
-    """``(result, seconds)`` of one call."""
+def timed(fn, *args, **kwargs):
+    """``(result, seconds)`` of one call ``fn(*args, **kwargs)``."""
     start = time.perf_counter()
-    result = fn()
+    result = fn(*args, **kwargs)
     return result, time.perf_counter() - start
 
 
@@ -87,10 +87,8 @@ def bench_cache(setup):
     generate(model, prompt, 4, temperature=0)  # warm up
     rows = []
     for n in lengths:
-        cached, with_cache = timed(lambda: generate(model, prompt, n, temperature=0))
-        recomputed, without = timed(
-            lambda: generate(model, prompt, n, temperature=0, use_cache=False)
-        )
+        cached, with_cache = timed(generate, model, prompt, n, temperature=0)
+        recomputed, without = timed(generate, model, prompt, n, temperature=0, use_cache=False)
         assert (cached == recomputed).all()  # the same tokens, or the comparison means nothing
         rows.append([
             str(n), f"{n / with_cache:,.1f}", f"{n / without:,.1f}", f"{without / with_cache:.2f}x",
@@ -197,7 +195,7 @@ def bench_speculative(setup, work):
         outs = []
         for prompt in prompts:
             out, seconds = timed(
-                lambda: generate(target, prompt, n, temperature=0, stats=stats, **speculation)
+                generate, target, prompt, n, temperature=0, stats=stats, **speculation
             )
             outs.append(out)
             total += seconds
@@ -283,8 +281,8 @@ def bench_backends(setup, model, prompt):
         try:
             with tinyllm.use_backend(name) as backend:
                 moved = Transformer.from_pretrained(_saved(model))
-                _, compile_seconds = timed(lambda: generate(moved, prompt, n, temperature=0))
-                out, seconds = timed(lambda: generate(moved, prompt, n, temperature=0))
+                _, compile_seconds = timed(generate, moved, prompt, n, temperature=0)
+                out, seconds = timed(generate, moved, prompt, n, temperature=0)
                 where = backend.describe()
         except Exception as err:  # noqa: BLE001 - a backend this machine lacks
             rows.append([name, "-", "", "", f"not run: {str(err).splitlines()[0][:80]}"])

@@ -18,7 +18,11 @@ pytest.importorskip("torch", reason="the benchmarks compare against PyTorch (the
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("bench_*.py"))
 # the word each script's comparison names (the peer it is measured against); default torch
-PEER = {"bench_tokenizer.py": "HF", "bench_speedrun.py": "busy"}
+PEER = {
+    "bench_tokenizer.py": "HF",
+    "bench_speedrun.py": "busy",
+    "bench_generate.py": "transformers",
+}
 
 
 def test_benchmark_scripts_are_found():
