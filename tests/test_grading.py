@@ -244,6 +244,31 @@ TRICKS = [
         "from tinyllm.functional import cross_entropy",
         "tinyllm.functional.softmax.cross_entropy",
     ),
+    (
+        "ex05_kv_cache_and_sampling",
+        "from tinyllm.infer import keep_top_p as top_p_filter",
+        "(that is tinyllm.infer.sampling.keep_top_p)",
+    ),
+    (
+        "ex05_kv_cache_and_sampling",
+        "from tinyllm.infer import KVCache",
+        "(that is tinyllm.nn.kv_cache.KVCache)",
+    ),
+    (
+        "ex05_kv_cache_and_sampling",
+        "from tinyllm import functional as F\na = F.scaled_dot_product_attention",
+        "tinyllm.functional.attention",
+    ),
+    (
+        "ex05_kv_cache_and_sampling",
+        "import tinyllm\nf = tinyllm.nn.attention.CausalSelfAttention",
+        "uses tinyllm.nn.attention.CausalSelfAttention",
+    ),
+    (
+        "ex05_kv_cache_and_sampling",
+        "import tinyllm.infer.generate as g",
+        "imports tinyllm.infer.generate",
+    ),
     ("ex02_attention", "exec(open('answers.py').read())", "runs code from a string (exec)"),
     (
         "ex02_attention",
@@ -297,6 +322,11 @@ FAIR = [
     ("ex03_moe", "from tinyllm.nn import Linear\nimport tinyllm.functional as F\nF.softmax"),
     ("ex04_pretraining", "import math\nimport numpy as np\nfrom tinyllm import Tensor"),
     ("ex04_pretraining", "def f(x):\n    return x  # tinyllm.optim.adamw has one too"),
+    (
+        "ex05_kv_cache_and_sampling",
+        "import numpy as np\nfrom tinyllm import functional as F\ns = F.softmax",
+    ),
+    ("ex05_kv_cache_and_sampling", "from tinyllm.analysis import kv_cache_bytes"),
 ]
 
 

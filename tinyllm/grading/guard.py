@@ -91,6 +91,22 @@ RULES = {
         ),
         off_limits=("tinyllm.functional.softmax", "tinyllm.optim"),  # cross-entropy; AdamW etc.
     ),
+    "ex05_kv_cache_and_sampling": Rules(
+        writes=(
+            "kv_cache_update",
+            "cached_attention",
+            "top_p_filter",
+            "min_p_filter",
+            "apply_repetition_penalty",
+        ),
+        off_limits=(
+            "tinyllm.nn.kv_cache",
+            "tinyllm.functional.attention",  # the offset causal mask
+            "tinyllm.nn.attention",
+            "tinyllm.infer.sampling",
+            "tinyllm.infer.generate",
+        ),
+    ),
 }
 
 IMPORTERS = {"__import__", "builtins.__import__", "importlib.__import__", "importlib.import_module"}
