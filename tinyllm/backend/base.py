@@ -108,6 +108,14 @@ class Backend:
         target[tuple(index)] = values
         return target
 
+    def set_rows(self, target, index, values):
+        """``target`` with ``target[index] = values`` (rows picked by an integer array).
+
+        In place on NumPy and CuPy, a new array under JAX: use the returned array.
+        """
+        target[index] = values
+        return target
+
     # --- reductions the fused ops share -----------------------------------------------
     def sum_last(self, x):
         """``x.sum(axis=-1, keepdims=True)``: (..., n) -> (..., 1)."""

@@ -47,6 +47,9 @@ class JaxBackend(Backend):
     def write_at(self, target, values, start, axis=0):
         return self.jax.lax.dynamic_update_slice_in_dim(target, values, start, axis)
 
+    def set_rows(self, target, index, values):
+        return target.at[index].set(values)
+
     def erf(self, x):
         return self.jax.scipy.special.erf(x)
 

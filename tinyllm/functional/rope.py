@@ -28,14 +28,16 @@ def rotate_half(xp, x):
 
 
 class ApplyRope(Function):
-    """``x`` (..., T, D) rotated by the angles whose ``cos``, ``sin`` (T, D) are given."""
+    """``x`` (..., T, D) rotated by the angles whose ``cos``, ``sin`` (T, D) are given - or
+    (B, 1, T, D), one row of positions per sequence, shared by the heads."""
 
     @staticmethod
     def forward(ctx, x, cos, sin):
-        if x.shape[-1] % 2 or cos.shape != x.shape[-2:] or sin.shape != cos.shape:
+        if x.shape[-1] % 2 or cos.shape[-2:] != x.shape[-2:] or sin.shape != cos.shape:
             raise ValueError(
                 f"apply_rope: x {tuple(x.shape)} needs an even last axis, and cos {tuple(cos.shape)}"
-                f" and sin {tuple(sin.shape)} must both be (T, D) = {tuple(x.shape[-2:])}"
+                f" and sin {tuple(sin.shape)} must both be (..., T, D) with (T, D) = "
+                f"{tuple(x.shape[-2:])}"
             )
         ctx.save_for_backward(cos, sin)
         return x * cos + rotate_half(ctx.xp, x) * sin

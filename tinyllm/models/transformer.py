@@ -166,12 +166,15 @@ class Transformer(Module):
                     f"Transformer: start={start} with a cache holding {cache.length} positions; "
                     "with a cache the positions come from its length (leave start out)"
                 )
-            start = cache.length  # traced inside a compiled decoding step (StaticKVCache)
+            start = cache.length  # traced in a compiled step; (B,) in a paged batch
         traced = self.token_embedding.weight.backend.is_traced(start)
-        if not traced and start + T > self.config.context_length:
+        per_row = getattr(start, "ndim", 0) == 1  # each row at its own position
+        if per_row and positions is None and self.position_embedding is not None:
+            positions = start[:, None] + np.arange(T)  # (B, T)
+        if not traced and np.max(start) + T > self.config.context_length:
             raise ValueError(
-                f"Transformer: a sequence of {T} tokens at position {start} runs past the "
-                f"context_length of {self.config.context_length}"
+                f"Transformer: a sequence of {T} tokens at position {np.max(start)} runs past "
+                f"the context_length of {self.config.context_length}"
             )
         x = self.token_embedding(ids)  # (B, T, d_model)
         if positions is not None:

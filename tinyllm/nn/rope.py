@@ -109,19 +109,24 @@ class RotaryEmbedding:
         return inv_freq, 1.0
 
     def tables(self, start, length, backend):
-        """``cos``, ``sin`` (length, D) for positions ``start .. start + length - 1``.
+        """``cos``, ``sin`` (length, D) for positions ``start .. start + length - 1``; for a
+        ``start`` per row (an array (B,), as a paged batch has) (B, 1, length, D).
 
         One table from position 0 is kept per backend and sliced; dynamic scaling past the
         trained length changes every angle, so there the table is remade for each length.
         """
-        if backend.is_traced(start):  # a compiled decoding step: any position up to the context
+        traced, per_row = backend.is_traced(start), getattr(start, "ndim", 0) == 1
+        if traced or per_row:  # any position up to the context
             if self.scaling.get("type") == "dynamic":
                 raise ValueError(
                     "RoPE: dynamic scaling remakes every angle as the sequence grows, so it "
-                    "needs a known length, not a traced start"
+                    "needs one known length, not a traced start or one start per row"
                 )
             cos, sin = self.tables(0, max(self.context_length or 0, self.original or 0), backend)
-            return backend.slice_at(cos, start, length), backend.slice_at(sin, start, length)
+            if traced:  # a compiled decoding step
+                return backend.slice_at(cos, start, length), backend.slice_at(sin, start, length)
+            rows = backend.asarray(start[:, None] + np.arange(length))  # (B, T) positions
+            return cos[rows][:, None], sin[rows][:, None]  # (B, 1, T, D): shared by the heads
         end = start + length
         stretched = self.scaling.get("type") == "dynamic" and end > self.original
         tag = end if stretched else None
@@ -140,6 +145,7 @@ class RotaryEmbedding:
         return cos[start:end], sin[start:end]
 
     def __call__(self, x, start=0):
-        """Rotate ``x`` (B, H, T, D) as if its first position were ``start``."""
+        """Rotate ``x`` (B, H, T, D) as if its first position were ``start`` (a number, or
+        an array (B,): each row's own first position)."""
         cos, sin = self.tables(start, x.shape[-2], x.backend)
         return apply_rope(x, cos, sin)
