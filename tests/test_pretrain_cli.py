@@ -57,6 +57,8 @@ def test_pretrain_writes_a_model_folder_that_sample_and_transformers_read(tmp_pa
     streamed = capsys.readouterr()  # "sample" is the same command under its first name
     assert streamed.out.startswith("ROMEO:") and "5 tokens in " in streamed.err
     assert "tokens/s)" in streamed.err and "tokens/s" not in streamed.out
+    assert main(["generate", str(out), "--prompt", ""]) == 2
+    assert "--prompt '' has no tokens" in capsys.readouterr().err
     errors = []
     for speculation in (["--draft", str(out), "--draft-tokens", "3"], ["--prompt-lookup"]):
         assert main([*greedy, *speculation]) == 0

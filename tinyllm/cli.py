@@ -349,6 +349,8 @@ def run_sample(args):
     draft = None if args.draft is None else Transformer.from_pretrained(args.draft)
     text = args.prompt.replace("\\n", "\n")  # "\\n" typed in a shell
     prompt = tokenizer.encode(text)
+    if not prompt:
+        raise ValueError(f"--prompt {args.prompt!r} has no tokens: give some text to continue")
     stats, started = GenerationStats(), time.perf_counter()
     for index in range(args.num_samples):
         pieces = stream_generate(  # checks every setting before the prompt is printed
