@@ -262,5 +262,32 @@ def test_bad_positions_are_rejected():
     ids = np.zeros((2, 3), int)
     with pytest.raises(ValueError, match=r"positions of shape \(2, 2\) must match ids \(2, 3\)"):
         gpt2(ids, positions=np.zeros((2, 2), int))
-    with pytest.raises(ValueError, match="positions are for learned position embeddings"):
-        llama(ids, positions=np.zeros((2, 3), int))
+    with pytest.raises(ValueError, match=r"positions of shape \(2, 2\) must match ids \(2, 3\)"):
+        llama(ids, positions=np.zeros((2, 2), int))
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
+def test_packed_documents_get_the_logits_and_gradients_they_get_alone(preset):
+    """Two documents in one row: a mask keeps each to its own keys, positions restart at 0."""
+    model = _tiny_model(preset)
+    docs = [[3, 1, 4, 1, 5], [9, 2, 6]]
+    ids = np.array([docs[0] + docs[1]])  # (1, 8)
+    document = np.array([0] * 5 + [1] * 3)
+    mask = (document[:, None] == document[None, :])[None, None]  # (1, 1, 8, 8)
+    positions = np.array([[0, 1, 2, 3, 4, 0, 1, 2]])
+    targets = np.array([docs[0][1:] + [-100] + docs[1][1:] + [-100]])  # no target across docs
+    packed_logits, packed_loss = model(ids, targets=targets, mask=mask, positions=positions)
+    packed_loss.backward()
+    packed_grads = {n: p.grad.copy() for n, p in model.named_parameters()}
+    model.zero_grad()
+    alone_loss = 0
+    for doc, start in zip(docs, (0, 5)):
+        logits, loss = model([doc], targets=[doc[1:] + [-100]])
+        np.testing.assert_allclose(
+            packed_logits.numpy()[0, start : start + len(doc)], logits.numpy()[0], atol=1e-5
+        )
+        alone_loss = alone_loss + loss * (len(doc) - 1)
+    (alone_loss / 6).backward()  # the packed mean runs over the 6 scored tokens
+    np.testing.assert_allclose(packed_loss.item(), alone_loss.item() / 6, rtol=1e-5)
+    for name, param in model.named_parameters():
+        np.testing.assert_allclose(packed_grads[name], param.grad, atol=1e-6, err_msg=name)

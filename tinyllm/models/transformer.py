@@ -73,11 +73,15 @@ class Block(Module):
             self.mlp = (SwiGLU if config.mlp == "swiglu" else MLP)(*sizes, **kwargs)
         self.dropout = Dropout(config.dropout, seed=rng.integers(2**31))
 
-    def forward(self, x, start=0, cache=None, layer=None, mask=None):
+    def forward(self, x, start=0, cache=None, layer=None, mask=None, positions=None):
         """``x`` (B, T, d_model) -> ``(x, aux_loss)``; ``aux_loss`` is None without experts.
 
-        ``cache``, ``layer`` and ``mask`` go to the attention (``CausalSelfAttention.forward``)."""
-        x = x + self.attention(self.attention_norm(x), start, cache=cache, layer=layer, mask=mask)
+        ``cache``, ``layer``, ``mask`` and ``positions`` go to the attention
+        (``CausalSelfAttention.forward``)."""
+        attend = self.attention_norm(x)
+        x = x + self.attention(
+            attend, start, cache=cache, layer=layer, mask=mask, positions=positions
+        )
         h, aux_loss = self.mlp(self.mlp_norm(x)), None
         if isinstance(self.mlp, MoE):
             h, aux_loss = h
@@ -125,12 +129,7 @@ class Transformer(Module):
         return ids
 
     def _positions(self, positions, shape):
-        """Per-row ``positions`` (B, T) as integers, for learned position embeddings only."""
-        if self.position_embedding is None:
-            raise ValueError(
-                "Transformer: positions are for learned position embeddings; this model uses "
-                "RoPE, whose scores depend only on distances, so left padding needs none"
-            )
+        """Per-token ``positions`` (B, T) as integers on the parameters' backend."""
         positions = self._ids(positions, "positions")
         if positions.shape != shape:
             raise ValueError(
@@ -154,9 +153,11 @@ class Transformer(Module):
         need ``positions`` (B, T), each row's real tokens numbered from 0, so that they get
         the positions they would have alone; padding queries see no key and give 0. With a
         cache, the mask covers all S = cache.length + T keys and ``positions`` number the new
-        tokens only (they replace ``cache.length ..``, row by row). RoPE
-        needs no ``positions``: its scores depend only on how far apart query and key are,
-        which padding does not change, so it rotates by ``start ..`` and rejects them.
+        tokens only (they replace ``cache.length ..``, row by row). RoPE needs no
+        ``positions`` for padding: its scores depend only on how far apart query and key
+        are, which padding does not change. Where given, RoPE rotates by them too: several
+        documents packed in one row, each restarting at 0, with a ``mask`` that keeps each
+        document's tokens to its own keys, give every document the logits it has alone.
         """
         ids = self._ids(ids, "ids")
         B, T = ids.shape
@@ -185,8 +186,11 @@ class Transformer(Module):
             x = x + self.position_embedding(positions)  # (T, d_model) or (B, T, d_model)
         x = self.dropout(x)
         aux_losses = []
+        rope_positions = positions if self.position_embedding is None else None
         for layer, block in enumerate(self.blocks):
-            x, aux_loss = block(x, start, cache=cache, layer=layer, mask=mask)
+            x, aux_loss = block(
+                x, start, cache=cache, layer=layer, mask=mask, positions=rope_positions
+            )
             if aux_loss is not None:
                 aux_losses.append(aux_loss)
         if cache is not None:

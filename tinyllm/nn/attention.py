@@ -84,7 +84,7 @@ class CausalSelfAttention(Module):
             x = norm(x)  # over each head's own features
         return x.transpose(0, 2, 1, 3)  # (B, n, T, head_dim)
 
-    def forward(self, x, start=0, cache=None, layer=None, mask=None):
+    def forward(self, x, start=0, cache=None, layer=None, mask=None, positions=None):
         """``x`` (B, T, d_model) at positions ``start .. start + T - 1`` -> (B, T, d_model).
 
         With a ``cache`` (a ``KVCache``) holding positions ``0 .. start - 1``, this call's
@@ -94,14 +94,17 @@ class CausalSelfAttention(Module):
         A cache of fixed shape (``StaticKVCache``) returns every slot, and its ``visible``
         mask replaces the causal one.
         ``mask`` (broadcastable to (B, n_head, T, S); boolean or additive) hides keys on top
-        of the causal mask, as ``F.scaled_dot_product_attention`` does with it.
+        of the causal mask, as ``F.scaled_dot_product_attention`` does with it. ``positions``
+        (B, T), where given, are the positions RoPE rotates by instead (packed sequences
+        restart at 0).
         """
         B, T, _ = x.shape
         q = self._heads(self.q_proj(x), self.n_head, self.q_norm)  # (B, n_head, T, head_dim)
         k = self._heads(self.k_proj(x), self.n_kv_head, self.k_norm)  # (B, n_kv_head, T, head_dim)
         v = self._heads(self.v_proj(x), self.n_kv_head)  # (B, n_kv_head, T, head_dim)
-        if self.rope is not None:
-            q, k = self.rope(q, start), self.rope(k, start)
+        if self.rope is not None:  # every token's own position, or the first one's
+            at = start if positions is None else positions
+            q, k = self.rope(q, at), self.rope(k, at)
         causal, window = True, self.window
         if cache is not None:
             if start is not cache.length and cache.length != start:

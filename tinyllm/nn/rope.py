@@ -110,12 +110,14 @@ class RotaryEmbedding:
 
     def tables(self, start, length, backend):
         """``cos``, ``sin`` (length, D) for positions ``start .. start + length - 1``; for a
-        ``start`` per row (an array (B,), as a paged batch has) (B, 1, length, D).
+        ``start`` per row (an array (B,), as a paged batch has), or every token's own
+        position (an array (B, length), as packed sequences have), (B, 1, length, D).
 
         One table from position 0 is kept per backend and sliced; dynamic scaling past the
         trained length changes every angle, so there the table is remade for each length.
         """
-        traced, per_row = backend.is_traced(start), getattr(start, "ndim", 0) == 1
+        per_row = getattr(start, "ndim", 0) >= 1
+        traced = not per_row and backend.is_traced(start)
         if traced or per_row:  # any position up to the context
             if self.scaling.get("type") == "dynamic":
                 raise ValueError(
@@ -125,7 +127,8 @@ class RotaryEmbedding:
             cos, sin = self.tables(0, max(self.context_length or 0, self.original or 0), backend)
             if traced:  # a compiled decoding step
                 return backend.slice_at(cos, start, length), backend.slice_at(sin, start, length)
-            rows = backend.asarray(start[:, None] + np.arange(length))  # (B, T) positions
+            rows = start if start.ndim == 2 else start[:, None] + np.arange(length)
+            rows = backend.asarray(rows)  # (B, T) positions
             return cos[rows][:, None], sin[rows][:, None]  # (B, 1, T, D): shared by the heads
         end = start + length
         stretched = self.scaling.get("type") == "dynamic" and end > self.original
@@ -145,7 +148,7 @@ class RotaryEmbedding:
         return cos[start:end], sin[start:end]
 
     def __call__(self, x, start=0):
-        """Rotate ``x`` (B, H, T, D) as if its first position were ``start`` (a number, or
-        an array (B,): each row's own first position)."""
+        """Rotate ``x`` (B, H, T, D) as if its first position were ``start`` (a number, an
+        array (B,): each row's own first position, or (B, T): each token's position)."""
         cos, sin = self.tables(start, x.shape[-2], x.backend)
         return apply_rope(x, cos, sin)
