@@ -284,3 +284,18 @@ def test_sigterm_to_a_run_saves_and_exits_cleanly(tmp_path, child_env):
     assert "stopped by SIGTERM" in output
     step = int(output.split("step ")[1].split(":")[0])
     assert latest_checkpoint(out).name == f"step-{step:06d}"
+
+
+def test_eval_fn_metrics_are_logged_at_each_evaluation(tmp_path):
+    calls = []
+
+    def eval_fn(model):
+        calls.append(model.training)
+        return {"accuracy": len(calls) / 10}
+
+    trainer = make_trainer(tmp_path / "run", config(eval_interval=3))
+    trainer.eval_fn = eval_fn
+    trainer.fit()
+    rows = [row for row in read_metrics(tmp_path / "run" / "metrics.jsonl") if "accuracy" in row]
+    assert [(row["step"], row["accuracy"]) for row in rows] == [(3, 0.1), (6, 0.2)]
+    assert all("val_loss" in row for row in rows)

@@ -65,12 +65,15 @@ def _reverse(rng):
     return "reverse: " + " ".join(letters), " ".join(letters[::-1])
 
 
-UNITS = {("km", "m"): 1000, ("m", "cm"): 100, ("kg", "g"): 1000, ("l", "ml"): 1000}
+UNITS = {
+    ("km", "m"): 1000, ("m", "cm"): 100, ("cm", "mm"): 10, ("kg", "g"): 1000, ("l", "ml"): 1000,
+    ("h", "min"): 60, ("min", "s"): 60, ("day", "h"): 24,
+}  # fmt: skip
 
 
 def _convert(rng):
     (big, small), factor = list(UNITS.items())[int(rng.integers(len(UNITS)))]
-    amount = int(rng.integers(1, 20))
+    amount = int(rng.integers(1, 100))
     return f"convert: {amount} {big} to {small}", str(amount * factor)
 
 

@@ -6,7 +6,8 @@ add up), clip the global gradient norm, set the scheduled learning rate, take an
 step. Around the steps the loop
 
 - evaluates every ``eval_interval`` steps: validation loss and perplexity on fixed
-  batches, sample generations (``sample_fn``), and the loss-curve PNG;
+  batches, task metrics (``eval_fn``: an accuracy, say), sample generations
+  (``sample_fn``), and the loss-curve PNG;
 - writes a metrics line to ``metrics.jsonl`` every ``log_interval`` steps and shows loss,
   tokens/s and the time left on a tqdm bar;
 - saves a checkpoint of any model every ``checkpoint_interval`` steps, at the end, and on
@@ -91,8 +92,9 @@ class Trainer:
     ``train_batches`` yields micro-batches of ``config.micro_batch_size`` sequences; give it
     ``state_dict``/``load_state_dict`` (as ``RandomBatches`` has) for exact resume.
     ``val_batches`` is a list of batches, the same at every evaluation. ``loss_fn(model,
-    batch)`` returns a scalar loss Tensor or ``(loss, metrics)``. ``sample_fn(model)``
-    returns a list of strings. With no ``out_dir`` nothing is written.
+    batch)`` returns a scalar loss Tensor or ``(loss, metrics)``. ``eval_fn(model)`` returns
+    a dict of numbers logged at each evaluation (an exact-match accuracy, say);
+    ``sample_fn(model)`` returns a list of strings. With no ``out_dir`` nothing is written.
     """
 
     def __init__(
@@ -105,12 +107,14 @@ class Trainer:
         out_dir=None,
         loss_fn=language_model_loss,
         sample_fn=None,
+        eval_fn=None,
         tokenizer=None,
         optimizer=None,
         title="training",
     ):
         self.model, self.config, self.train_batches = model, config, train_batches
         self.val_batches, self.loss_fn, self.sample_fn = list(val_batches), loss_fn, sample_fn
+        self.eval_fn = eval_fn
         self.tokenizer, self.title = tokenizer, title
         self.out_dir = None if out_dir is None else Path(out_dir)
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -367,6 +371,11 @@ class Trainer:
                 f"step {self.step}: train loss {row['loss']:.4f}, val loss "
                 f"{row['val_loss']:.4f} (perplexity {row['val_ppl']:.2f})",
             )
+        if self.eval_fn is not None:
+            scores = {name: float(value) for name, value in self.eval_fn(self.model).items()}
+            row |= scores
+            shown = ", ".join(f"{name} {value:.4g}" for name, value in scores.items())
+            self._say(bar, f"step {self.step}: {shown}")
         if self.sample_fn is not None:
             row["samples"] = self.sample_fn(self.model)
             for text in row["samples"]:
