@@ -131,8 +131,9 @@ def task_examples(task, n, *, split="train", seed=0):
         prompt, answer = GENERATORS[name](rng, lines) if name == "quote" else GENERATORS[name](rng)
         tries += 1
         if tries > 200 * (n + 10):
+            wanted = -(-n // len(tasks))  # taken in turn: each task gives its share
             raise ValueError(
-                f"task {name!r} has fewer than {n} distinct prompts in the {split} split"
+                f"task {name!r} has fewer than {wanted} distinct prompts in the {split} split"
             )
         if prompt in seen or split_of(prompt) != split:
             continue
