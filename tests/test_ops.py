@@ -176,6 +176,7 @@ CASES = {
     "gelu_tanh": unary(F.gelu),
     "gelu_exact": unary(lambda t: F.gelu(t, approximate="none")),
     "silu": unary(F.silu),
+    "log_sigmoid": unary(F.log_sigmoid),
     "dropout": dropout_case,
     "sum": reduction(F.sum),
     "mean": reduction(F.mean),

@@ -350,6 +350,7 @@ ACTIVATIONS = {
     "gelu_tanh": (F.gelu, lambda t: TF.gelu(t, approximate="tanh")),
     "gelu_exact": (lambda t: F.gelu(t, approximate="none"), lambda t: TF.gelu(t)),
     "silu": (F.silu, TF.silu),
+    "log_sigmoid": (F.log_sigmoid, TF.logsigmoid),
 }
 
 

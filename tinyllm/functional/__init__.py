@@ -2,7 +2,7 @@
 
 | file             | ops                                                             |
 |------------------|-----------------------------------------------------------------|
-| `elementwise.py` | add sub mul div neg pow astype exp log sqrt tanh relu gelu silu dropout |
+| `elementwise.py` | add sub mul div neg pow astype exp log sqrt tanh relu gelu silu log_sigmoid dropout |
 | `reduce.py`      | sum mean max                                                    |
 | `shape.py`       | reshape transpose permute concat stack                          |
 | `indexing.py`    | getitem embedding where                                         |
@@ -26,6 +26,7 @@ from .elementwise import (
     neg,
     pow,
     relu,
+    log_sigmoid,
     silu,
     sqrt,
     sub,
@@ -66,6 +67,7 @@ __all__ = [
     "reshape",
     "rms_norm",
     "scaled_dot_product_attention",
+    "log_sigmoid",
     "silu",
     "softmax",
     "sqrt",

@@ -269,6 +269,22 @@ class Silu(Function):
         return grad * sig * (1 + a * (1 - sig))
 
 
+class LogSigmoid(Function):
+    """log sigmoid(x) = -log(1 + e^-x), written -(max(-x, 0) + log(1 + e^-|x|)) so that no
+    exp overflows; its derivative is sigmoid(-x). The losses of reward models and DPO."""
+
+    @staticmethod
+    def forward(ctx, a):
+        xp = ctx.xp
+        ctx.save_for_backward(a)
+        return -(xp.maximum(-a, 0) + xp.log1p(xp.exp(-xp.abs(a))))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (a,) = ctx.saved
+        return grad * 0.5 * (1 - ctx.xp.tanh(0.5 * a))  # sigmoid(-a), via tanh: no overflow
+
+
 class Dropout(Function):
     """Zero each element with probability ``p``, scale the rest by 1/(1-p).
 
@@ -352,3 +368,13 @@ def dropout(a, p, *, seed, training=True):
     if p == 0.0 or not training:
         return a
     return Dropout.apply(a, p=p, seed=seed)
+
+
+def log_sigmoid(a):
+    """log(sigmoid(a)), finite for any a: -log(2) at 0, about a for very negative a.
+
+    >>> import tinyllm
+    >>> log_sigmoid(tinyllm.Tensor(np.array([0.0, -1000.0, 1000.0]))).numpy().round(4)
+    array([-6.931e-01, -1.000e+03, -0.000e+00])
+    """
+    return LogSigmoid.apply(a)
