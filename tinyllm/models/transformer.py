@@ -138,29 +138,13 @@ class Transformer(Module):
             )
         return positions
 
-    def forward(self, ids, targets=None, start=0, cache=None, mask=None, positions=None):
-        """Logits (B, T, vocab_size) for ``ids`` (B, T) at positions ``start ..``, and the loss.
-
-        ``targets`` (B, T) are the next tokens; entries equal to -100 are not scored.
-
-        ``cache`` (a ``KVCache``, inference only: use ``no_grad``) holds the keys and values
-        of the tokens before ``ids``; ``ids`` then sit at positions ``cache.length ..``,
-        their keys and values are added to the cache, and they attend over all of it.
-
-        A batch of prompts of different lengths is padded on the left. ``mask`` (boolean,
-        broadcastable to (B, n_head, T, S), e.g. (B, 1, 1, S) False on the padding) hides
-        the padding keys on top of the causal mask. Learned position embeddings (GPT-2) then
-        need ``positions`` (B, T), each row's real tokens numbered from 0, so that they get
-        the positions they would have alone; padding queries see no key and give 0. With a
-        cache, the mask covers all S = cache.length + T keys and ``positions`` number the new
-        tokens only (they replace ``cache.length ..``, row by row). RoPE needs no
-        ``positions`` for padding: its scores depend only on how far apart query and key
-        are, which padding does not change. Where given, RoPE rotates by them too: several
-        documents packed in one row, each restarting at 0, with a ``mask`` that keeps each
-        document's tokens to its own keys, give every document the logits it has alone.
-        """
+    def hidden_states(self, ids, start=0, cache=None, mask=None, positions=None):
+        """``(x, aux_losses)``: the final-normed hidden states (B, T, d_model) of ``ids``
+        (B, T) - what the output layer turns into logits, and what other heads (a reward
+        model's score) read - and the experts' load-balancing losses. The keywords are
+        ``forward``'s."""
         ids = self._ids(ids, "ids")
-        B, T = ids.shape
+        T = ids.shape[1]
         if cache is not None:
             if start != 0 and start is not cache.length and start != cache.length:
                 raise ValueError(
@@ -195,7 +179,32 @@ class Transformer(Module):
                 aux_losses.append(aux_loss)
         if cache is not None:
             cache.advance(T)  # every layer has written positions start .. start + T - 1
-        x = self.final_norm(x)
+        return self.final_norm(x), aux_losses
+
+    def forward(self, ids, targets=None, start=0, cache=None, mask=None, positions=None):
+        """Logits (B, T, vocab_size) for ``ids`` (B, T) at positions ``start ..``, and the loss.
+
+        ``targets`` (B, T) are the next tokens; entries equal to -100 are not scored.
+
+        ``cache`` (a ``KVCache``, inference only: use ``no_grad``) holds the keys and values
+        of the tokens before ``ids``; ``ids`` then sit at positions ``cache.length ..``,
+        their keys and values are added to the cache, and they attend over all of it.
+
+        A batch of prompts of different lengths is padded on the left. ``mask`` (boolean,
+        broadcastable to (B, n_head, T, S), e.g. (B, 1, 1, S) False on the padding) hides
+        the padding keys on top of the causal mask. Learned position embeddings (GPT-2) then
+        need ``positions`` (B, T), each row's real tokens numbered from 0, so that they get
+        the positions they would have alone; padding queries see no key and give 0. With a
+        cache, the mask covers all S = cache.length + T keys and ``positions`` number the new
+        tokens only (they replace ``cache.length ..``, row by row). RoPE needs no
+        ``positions`` for padding: its scores depend only on how far apart query and key
+        are, which padding does not change. Where given, RoPE rotates by them too: several
+        documents packed in one row, each restarting at 0, with a ``mask`` that keeps each
+        document's tokens to its own keys, give every document the logits it has alone.
+        """
+        ids = self._ids(ids, "ids")
+        B, T = ids.shape
+        x, aux_losses = self.hidden_states(ids, start, cache, mask, positions)
         if self.lm_head is None:
             logits = x @ self.token_embedding.weight.T  # (B, T, vocab_size), tied weights
         else:
