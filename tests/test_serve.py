@@ -339,6 +339,40 @@ def test_a_client_leaving_mid_stream_cancels_its_request(app, http, monkeypatch)
     assert engine.cache.allocator.free_count == engine.cache.allocator.num_blocks
 
 
+def test_a_client_leaving_before_a_whole_answer_cancels_its_request(app, http, monkeypatch):
+    httpx = pytest.importorskip("httpx")
+    engine, added = app.state.engine, []
+    add_request, step = engine.add_request, engine.step
+    monkeypatch.setattr(
+        engine, "add_request", lambda *a: added.append(add_request(*a)) or added[-1]
+    )
+    monkeypatch.setattr(engine, "step", lambda: time.sleep(0.03) or step())  # 120 steps: > 3 s
+    body = {"model": "tiny", "prompt": "Hi", "max_tokens": 120, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up after half a second
+        http.post("/v1/completions", json=body, timeout=0.5)
+    wait_until_idle(app)  # the server notices within a second (DISCONNECT_POLL_SECONDS)
+    (request,) = added
+    assert request.sequences[0].finish_reason == "cancelled"
+    assert len(request.sequences[0].new_tokens) < 120
+    assert engine.cache.allocator.free_count == engine.cache.allocator.num_blocks
+
+
+def test_a_failing_engine_answers_500_and_health_says_so(app, http, monkeypatch, capsys):
+    def broken():
+        raise RuntimeError("out of luck")
+
+    monkeypatch.setattr(app.state.engine, "step", broken)
+    body = {"model": "tiny", "prompt": "Hi", "max_tokens": 3}
+    failed = http.post("/v1/completions", json=body)
+    assert failed.status_code == 500 and failed.json()["error"]["type"] == "server_error"
+    assert "out of luck" in failed.json()["error"]["message"]
+    assert "RuntimeError: out of luck" in capsys.readouterr().err  # the traceback, for the log
+    health = http.get("/health")
+    assert health.status_code == 503 and "out of luck" in health.json()["status"]
+    refused = http.post("/v1/completions", json=body)
+    assert refused.status_code == 503 and "the engine stopped" in refused.json()["error"]["message"]
+
+
 def test_64_clients_with_faults_and_disconnects_leave_every_block_free(trained, app, url, http):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=SECONDS)
