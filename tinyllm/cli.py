@@ -7,6 +7,7 @@ tinyllm tokenizer train|encode   train a byte-level BPE (writes tokenizer.json),
 tinyllm pretrain                 train a model on a corpus (flags map onto TrainConfig etc.)
 tinyllm generate DIR             stream text from a trained model folder (alias: sample)
 tinyllm speedrun                 the main job: tokenizer, pretraining, samples and a report
+tinyllm serve DIR                an OpenAI-compatible server and chat page (the serve extra)
 
 Ctrl-C (or SIGTERM) during training saves a checkpoint and stops; a second Ctrl-C leaves
 at once with exit code 130 and a one-line message.
@@ -427,6 +428,75 @@ def run_speedrun(args):
     return 0
 
 
+# --- tinyllm serve ----------------------------------------------------------------------------
+def configure_serve(parser):
+    parser.description = (
+        "Serve a model folder over HTTP: an OpenAI-compatible API (/v1/completions, "
+        "/v1/chat/completions, /v1/models; streaming) and a chat page at /. Requests are "
+        "batched continuously over a paged KV cache. Needs the serve extra: "
+        "pip install 'tinyllm[serve]'."
+    )
+    parser.add_argument("directory", metavar="MODEL_DIR", help="the model folder")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on; 0.0.0.0 opens the server to other machines "
+        "(default: %(default)s, this machine only)",
+    )
+    parser.add_argument(
+        "--port", type=_integer(0), default=8000, help="the TCP port (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=_integer(1),
+        default=32,
+        help="sequences decoded together at most; more requests wait their turn "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--num-blocks",
+        type=_integer(1),
+        default=None,
+        help="KV-cache blocks in the pool (default: room for half the batch at full context)",
+    )
+    parser.add_argument(
+        "--block-size",
+        type=_integer(1),
+        default=16,
+        help="token positions per KV-cache block (default: %(default)s)",
+    )
+
+
+def run_serve(args):
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as err:
+        print(
+            f"tinyllm serve: error: {err.name} is not installed; serving needs FastAPI and "
+            "uvicorn: pip install 'tinyllm[serve]'",
+            file=sys.stderr,
+        )
+        return 2
+    from pathlib import Path
+
+    from tinyllm.data import load_tokenizer
+    from tinyllm.models import Transformer
+    from tinyllm.serve.app import create_app
+
+    tokenizer = load_tokenizer(args.directory)
+    model = Transformer.from_pretrained(args.directory)
+    name = Path(args.directory).resolve().name
+    app = create_app(
+        model, tokenizer, name=name, max_batch=args.max_batch, num_blocks=args.num_blocks,
+        block_size=args.block_size,
+    )  # fmt: skip
+    url = f"http://{args.host}:{args.port}"
+    print(f"serving {name} at {url} (chat page: {url}/, OpenAI API: {url}/v1)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 COMMANDS = {  # name: (one-line help, configure, run)
     "info": ("show the version and which backends (NumPy, CuPy, JAX) work here", configure_info, run_info),
     "grade": ("grade the exercises and print a score table", configure_grade, run_grade),
@@ -434,6 +504,7 @@ COMMANDS = {  # name: (one-line help, configure, run)
     "pretrain": ("train a language model on a corpus", configure_pretrain, run_pretrain),
     "generate": ("stream text from a trained model folder (alias: sample)", configure_sample, run_sample),
     "speedrun": ("the whole pipeline in one go: tokenizer, training, samples, report", configure_speedrun, run_speedrun),
+    "serve": ("serve a model folder: an OpenAI-compatible API and a chat page", configure_serve, run_serve),
 }  # fmt: skip
 
 ALIASES = {"generate": ["sample"]}  # the name the first version of the command had
