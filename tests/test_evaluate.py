@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import tinyllm
-from tinyllm.data.sft import PackedBatches, pack, sft_tokens
+from tinyllm.data import RowBatches
+from tinyllm.data.sft import pack, sft_tokens
 from tinyllm.data.tasks import task_examples
 from tinyllm.infer.evaluate import answers, exact_match, property_rate, response_perplexity
 from tinyllm.models import Transformer, get_preset
@@ -40,7 +41,7 @@ def memorized(tokenizer, examples):
     rows = pack([sft_tokens(tokenizer, e.messages) for e in examples], 32)
     config = TrainConfig(steps=150, batch_size=3, lr=1e-2, warmup_steps=10, eval_interval=0,
                          log_interval=150, progress=False)  # fmt: skip
-    Trainer(model, config, PackedBatches(rows, 3, seed=0), loss_fn=sft_loss).fit()
+    Trainer(model, config, RowBatches(rows, 3, seed=0), loss_fn=sft_loss).fit()
     return model
 
 

@@ -4,7 +4,8 @@ changes nothing (the same loss and gradients as unpacked), resumable batches, na
 import numpy as np
 import pytest
 
-from tinyllm.data.sft import IGNORE, PackedBatches, document_mask, pack, sft_tokens
+from tinyllm.data import RowBatches
+from tinyllm.data.sft import IGNORE, document_mask, pack, sft_tokens
 from tinyllm.models import Transformer, get_preset
 from tinyllm.tokenizer import Tokenizer
 from tinyllm.train.sft import sft_loss
@@ -69,11 +70,11 @@ def test_rows_take_whole_conversations_and_the_mask_keeps_them_apart():
 
 def test_batches_resume_exactly_and_cover_every_row_each_epoch():
     rows = pack([([i] * 2, [IGNORE] * 2) for i in range(1, 8)], context_length=2)
-    batches = PackedBatches(rows, 3, seed=0)
+    batches = RowBatches(rows, 3, seed=0)
     first_epoch = [next(batches)[0][:, 0] for _ in range(2)]
     saved = batches.state_dict()
     later = [next(batches)[0] for _ in range(4)]
-    resumed = PackedBatches(rows, 3, seed=99).load_state_dict(saved)
+    resumed = RowBatches(rows, 3, seed=99).load_state_dict(saved)
     for expected in later:
         np.testing.assert_array_equal(next(resumed)[0], expected)
     seen = np.concatenate(first_epoch + [later[0][:1, 0]])  # 2 x 3 + 1 = the 7 rows

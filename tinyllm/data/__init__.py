@@ -11,7 +11,7 @@ BPE token views cached as ``.npy`` files, and seeded random-window batches.
 ((4, 8), True)
 """
 
-from .batches import RandomBatches, random_batch, train_val_split
+from .batches import RandomBatches, RowBatches, random_batch, train_val_split
 from .char_vocab import CharVocab
 from .corpus import HUB_CORPORA, SHIPPED_CORPORA, load_corpus, load_hub_corpus
 from .tokens import (
@@ -27,6 +27,7 @@ __all__ = [
     "CharVocab",
     "CorpusTokens",
     "RandomBatches",
+    "RowBatches",
     "HUB_CORPORA",
     "SHIPPED_CORPORA",
     "corpus_tokens",

@@ -93,3 +93,49 @@ class RandomBatches:
         self.rng.bit_generator.state = state["rng"]
         self.batches_drawn = int(state["batches_drawn"])
         return self
+
+
+class RowBatches:
+    """An endless, resumable stream of batches of ``batch_size`` rows of ``rows`` (a tuple
+    of arrays with one row per example: packed SFT rows, preference pairs), in a fresh
+    seeded order each epoch; each batch is the tuple of those arrays' picked rows.
+
+    >>> batches = RowBatches((np.arange(5), np.arange(5) * 10), 2, seed=0)
+    >>> [b.tolist() for b in next(batches)]
+    [[2, 4], [20, 40]]
+    """
+
+    def __init__(self, rows, batch_size, *, seed):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
+        if len(rows[0]) == 0:
+            raise ValueError("RowBatches: no rows: give at least one example")
+        self.rows, self.batch_size = rows, batch_size
+        self.rng = np.random.default_rng(seed)
+        self.order, self.cursor, self.epochs = self.rng.permutation(len(rows[0])), 0, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        picked = []
+        while len(picked) < self.batch_size:
+            if self.cursor == len(self.order):
+                self.order, self.cursor = self.rng.permutation(len(self.rows[0])), 0
+                self.epochs += 1
+            take = self.order[self.cursor : self.cursor + self.batch_size - len(picked)]
+            picked.extend(take)
+            self.cursor += len(take)
+        return tuple(array[picked] for array in self.rows)  # as many arrays as the rows have
+
+    def state_dict(self):
+        return {
+            "rng": self.rng.bit_generator.state, "order": self.order.tolist(),
+            "cursor": self.cursor, "epochs": self.epochs,
+        }  # fmt: skip
+
+    def load_state_dict(self, state):
+        self.rng.bit_generator.state = state["rng"]
+        self.order, self.cursor = np.asarray(state["order"]), int(state["cursor"])
+        self.epochs = int(state["epochs"])
+        return self
