@@ -276,13 +276,15 @@ class LogSigmoid(Function):
     @staticmethod
     def forward(ctx, a):
         xp = ctx.xp
-        ctx.save_for_backward(a)
-        return -(xp.maximum(-a, 0) + xp.log1p(xp.exp(-xp.abs(a))))
+        e = xp.exp(-xp.abs(a))  # in (0, 1]: never overflows
+        ctx.save_for_backward(a, e)
+        return -(xp.maximum(-a, 0) + xp.log1p(e))
 
     @staticmethod
     def backward(ctx, grad):
-        (a,) = ctx.saved
-        return grad * 0.5 * (1 - ctx.xp.tanh(0.5 * a))  # sigmoid(-a), via tanh: no overflow
+        a, e = ctx.saved
+        # sigmoid(-a), from e = exp(-|a|): e / (1 + e) for a >= 0 keeps its tiny values exact
+        return grad * ctx.xp.where(a >= 0, e, 1.0) / (1 + e)
 
 
 class Dropout(Function):

@@ -1,0 +1,173 @@
+"""Preference tuning: the Bradley-Terry and DPO losses and their gradients against PyTorch,
+response log-probabilities token by token, the reward model's head and checkpoint, and the
+preference data shapes with their errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+import tinyllm
+from tinyllm import Tensor
+from tinyllm.data import RowBatches
+from tinyllm.data.preferences import load_conversations, load_preferences, preference_rows
+from tinyllm.models import Transformer, get_preset
+from tinyllm.models.reward import RewardModel
+from tinyllm.tokenizer import Tokenizer
+from tinyllm.train import TrainConfig, Trainer, checkpoint
+from tinyllm.train.preference import (
+    bradley_terry_loss,
+    dpo_loss,
+    dpo_loss_from_logps,
+    reference_logps,
+    reward_loss,
+    sequence_logps,
+)
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer.train("add: 12 + 34 = 46 sort 1 2 3 yes no " * 30, vocab_size=300)
+
+
+PAIRS = [
+    {"prompt": "add: 1 + 2", "chosen": "3", "rejected": "4"},
+    {"prompt": [{"role": "user", "content": "sort: 3 1 2"}], "chosen": "1 2 3",
+     "rejected": [{"role": "assistant", "content": "3 2 1"}]},
+    {"prompt": [{"role": "system", "content": "yes or no"}, {"role": "user", "content": "1 < 2?"}],
+     "chosen": [{"role": "user", "content": "1 < 2?"}, {"role": "assistant", "content": "yes"}],
+     "rejected": "no no"},
+]  # fmt: skip
+
+
+def lm(tokenizer, seed=0):
+    config = get_preset("tiny-llama", vocab_size=tokenizer.vocab_size, n_layer=2, d_model=32,
+                        n_head=2, context_length=32)  # fmt: skip
+    return Transformer(config, seed=seed)
+
+
+def test_bradley_terry_equals_torch_with_its_gradients():
+    rng = np.random.default_rng(0)
+    chosen, rejected = rng.normal(size=5) * 3, rng.normal(size=5) * 3
+    ours_c, ours_r = Tensor(chosen, requires_grad=True), Tensor(rejected, requires_grad=True)
+    loss = bradley_terry_loss(ours_c, ours_r)
+    loss.backward()
+    theirs_c = torch.tensor(chosen, requires_grad=True)
+    theirs_r = torch.tensor(rejected, requires_grad=True)
+    expected = -torch.nn.functional.logsigmoid(theirs_c - theirs_r).mean()
+    expected.backward()
+    np.testing.assert_allclose(loss.item(), expected.item(), rtol=1e-12)
+    np.testing.assert_allclose(ours_c.grad, theirs_c.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(ours_r.grad, theirs_r.grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 2.0])
+def test_dpo_loss_equals_the_formula_in_torch_with_its_gradients(beta):
+    rng = np.random.default_rng(1)
+    logps = [rng.normal(size=6) * 10 - 20 for _ in range(4)]  # pi_c, pi_r, ref_c, ref_r
+    ours = [Tensor(x, requires_grad=True) for x in logps[:2]]
+    loss, chosen, rejected = dpo_loss_from_logps(*ours, *logps[2:], beta)
+    loss.backward()
+    theirs = [torch.tensor(x, requires_grad=i < 2) for i, x in enumerate(logps)]
+    pi_c, pi_r, ref_c, ref_r = theirs
+    expected = -torch.nn.functional.logsigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))).mean()
+    expected.backward()
+    np.testing.assert_allclose(loss.item(), expected.item(), rtol=1e-12)
+    for ours_t, theirs_t in zip(ours, theirs[:2]):
+        np.testing.assert_allclose(ours_t.grad, theirs_t.grad.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(chosen.numpy(), beta * (logps[0] - logps[2]))
+    np.testing.assert_allclose(rejected.numpy(), beta * (logps[1] - logps[3]))
+
+
+def test_response_logps_add_up_the_response_tokens_only(tokenizer):
+    model = lm(tokenizer)
+    rows = preference_rows(tokenizer, PAIRS, context_length=32)
+    with tinyllm.no_grad():
+        ours = sequence_logps(model, rows.chosen_ids, rows.chosen_targets).numpy()
+        logits = model(rows.chosen_ids)[0].numpy()
+    for row in range(len(PAIRS)):
+        log_probs = logits[row] - np.log(np.exp(logits[row]).sum(-1, keepdims=True))
+        scored = [(p, t) for p, t in enumerate(rows.chosen_targets[row]) if t != -100]
+        assert len(scored) == len(tokenizer.encode(["3", "1 2 3", "yes"][row])) + 1  # + <|end|>
+        np.testing.assert_allclose(ours[row], sum(log_probs[p, t] for p, t in scored), rtol=1e-5)
+
+
+def test_dpo_starts_at_log2_with_the_reference_as_policy_and_learns(tokenizer):
+    policy, reference = lm(tokenizer), lm(tokenizer)
+    rows = preference_rows(tokenizer, PAIRS, context_length=32)
+    ref_c, ref_r = reference_logps(reference, rows, batch_size=2)
+    batch = (*rows, ref_c, ref_r)
+    loss, metrics = dpo_loss(beta=0.5)(policy, batch)
+    np.testing.assert_allclose(loss.item(), np.log(2), rtol=1e-5)  # no preference yet
+    assert metrics["margin"] == pytest.approx(0, abs=1e-5)
+    config = TrainConfig(steps=30, batch_size=3, lr=3e-3, warmup_steps=0, eval_interval=0,
+                         log_interval=30, progress=False)  # fmt: skip
+    result = Trainer(policy, config, RowBatches(batch, 3, seed=0), loss_fn=dpo_loss(0.5)).fit()
+    assert result.metrics["accuracy"] == 1.0 and result.metrics["margin"] > 1.0
+    assert result.metrics["reward_chosen"] > result.metrics["reward_rejected"]
+
+
+def test_the_reward_model_reads_the_last_token_and_learns_the_pairs(tokenizer, tmp_path):
+    model = RewardModel.from_language_model(lm(tokenizer))
+    rows = preference_rows(tokenizer, PAIRS, context_length=32)
+    scores = model(rows.chosen_ids, rows.chosen_lengths).numpy()
+    for row in range(len(PAIRS)):  # the same as scoring the row alone, unpadded
+        alone = rows.chosen_ids[row : row + 1, : rows.chosen_lengths[row]]
+        np.testing.assert_allclose(
+            scores[row], model(alone, [alone.shape[1]]).numpy()[0], rtol=1e-5
+        )
+    config = TrainConfig(steps=40, batch_size=3, lr=3e-3, warmup_steps=0, eval_interval=0,
+                         log_interval=40, progress=False)  # fmt: skip
+    result = Trainer(model, config, RowBatches(tuple(rows), 3, seed=0), loss_fn=reward_loss,
+                     out_dir=tmp_path / "rm").fit()  # fmt: skip
+    assert result.metrics["accuracy"] == 1.0
+    loaded = checkpoint.load_model(result.checkpoint)
+    np.testing.assert_allclose(
+        loaded(rows.rejected_ids, rows.rejected_lengths).numpy(),
+        model(rows.rejected_ids, rows.rejected_lengths).numpy(), rtol=1e-6,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"lengths \[0, 2\] must be \(2,\) values in 1..3"):
+        model([[1, 2, 3], [4, 5, 6]], lengths=[0, 2])
+
+
+def test_preference_files_in_trl_and_chat_shapes_load(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(p) for p in PAIRS) + "\n\n")
+    loaded = load_preferences(path)
+    assert loaded[0] == ([{"role": "user", "content": "add: 1 + 2"}], "3", "4")
+    assert loaded[1][2] == "3 2 1" and loaded[2][1] == "yes"
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": "yo"}]}))  # fmt: skip
+    assert load_conversations(chats)[0][1]["content"] == "yo"
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"prompt": "a", "chosen": "b"}, "preference record 0 has no 'rejected'"),
+        ({"prompt": "a", "chosen": 3, "rejected": "c"}, "record 0: 'chosen' is '3': expected a string"),
+        ({"prompt": [{"role": "bot", "content": "a"}], "chosen": "b", "rejected": "c"},
+         "record 0: prompt: message 0 has role 'bot'"),
+    ],
+)  # fmt: skip
+def test_bad_preference_records_are_named(tmp_path, record, message):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(ValueError, match=message):
+        load_preferences(path)
+
+
+def test_bad_files_and_settings_are_named(tmp_path, tokenizer):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"messages": []}\n{not json\n')
+    with pytest.raises(ValueError, match="broken.jsonl, line 2: not JSON"):
+        load_conversations(path)
+    with pytest.raises(ValueError, match="is not a file: expected a .jsonl file or hf:<dataset>"):
+        load_preferences(tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match="beta=0: expected a number > 0"):
+        dpo_loss(0)
+    with pytest.raises(ValueError, match="SFT example 0 is .* longer than the context_length of 4"):
+        preference_rows(tokenizer, PAIRS, context_length=4)
