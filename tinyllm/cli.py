@@ -135,11 +135,13 @@ def run_tokenizer(args):
 
 
 # --- flags from dataclasses -------------------------------------------------------------------
-def add_dataclass_flags(parser, cls, title):
+def add_dataclass_flags(parser, cls, title, defaults=None):
     """One ``--field-name`` flag per field of dataclass ``cls``: typed from its annotation,
-    explained by its ``help`` metadata, and held to its ``choices`` metadata where it has one."""
+    explained by its ``help`` metadata, and held to its ``choices`` metadata where it has one.
+    ``defaults`` (a dict by field name) overrides some of the class's own defaults."""
     group = parser.add_argument_group(title)
     for field in dataclasses.fields(cls):
+        default = (defaults or {}).get(field.name, field.default)
         flag = "--" + field.name.replace("_", "-")
         if "help" not in field.metadata:
             raise TypeError(f"{cls.__name__}.{field.name} has no help text in its metadata")
@@ -150,13 +152,13 @@ def add_dataclass_flags(parser, cls, title):
         text += " (default: %(default)s)"
         if field.type is bool:
             group.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=field.default, help=text
+                flag, action=argparse.BooleanOptionalAction, default=default, help=text
             )
             continue
         group.add_argument(
             flag,
             type=_flag_type(field.type, choices),
-            default=field.default,
+            default=default,
             metavar=field.name.upper(),
             help=text,
         )
@@ -219,6 +221,34 @@ def run_pretrain(args):
         f"training throughput {show(run.result.tokens_per_second, ',.0f')} tokens/s; model in {run.out}"
     )
     print(run.outcome)
+    return 0
+
+
+# --- tinyllm sft -------------------------------------------------------------------------------
+def configure_sft(parser):
+    from tinyllm.recipes.sft import TRAIN_DEFAULTS, SFTConfig
+    from tinyllm.train import TrainConfig
+
+    parser.description = (
+        "Supervised fine-tuning of a pretrained model folder on conversations (the checkable "
+        "tasks by default), the loss on the assistant's tokens only. Writes the run folder "
+        "--out like pretrain does, plus sft.json with the test accuracy before and after."
+    )
+    add_dataclass_flags(parser, SFTConfig, "model, data and run folder")
+    add_dataclass_flags(parser, TrainConfig, "training", defaults=TRAIN_DEFAULTS)
+
+
+def run_sft(args):
+    from tinyllm.recipes.sft import SFTConfig, sft
+    from tinyllm.train import TrainConfig
+
+    run = sft(dataclass_from_flags(SFTConfig, args), dataclass_from_flags(TrainConfig, args))
+    if run.accuracy_before is not None:
+        print(
+            f"exact-match accuracy on held-out test prompts: {run.accuracy_before:.0%} before, "
+            f"{run.accuracy_after:.0%} after"
+        )
+    print(f"step {run.result.step}: train loss {run.result.train_loss:.4f}; model in {run.out}")
     return 0
 
 
@@ -502,6 +532,7 @@ COMMANDS = {  # name: (one-line help, configure, run)
     "grade": ("grade the exercises and print a score table", configure_grade, run_grade),
     "tokenizer": ("train a byte-level BPE tokenizer, or encode text with one", configure_tokenizer, run_tokenizer),
     "pretrain": ("train a language model on a corpus", configure_pretrain, run_pretrain),
+    "sft": ("fine-tune a pretrained model on conversations (assistant-only loss)", configure_sft, run_sft),
     "generate": ("stream text from a trained model folder (alias: sample)", configure_sample, run_sample),
     "speedrun": ("the whole pipeline in one go: tokenizer, training, samples, report", configure_speedrun, run_speedrun),
     "serve": ("serve a model folder: an OpenAI-compatible API and a chat page", configure_serve, run_serve),

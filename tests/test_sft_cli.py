@@ -1,0 +1,65 @@
+"""`tinyllm sft`: a BPE-pretrained model folder in, a fine-tuned chat model folder out, with the
+test accuracy before and after, exact resume through the Trainer, and named refusals."""
+
+import json
+
+import pytest
+
+from tinyllm.cli import main
+from tinyllm.data.tasks import task_examples
+from tinyllm.infer.evaluate import exact_match
+from tinyllm.recipes.sft import SFTConfig, load_chat_model
+from tinyllm.train import read_metrics
+
+PRETRAIN = ["--steps", "2", "--batch-size", "4", "--eval-batches", "1", "--samples", "0",
+            "--context-length", "48", "--no-progress"]  # fmt: skip
+SFT = ["--steps", "4", "--batch-size", "4", "--examples", "40", "--eval-examples", "5",
+       "--eval-interval", "2", "--log-interval", "1", "--no-progress", "--tasks", "add,sort"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A BPE model folder: what `tinyllm speedrun` leaves, made in seconds."""
+    folder = tmp_path_factory.mktemp("base")
+    args = ["pretrain", "--out", str(folder / "run"), "--tokenizer", "bpe", "--vocab-size", "300"]
+    assert main([*args, *PRETRAIN]) == 0
+    return folder / "run"
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TINYLLM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def test_sft_writes_a_chat_model_with_its_accuracy(base, tmp_path, capsys):
+    out = tmp_path / "sft"
+    assert main(["sft", "--model", str(base), "--out", str(out), *SFT]) == 0
+    printed = capsys.readouterr().out
+    assert "exact-match accuracy on held-out test prompts" in printed
+    report = json.loads((out / "sft.json").read_text())
+    model, tokenizer = load_chat_model(out)
+    test = task_examples(["add", "sort"], 5, split="test", seed=0)
+    assert report["accuracy_after"] == exact_match(model, tokenizer, test)[0]
+    assert report["accuracy_before"] is not None and report["config"]["tasks"] == "add,sort"
+    rows = read_metrics(out / "metrics.jsonl")
+    evaluated = [row for row in rows if "accuracy" in row]
+    assert [row["step"] for row in evaluated] == [2, 4]
+    assert all(row["response_ppl"] > 1 for row in evaluated)
+    # four more steps continue the run from its last checkpoint
+    assert (
+        main(["sft", "--model", str(base), "--out", str(out), "--resume", *SFT[2:], "--steps", "6"])
+        == 0
+    )
+    assert [row["step"] for row in read_metrics(out / "metrics.jsonl")][-2:] == [5, 6]
+
+
+def test_sft_refuses_what_it_cannot_use(tmp_path, capsys):
+    char = tmp_path / "char"
+    assert main(["pretrain", "--out", str(char), *PRETRAIN]) == 0
+    capsys.readouterr()
+    assert main(["sft", "--model", str(char), "--out", str(tmp_path / "x"), *SFT]) == 2
+    assert "lacks the chat tokens" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown task 'divide'"):
+        SFTConfig(tasks="add,divide")
+    with pytest.raises(ValueError, match="examples=0: expected an integer >= 1"):
+        SFTConfig(examples=0)
