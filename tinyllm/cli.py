@@ -532,7 +532,7 @@ COMMANDS = {  # name: (one-line help, configure, run)
     "grade": ("grade the exercises and print a score table", configure_grade, run_grade),
     "tokenizer": ("train a byte-level BPE tokenizer, or encode text with one", configure_tokenizer, run_tokenizer),
     "pretrain": ("train a language model on a corpus", configure_pretrain, run_pretrain),
-    "sft": ("teach a pretrained model to answer: supervised fine-tuning on chats", configure_sft, run_sft),
+    "sft": ("fine-tune a pretrained model to answer in chats (SFT)", configure_sft, run_sft),
     "generate": ("stream text from a trained model folder (alias: sample)", configure_sample, run_sample),
     "speedrun": ("the whole pipeline in one go: tokenizer, training, samples, report", configure_speedrun, run_speedrun),
     "serve": ("serve a model folder: an OpenAI-compatible API and a chat page", configure_serve, run_serve),
