@@ -53,6 +53,24 @@ def test_sft_writes_a_chat_model_with_its_accuracy(base, tmp_path, capsys):
     assert [row["step"] for row in read_metrics(out / "metrics.jsonl")][-2:] == [5, 6]
 
 
+def test_dpo_after_sft_records_its_measures_before_and_after(base, tmp_path, capsys):
+    sft_out, dpo_out = tmp_path / "sft", tmp_path / "dpo"
+    assert main(["sft", "--model", str(base), "--out", str(sft_out), *SFT]) == 0
+    args = ["dpo", "--model", str(sft_out), "--out", str(dpo_out), "--pairs", "12",
+            "--eval-pairs", "4", "--samples", "1", "--tasks", "add", "--steps", "3",
+            "--batch-size", "4", "--eval-interval", "3", "--log-interval", "1", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "preference_accuracy:" in printed and "kl: 0 before" in printed
+    report = json.loads((dpo_out / "dpo.json").read_text())
+    assert set(report["before"]) == {"preference_accuracy", "sampled_right", "kl"}
+    assert report["before"]["kl"] == 0.0  # the policy starts as the reference
+    rows = read_metrics(dpo_out / "metrics.jsonl")
+    assert {"reward_chosen", "reward_rejected", "margin", "accuracy"} <= set(rows[0])
+    assert abs(rows[0]["loss"] - 0.6931) < 1e-3  # log 2: no preference at the start
+    assert "kl" in rows[-1] and rows[-1]["step"] == 3
+
+
 def test_sft_refuses_what_it_cannot_use(tmp_path, capsys):
     char = tmp_path / "char"
     assert main(["pretrain", "--out", str(char), *PRETRAIN]) == 0
