@@ -269,6 +269,21 @@ TRICKS = [
         "import tinyllm.infer.generate as g",
         "imports tinyllm.infer.generate",
     ),
+    (
+        "ex07_serving",
+        "from tinyllm.nn.paged_kv_cache import BlockAllocator",
+        "imports tinyllm.nn.paged_kv_cache.BlockAllocator",
+    ),
+    (
+        "ex07_serving",
+        "import tinyllm.nn as n\nslot = n.paged_kv_cache.PagedBatch._prepare",
+        "uses tinyllm.nn.paged_kv_cache",
+    ),
+    (
+        "ex07_serving",
+        "from tinyllm.infer import engine\nstep = engine.Engine.step",
+        "tinyllm.infer.engine",
+    ),
     ("ex02_attention", "exec(open('answers.py').read())", "runs code from a string (exec)"),
     (
         "ex02_attention",
@@ -327,6 +342,10 @@ FAIR = [
         "import numpy as np\nfrom tinyllm import functional as F\ns = F.softmax",
     ),
     ("ex05_kv_cache_and_sampling", "from tinyllm.analysis import kv_cache_bytes"),
+    (
+        "ex07_serving",
+        "from collections import deque\nimport numpy as np\nfrom tinyllm.infer import KVCache",
+    ),
 ]
 
 

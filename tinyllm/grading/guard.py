@@ -107,6 +107,10 @@ RULES = {
             "tinyllm.infer.generate",
         ),
     ),
+    "ex07_serving": Rules(
+        writes=("BlockAllocator", "block_slot", "paged_update", "schedule_step"),
+        off_limits=("tinyllm.nn.paged_kv_cache", "tinyllm.infer.engine"),
+    ),
 }
 
 IMPORTERS = {"__import__", "builtins.__import__", "importlib.__import__", "importlib.import_module"}
