@@ -74,6 +74,11 @@ def test_the_allocator_counts_holders_and_frees_oldest_first():
         allocator.allocate()
     with pytest.raises(MemoryError, match="no free block"):
         allocator.allocate()
+    for bad in (3, -1):
+        with pytest.raises(ValueError, match=f"block {bad} does not exist: expected 0..2"):
+            allocator.share(bad)
+        with pytest.raises(ValueError, match=f"block {bad} does not exist: expected 0..2"):
+            allocator.free(bad)
     with pytest.raises(ValueError, match="num_blocks=0: expected an integer >= 1"):
         BlockAllocator(0)
 

@@ -74,14 +74,22 @@ class BlockAllocator:
         self.ref_counts[block] = 1
         return block
 
+    def _check(self, block):
+        if not isinstance(block, (int, np.integer)) or not 0 <= block < self.num_blocks:
+            raise ValueError(
+                f"BlockAllocator: block {block!r} does not exist: expected 0..{self.num_blocks - 1}"
+            )
+
     def share(self, block):
         """One more holder of ``block`` (taken back from the free list if it was there)."""
+        self._check(block)
         if self.ref_counts[block] == 0:
             self.free_blocks.remove(block)
         self.ref_counts[block] += 1
 
     def free(self, block):
         """One holder fewer; at none the block is free again (its hash kept, for reuse)."""
+        self._check(block)
         if self.ref_counts[block] <= 0:
             raise ValueError(f"BlockAllocator: block {block} is not held")
         self.ref_counts[block] -= 1
