@@ -3,6 +3,8 @@
 | file          | what it runs                                                           |
 |---------------|------------------------------------------------------------------------|
 | `pretrain.py` | `tinyllm pretrain`: tokenize a corpus, train a model, sample from it   |
+| `sft.py`      | `tinyllm sft`: supervised fine-tuning of a pretrained model on chats   |
+| `dpo.py`      | `tinyllm dpo`: preference tuning of an SFT model against itself frozen |
 | `speedrun.py` | `tinyllm speedrun`: the main job, end to end, with a report            |
 | `scaling.py`  | a family of small models at fixed compute budgets, and a power-law fit |
 """
