@@ -30,7 +30,7 @@ from ..infer.evaluate import answers
 from ..tokenizer.chat import format_chat
 from ..train import TrainConfig, Trainer
 from ..train.preference import dpo_loss, reference_logps, sequence_logps
-from .sft import load_chat_model
+from .sft import check_counts_and_tasks, load_chat_model, task_names
 
 # Preference tuning's training defaults (the other TrainConfig fields keep theirs)
 TRAIN_DEFAULTS = dict(steps=200, batch_size=16, lr=1e-4, min_lr=1e-5, eval_interval=100)
@@ -70,20 +70,7 @@ class DPOConfig(Config):
     def __post_init__(self):
         if not self.beta > 0:
             raise ValueError(f"DPOConfig: beta={self.beta!r}: expected a number > 0 (0.1 is usual)")
-        for name in ("pairs", "eval_pairs", "samples"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"DPOConfig: {name}={value!r}: expected an integer >= 1")
-        if self.data == "tasks":
-            for task in self.task_list:
-                if task not in TASKS:
-                    raise ValueError(
-                        f"DPOConfig: unknown task {task!r}: expected some of {', '.join(TASKS)}"
-                    )
-
-    @property
-    def task_list(self):
-        return [t.strip() for t in self.tasks.split(",") if t.strip()]
+        check_counts_and_tasks(self, ("pairs", "eval_pairs", "samples"))
 
 
 @dataclass
@@ -156,7 +143,7 @@ def _dpo(config, train):
     reference.eval()
     context = policy.config.context_length
     if config.data == "tasks":
-        tasks, seed = config.task_list, train.seed
+        tasks, seed = task_names(config.tasks), train.seed
         pairs = preference_pairs(tasks, config.pairs, split="train", seed=seed)
         val_pairs = preference_pairs(tasks, config.eval_pairs, split="val", seed=seed)
         val_prompts = task_examples(tasks, config.eval_pairs, split="val", seed=seed)

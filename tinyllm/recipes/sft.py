@@ -60,20 +60,28 @@ class SFTConfig(Config):
     )
 
     def __post_init__(self):
-        for name in ("examples", "eval_examples"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"SFTConfig: {name}={value!r}: expected an integer >= 1")
-        if self.data == "tasks":
-            for task in self.task_list:
-                if task not in TASKS:
-                    raise ValueError(
-                        f"SFTConfig: unknown task {task!r}: expected some of {', '.join(TASKS)}"
-                    )
+        check_counts_and_tasks(self, ("examples", "eval_examples"))
 
-    @property
-    def task_list(self):
-        return [t.strip() for t in self.tasks.split(",") if t.strip()]
+
+def task_names(text):
+    """The task names of a comma-separated ``--tasks`` value."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def check_counts_and_tasks(config, counts):
+    """Raise unless each of the fields ``counts`` of ``config`` is an integer >= 1 and, with
+    ``data="tasks"``, every task it names exists."""
+    kind = type(config).__name__
+    for name in counts:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{kind}: {name}={value!r}: expected an integer >= 1")
+    if config.data == "tasks":
+        for task in task_names(config.tasks):
+            if task not in TASKS:
+                raise ValueError(
+                    f"{kind}: unknown task {task!r}: expected some of {', '.join(TASKS)}"
+                )
 
 
 @dataclass
@@ -112,7 +120,7 @@ def _sft(config, train):
     model, tokenizer = load_chat_model(config.model)
     context = model.config.context_length
     if config.data == "tasks":
-        tasks = config.task_list
+        tasks = task_names(config.tasks)
         conversations = [
             e.messages
             for e in task_examples(tasks, config.examples, split="train", seed=train.seed)
