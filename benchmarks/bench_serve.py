@@ -57,12 +57,14 @@ QUICK = dict(
 )  # fmt: skip
 
 
-def table(title, header, rows):
+def table_head(title, header):
     print(f"\n## {title}\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+
+
+def table_row(row):
+    print("| " + " | ".join(row) + " |", flush=True)  # each row as soon as it is measured
 
 
 def workload(setup, n, seed=0):
@@ -139,21 +141,33 @@ def main():
     sequential(model, [(p, 2) for p, _ in warm])  # warm up both paths
     continuous(model, [(p, 2) for p, _ in warm], 2, setup["block_size"])
 
+    shape, (low, high) = setup["model"], setup["prompt"]
+    about = (
+        f"Llama shape, {shape['n_layer']} layers x {shape['d_model']}, GQA 2 key/value heads, "
+        f"vocab {shape['vocab_size']}, context {shape['context_length']}; prompts {low}-{high} "
+        f"tokens, outputs exponential (mean {setup['output_mean']}, clipped to "
+        f"{setup['output'][0]}-{setup['output'][1]}); greedy"
+    )
+    table_head(
+        f"Generated tokens/s: {about}",
+        ["concurrency", "requests", "sequential", "static batching", "engine", "engine / static",
+         "engine / sequential", "same tokens", "preemptions"],
+    )  # fmt: skip
     first = stream[: setup["sequential_requests"]]
     _, seconds = sequential(model, first)
-    sequential_rate = sum(n for _, n in first) / seconds
-    rows, memory_rows = [], []
+    sequential_rate = sum(length for _, length in first) / seconds
+    memory_rows = []
     for concurrency in setup["concurrency"]:
         n = max(setup["requests_per_slot"] * concurrency, setup["min_requests"])
         requests = stream[:n]
-        tokens = sum(n for _, n in requests)
+        tokens = sum(length for _, length in requests)
         static_outs, static_seconds = static(model, requests, concurrency)
         engine_outs, engine_seconds, samples, counts = continuous(
             model, requests, concurrency, setup["block_size"]
         )
         same = sum(a == b for a, b in zip(engine_outs, static_outs))
         static_rate, engine_rate = tokens / static_seconds, tokens / engine_seconds
-        rows.append([
+        table_row([
             str(concurrency), str(n), f"{sequential_rate:,.1f}", f"{static_rate:,.1f}",
             f"{engine_rate:,.1f}", f"{engine_rate / static_rate:.2f}x",
             f"{engine_rate / sequential_rate:.2f}x", f"{same}/{n}", str(counts["preemptions"]),
@@ -164,30 +178,18 @@ def main():
             *[f"{waste[:, i].mean():.1f} / {waste[:, i].max():.1f}" for i in range(3)],
         ])  # fmt: skip
 
-    shape, (low, high) = setup["model"], setup["prompt"]
-    about = (
-        f"Llama shape, {shape['n_layer']} layers x {shape['d_model']}, GQA 2 key/value heads, "
-        f"vocab {shape['vocab_size']}, context {shape['context_length']}; prompts {low}-{high} "
-        f"tokens, outputs exponential (mean {setup['output_mean']}, clipped to "
-        f"{setup['output'][0]}-{setup['output'][1]}); greedy"
-    )
-    table(
-        f"Generated tokens/s: {about}",
-        ["concurrency", "requests", "sequential", "static batching", "engine", "engine / static",
-         "engine / sequential", "same tokens", "preemptions"],
-        rows,
-    )  # fmt: skip
     print(
         f"\n(sequential: one request at a time, measured once over the first "
         f"{len(first)} requests; static batching waits for each batch's longest request)"
     )
-    table(
+    table_head(
         f"KV memory waste (%, mean / max over the engine's steps; blocks of "
         f"{setup['block_size']} positions): the paged cache against a contiguous reservation",
         ["concurrency", "steps", "paged (unwritten share of blocks in use)",
          "contiguous prompt + max_tokens", f"contiguous full context ({shape['context_length']})"],
-        memory_rows,
     )  # fmt: skip
+    for row in memory_rows:
+        table_row(row)
 
 
 if __name__ == "__main__":
