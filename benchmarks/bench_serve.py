@@ -2,10 +2,14 @@
 
 One seeded stream of requests with mixed lengths - prompts uniform in a range, outputs
 long-tailed (exponential, clipped), as in chat traffic where most answers are short and a
-few are long - is served three ways at each concurrency (1, 4, 16 and 64 requests in flight):
+few are long - is served three ways at each concurrency (1, 4, 16 and 64 requests in flight),
+its first 8 x concurrency requests (at least 16): enough that the end of the run, where the
+last long requests finish with the batch no longer full (a tail a busy server does not
+have), weighs little:
 
 - **sequential**: ``generate`` on one request at a time, to its own length. Its rate does
-  not depend on the concurrency, so it is measured once, over the first requests;
+  not depend on the concurrency, so it is measured once, over the first 16 requests (the
+  requests of the first row: there static batching does the same);
 - **static batching**: batches of up to ``concurrency`` requests in arrival order; each is
   one ``generate`` call on the ragged prompts (padded on the left) for as many tokens as its
   longest request needs. A short request's row keeps running until the batch ends, and the
@@ -48,7 +52,7 @@ LLAMA = dict(
 FULL = dict(
     model=dict(vocab_size=4096, context_length=512, d_model=256, n_layer=4, n_head=4, d_ff=688),
     prompt=(16, 256), output_mean=64, output=(4, 256), concurrency=(1, 4, 16, 64),
-    requests_per_slot=4, min_requests=8, sequential_requests=16, block_size=16,
+    requests_per_slot=8, min_requests=16, sequential_requests=16, block_size=16,
 )  # fmt: skip
 QUICK = dict(
     model=dict(vocab_size=256, context_length=128, d_model=32, n_layer=1, n_head=2, d_ff=64),
