@@ -22,6 +22,7 @@ PEER = {
     "bench_tokenizer.py": "HF",
     "bench_speedrun.py": "busy",
     "bench_generate.py": "transformers",
+    "bench_serve.py": "static",
 }
 
 

@@ -6,6 +6,7 @@ tinyllm grade [DIR]              grade the exercises (--solutions, --json result
 tinyllm tokenizer train|encode   train a byte-level BPE (writes tokenizer.json), encode text
 tinyllm pretrain                 train a model on a corpus (flags map onto TrainConfig etc.)
 tinyllm generate DIR             stream text from a trained model folder (alias: sample)
+tinyllm chat DIR                 chat with a model folder in the terminal
 tinyllm speedrun                 the main job: tokenizer, pretraining, samples and a report
 tinyllm serve DIR                an OpenAI-compatible server and chat page (the serve extra)
 
@@ -435,6 +436,75 @@ def run_sample(args):
     return 0
 
 
+# --- tinyllm chat -----------------------------------------------------------------------------
+def configure_chat(parser):
+    parser.description = (
+        "Chat with a model folder in the terminal: replies stream as they are generated, and "
+        "the conversation is kept within the model's context (the oldest turns dropped first). "
+        "Type /reset to clear the conversation, /quit or Ctrl-D to leave; Ctrl-C stops a "
+        "reply. The folder's tokenizer must have the chat tokens (a BPE tokenizer)."
+    )
+    parser.add_argument("directory", metavar="DIR", help="the model folder")
+    parser.add_argument(
+        "--system", metavar="TEXT", default=None, help="the system message (default: none)"
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=_integer(1),
+        default=None,
+        help="the longest reply, in tokens (default: 256, or half the context if shorter)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=_number(0),
+        default=0.8,
+        help="below 1 safer, above 1 more surprising; 0 always picks the likeliest token "
+        "(default: 0.8)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=_integer(1),
+        default=None,
+        help="sample among the k likeliest tokens only (default: all)",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=_probability,
+        default=None,
+        help="sample among the likeliest tokens that together hold probability p, in (0, 1] "
+        "(default: all)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=_integer(0),
+        default=None,
+        help="the first reply's seed, the next reply's is one more (default: a fresh one)",
+    )
+
+
+def run_chat(args):
+    from tinyllm.data import load_tokenizer
+    from tinyllm.infer.chat import ChatSession, chat_loop
+    from tinyllm.infer.engine import Engine, SamplingParams
+    from tinyllm.models import Transformer
+
+    tokenizer = load_tokenizer(args.directory)
+    model = Transformer.from_pretrained(args.directory)
+    context = model.config.context_length
+    max_tokens = min(256, context // 2) if args.max_new_tokens is None else args.max_new_tokens
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, seed=args.seed,
+    )  # fmt: skip
+    session = ChatSession(Engine(model, tokenizer, max_batch=1), params, system=args.system)
+    print(
+        f"chatting with {args.directory} (context {context} tokens, replies up to "
+        f"{max_tokens}); /reset clears, /quit or Ctrl-D leaves, Ctrl-C stops a reply",
+        file=sys.stderr,
+    )
+    return chat_loop(session)
+
+
 # --- tinyllm speedrun -------------------------------------------------------------------------
 def configure_speedrun(parser):
     from tinyllm.backend import NAMES
@@ -561,6 +631,7 @@ COMMANDS = {  # name: (one-line help, configure, run)
     "sft": ("fine-tune a pretrained model to answer in chats (SFT)", configure_sft, run_sft),
     "dpo": ("tune a chat model on preference pairs (DPO)", configure_dpo, run_dpo),
     "generate": ("stream text from a trained model folder (alias: sample)", configure_sample, run_sample),
+    "chat": ("chat with a model folder in the terminal, replies streamed", configure_chat, run_chat),
     "speedrun": ("the whole pipeline in one go: tokenizer, training, samples, report", configure_speedrun, run_speedrun),
     "serve": ("serve a model folder: an OpenAI-compatible API and a chat page", configure_serve, run_serve),
 }  # fmt: skip
