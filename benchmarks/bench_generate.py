@@ -21,11 +21,10 @@ Four tables, each a ratio against a peer measured in the same run (greedy decodi
 
 import argparse
 import contextlib
-import time
 from pathlib import Path
 
 import numpy as np
-from common import machine
+from common import machine, table, timed
 
 import tinyllm
 from tinyllm.data import RandomBatches, corpus_tokens
@@ -59,21 +58,6 @@ QUICK = dict(
     backends=dict(tokens=8),
 )  # fmt: skip
 PROMPT_TOKENS = 16
-
-
-def timed(fn, *args, **kwargs):
-    """``(result, seconds)`` of one call ``fn(*args, **kwargs)``."""
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, time.perf_counter() - start
-
-
-def table(title, header, rows):
-    print(f"\n## {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
 
 
 # --- 1. the KV cache ------------------------------------------------------------------------

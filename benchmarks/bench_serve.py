@@ -39,7 +39,7 @@ import argparse
 import time
 
 import numpy as np
-from common import machine
+from common import machine, table_head, table_row
 
 from tinyllm.infer import generate
 from tinyllm.infer.engine import Engine, SamplingParams
@@ -59,16 +59,6 @@ QUICK = dict(
     prompt=(4, 32), output_mean=12, output=(2, 48), concurrency=(1, 4),
     requests_per_slot=2, min_requests=4, sequential_requests=4, block_size=8,
 )  # fmt: skip
-
-
-def table_head(title, header):
-    print(f"\n## {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
-
-
-def table_row(row):
-    print("| " + " | ".join(row) + " |", flush=True)  # each row as soon as it is measured
 
 
 def workload(setup, n, seed=0):

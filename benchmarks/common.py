@@ -28,6 +28,31 @@ def _torch():
     return f"torch {torch.__version__} (threads: {torch.get_num_threads()})"
 
 
+def timed(fn, *args, **kwargs):
+    """``(result, seconds)`` of one call ``fn(*args, **kwargs)``."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def table_head(title, header):
+    """Print a Markdown table's title and header (the first column left-aligned)."""
+    print(f"\n## {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
+
+
+def table_row(row):
+    """Print one row of a table, at once (a long benchmark shows each row as it is measured)."""
+    print("| " + " | ".join(row) + " |", flush=True)
+
+
+def table(title, header, rows):
+    table_head(title, header)
+    for row in rows:
+        table_row(row)
+
+
 def median_ms(step, warmup, repeat):
     """Median wall time of ``step()`` in milliseconds, after ``warmup`` untimed calls.
 
