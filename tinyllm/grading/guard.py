@@ -91,6 +91,17 @@ RULES = {
         ),
         off_limits=("tinyllm.functional.softmax", "tinyllm.optim"),  # cross-entropy; AdamW etc.
     ),
+    "ex06_speculative_decoding": Rules(
+        writes=(
+            "residual_distribution",
+            "accept_or_resample",
+            "lookup_proposals",
+            "expected_tokens_per_round",
+            "speedup",
+            "best_draft_tokens",
+        ),
+        off_limits=("tinyllm.infer.speculative",),
+    ),
 }
 
 IMPORTERS = {"__import__", "builtins.__import__", "importlib.__import__", "importlib.import_module"}
