@@ -252,9 +252,11 @@ def test_lookup_proposals_by_hand(exercise):
     assert as_list(ex.lookup_proposals(ids, 2, max_ngram=3)) == [7, 1]
     # With 1-grams only, "3" last came at 7; what follows runs into the end: 4 tokens, not 5.
     assert as_list(ex.lookup_proposals(ids, 5, max_ngram=1)) == [7, 1, 2, 3]
-    # The longest n-gram wins over a later shorter one: "9 1 2" at 4 is not found, but
-    # "1 2" at 5 is later than at 0: 3 7.
-    assert as_list(ex.lookup_proposals(np.array([1, 2, 3, 0, 9, 1, 2, 7, 2, 1, 2]), 2)) == [7, 2]
+    # The longest n-gram wins over a later shorter one: "1 2 3" at 0 (followed by 5 9) beats
+    # "2 3" at 5 (followed by 6 1), which wins only when 3-grams are not looked up.
+    ids = np.array([1, 2, 3, 5, 9, 2, 3, 6, 1, 2, 3])
+    assert as_list(ex.lookup_proposals(ids, 2)) == [5, 9]
+    assert as_list(ex.lookup_proposals(ids, 2, max_ngram=2)) == [6, 1]
     # An occurrence may overlap the end: "4 4" at 0, followed by the last 4.
     assert as_list(ex.lookup_proposals(np.array([4, 4, 4]), 3, max_ngram=2)) == [4]
     # Nothing repeats, or a single token: nothing to propose.
