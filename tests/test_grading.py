@@ -4,18 +4,22 @@ imports the answers instead of writing them is rejected and scores 0."""
 
 import ast
 import importlib
+import importlib.util
 import json
 import re
 import shutil
 import subprocess
 import sys
 import types
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tinyllm.functional import elementwise
 from tinyllm.grading.guard import RULES, check_module, check_source
+from tinyllm.infer import speculative
 from tinyllm.tokenizer import bpe
 
 EXERCISES = Path(__file__).resolve().parent.parent / "exercises"
@@ -284,6 +288,16 @@ TRICKS = [
         "from tinyllm.infer import engine\nstep = engine.Engine.step",
         "tinyllm.infer.engine",
     ),
+    (
+        "ex06_speculative_decoding",
+        "from tinyllm.infer import speculative\nrule = speculative.accept_or_resample",
+        "imports tinyllm.infer.speculative",
+    ),
+    (
+        "ex06_speculative_decoding",
+        "import tinyllm.infer.generate as g\nf = g.speculative_stream",
+        "(that is tinyllm.infer.speculative.speculative_stream)",
+    ),
     ("ex02_attention", "exec(open('answers.py').read())", "runs code from a string (exec)"),
     (
         "ex02_attention",
@@ -346,6 +360,7 @@ FAIR = [
         "ex07_serving",
         "from collections import deque\nimport numpy as np\nfrom tinyllm.infer import KVCache",
     ),
+    ("ex06_speculative_decoding", "import numpy as np\nfrom tinyllm.infer import draw, generate"),
 ]
 
 
@@ -389,3 +404,76 @@ def test_the_run_time_check_wants_the_graded_names_written_in_the_file(tmp_path)
         "ex00_autograd.py: Mul comes from tinyllm.functional.elementwise.Mul, "
         "not from ex00_autograd.py"
     )
+
+
+# --- set 06: a rule that looks right but changes the distribution scores nothing ---------------
+def load_grading_tests(name):
+    """The grading test module ``exercises/name.py``, to call its tests with a chosen answer."""
+    spec = importlib.util.spec_from_file_location(f"grading_{name}", EXERCISES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    with warnings.catch_warnings():  # the exercise marker is registered by the grading plugin
+        warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
+        spec.loader.exec_module(module)
+    return module
+
+
+def speculative_rule(accept_prob, replacement, bonus_row=lambda k: k):
+    """An accept/resample rule with its three parts swappable: ``accept_prob(p_x, q_x)``,
+    ``replacement(p_i, q_i)`` (the distribution after a rejection), the bonus row of p."""
+
+    def rule(proposed, draft_probs, target_probs, rng):
+        for i, token in enumerate(proposed):
+            p, q = target_probs[i], draft_probs[i]
+            if rng.random() >= accept_prob(p[token], q[token]):
+                return i, int(rng.choice(len(p), p=replacement(p, q)))
+        k = len(proposed)
+        return k, int(rng.choice(target_probs.shape[1], p=target_probs[bonus_row(k)]))
+
+    return rule
+
+
+RESIDUAL = speculative.residual_distribution
+WRONG_RULES = {
+    "replacement-from-p": speculative_rule(lambda p, q: min(1, p / q), lambda p, q: p),
+    "keep-with-p": speculative_rule(lambda p, q: p, RESIDUAL),
+    "keep-where-p-above-q": speculative_rule(lambda p, q: float(p >= q), RESIDUAL),
+    "bonus-from-the-last-proposal": speculative_rule(
+        lambda p, q: min(1, p / q), RESIDUAL, lambda k: max(k - 1, 0)
+    ),
+}
+STATISTICAL_TESTS = [
+    "test_accept_or_resample_gives_the_target_distribution",
+    "test_accept_or_resample_has_the_rounds_exact_law",
+]
+
+
+def test_the_speculative_grading_passes_a_rule_drawing_its_own_way():
+    grading = load_grading_tests("test_ex06_speculative_decoding")
+    right = types.SimpleNamespace(
+        accept_or_resample=speculative_rule(lambda p, q: min(1, p / q), RESIDUAL)
+    )  # the rule, with rng.choice where tinyllm draws by inverse CDF: other numbers, same law
+    for name in STATISTICAL_TESTS + ["test_accept_or_resample_greedy"]:
+        getattr(grading, name)(lambda _: right)
+
+
+@pytest.mark.parametrize("wrong", WRONG_RULES)
+def test_the_speculative_grading_fails_a_rule_that_changes_the_distribution(wrong):
+    grading = load_grading_tests("test_ex06_speculative_decoding")
+    module = types.SimpleNamespace(accept_or_resample=WRONG_RULES[wrong])
+    for name in STATISTICAL_TESTS:
+        with pytest.raises(AssertionError):
+            getattr(grading, name)(lambda _: module)
+
+
+def test_the_chi_square_tail_of_the_speculative_grading_is_scipys():
+    stats = pytest.importorskip("scipy.stats")
+    p_value = load_grading_tests("test_ex06_speculative_decoding").chi_square_p_value
+    rng = np.random.default_rng(0)
+    for cells in range(2, 12):
+        expected = rng.uniform(5, 50, cells)
+        for observed in (expected, rng.poisson(expected), rng.poisson(expected * 1.5)):
+            want = stats.chisquare(observed, expected * observed.sum() / expected.sum()).pvalue
+            got = p_value(observed, expected * observed.sum() / expected.sum())
+            assert got == pytest.approx(want, rel=1e-9, abs=1e-300)
+    assert p_value([30, 10, 0], [20, 20, 0]) > 0  # a cell of probability 0 must stay empty
+    assert p_value([30, 0, 10], [20, 20, 0]) == 0.0

@@ -107,6 +107,17 @@ RULES = {
             "tinyllm.infer.generate",
         ),
     ),
+    "ex06_speculative_decoding": Rules(
+        writes=(
+            "residual_distribution",
+            "accept_or_resample",
+            "lookup_proposals",
+            "expected_tokens_per_round",
+            "speedup",
+            "best_draft_tokens",
+        ),
+        off_limits=("tinyllm.infer.speculative",),
+    ),
     "ex07_serving": Rules(
         writes=("BlockAllocator", "block_slot", "paged_update", "schedule_step"),
         off_limits=("tinyllm.nn.paged_kv_cache", "tinyllm.infer.engine"),
