@@ -76,11 +76,16 @@ class Stops:
 
 @contextlib.contextmanager
 def inference(model):
-    """Eval mode (no dropout) and no gradient recording for one forward; both restored."""
+    """Eval mode (no dropout) and no gradient recording for one forward; both restored.
+
+    A model already in eval mode is left alone: switching walks every submodule, a cost
+    that a decoding loop would pay at every token."""
     was_training = model.training
-    model.eval()
+    if was_training:
+        model.eval()
     try:
         with no_grad():
             yield
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train(True)
