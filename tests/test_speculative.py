@@ -148,7 +148,7 @@ def test_sampled_speculation_has_the_targets_distribution(settings, speculation,
     prompt = np.array([1, 2, 3, 1, 2])  # "1 2" repeats: prompt lookup proposes "3 1"
     exact = exact_two_token_distribution(target, prompt, settings)
 
-    def sampled(n=1000):
+    def sampled(n=700):
         pairs = [
             generate(target, prompt[None], 2, seed=seed, **settings, **speculation)[0, -2:]
             for seed in range(n)
