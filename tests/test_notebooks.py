@@ -2,8 +2,8 @@
 
 Each ``notebooks/*.ipynb`` is executed in a fresh ``python3`` kernel by
 ``notebooks/execute.py`` - the script that also writes the stored outputs - on a copy in
-memory, so the file is not changed; a cell that raises fails the test with that cell's
-traceback. The stored file must hold the outputs of one clean run from the top: every code
+memory, so the file is not changed, two notebooks at a time; a cell that raises fails the
+test with that cell's traceback. The stored file must hold the outputs of one clean run from the top: every code
 cell executed, in order, none with an error. A notebook saved with its outputs stripped, or
 after running cells out of order, fails here; ``python notebooks/execute.py`` repairs it.
 New notebooks are picked up by the glob, with nothing to register.
@@ -11,6 +11,7 @@ New notebooks are picked up by the glob, with nothing to register.
 
 import importlib.util
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -39,13 +40,29 @@ def code_cells(notebook):
     return [cell for cell in notebook.cells if cell.cell_type == "code"]
 
 
-@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.name)
-def test_notebook_runs_top_to_bottom(path):
+def run_notebook(path):
+    """``(notebook, None)`` after running ``path`` top to bottom, or ``(None, error text)``."""
     notebook = nbformat.read(path, as_version=4)
     try:
         execute.execute(notebook)
     except nbclient.exceptions.CellExecutionError as err:
-        error = execute.ANSI_COLOUR.sub("", str(err))
+        return None, execute.ANSI_COLOUR.sub("", str(err))
+    return notebook, None
+
+
+@pytest.fixture(scope="module")
+def executed():
+    """Every notebook run once, two at a time: each kernel is a process of its own using one
+    BLAS thread, so two share two cores without slowing each other."""
+    workers = max(1, min(2, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        return dict(zip(PATHS, pool.map(run_notebook, PATHS)))
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.name)
+def test_notebook_runs_top_to_bottom(path, executed):
+    notebook, error = executed[path]
+    if error is not None:
         pytest.fail(f"{path.name}: a cell raised an error\n{error}", pytrace=False)
     assert [cell.execution_count for cell in code_cells(notebook)] == list(
         range(1, len(code_cells(notebook)) + 1)
