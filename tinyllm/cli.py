@@ -295,39 +295,7 @@ def configure_sample(parser):
     parser.add_argument(
         "--num-samples", type=_integer(1), default=1, help="texts to generate (default: 1)"
     )
-    parser.add_argument(
-        "--temperature",
-        type=_number(0),
-        default=0.8,
-        help="below 1 safer, above 1 more surprising; 0 always picks the likeliest token "
-        "(default: 0.8)",
-    )
-    parser.add_argument(
-        "--top-k",
-        type=_integer(1),
-        default=None,
-        help="sample among the k likeliest tokens only (default: all)",
-    )
-    parser.add_argument(
-        "--top-p",
-        type=_probability,
-        default=None,
-        help="sample among the likeliest tokens that together hold probability p, in (0, 1] "
-        "(default: all)",
-    )
-    parser.add_argument(
-        "--min-p",
-        type=_probability,
-        default=None,
-        help="drop tokens less likely than min-p times the likeliest one, in (0, 1] "
-        "(default: none dropped)",
-    )
-    parser.add_argument(
-        "--repetition-penalty",
-        type=_number(0),
-        default=None,
-        help="above 1, tokens already in the text become less likely (default: none)",
-    )
+    add_sampling_flags(parser, "temperature", "top_k", "top_p", "min_p", "repetition_penalty")
     parser.add_argument(
         "--seed", type=_integer(0), default=0, help="the first sample's seed (default: 0)"
     )
@@ -397,6 +365,40 @@ def _probability(text):
     return value
 
 
+SAMPLING_FLAGS = {  # name: (type, default, help): the sampling rules' flags
+    "temperature": (
+        _number(0), 0.8,
+        "below 1 safer, above 1 more surprising; 0 always picks the likeliest token "
+        "(default: 0.8)",
+    ),
+    "top_k": (
+        _integer(1), None,
+        "sample among the k likeliest tokens only (default: all)",
+    ),
+    "top_p": (
+        _probability, None,
+        "sample among the likeliest tokens that together hold probability p, in (0, 1] "
+        "(default: all)",
+    ),
+    "min_p": (
+        _probability, None,
+        "drop tokens less likely than min-p times the likeliest one, in (0, 1] "
+        "(default: none dropped)",
+    ),
+    "repetition_penalty": (
+        _number(0), None,
+        "above 1, tokens already in the text become less likely (default: none)",
+    ),
+}  # fmt: skip
+
+
+def add_sampling_flags(parser, *names):
+    """The flags of the sampling rules ``names`` (keys of ``SAMPLING_FLAGS``), one each."""
+    for name in names:
+        kind, default, text = SAMPLING_FLAGS[name]
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=text)
+
+
 def run_sample(args):
     from tinyllm.data import load_tokenizer
     from tinyllm.infer import GenerationStats, stream_generate
@@ -454,26 +456,7 @@ def configure_chat(parser):
         default=None,
         help="the longest reply, in tokens (default: 256, or half the context if shorter)",
     )
-    parser.add_argument(
-        "--temperature",
-        type=_number(0),
-        default=0.8,
-        help="below 1 safer, above 1 more surprising; 0 always picks the likeliest token "
-        "(default: 0.8)",
-    )
-    parser.add_argument(
-        "--top-k",
-        type=_integer(1),
-        default=None,
-        help="sample among the k likeliest tokens only (default: all)",
-    )
-    parser.add_argument(
-        "--top-p",
-        type=_probability,
-        default=None,
-        help="sample among the likeliest tokens that together hold probability p, in (0, 1] "
-        "(default: all)",
-    )
+    add_sampling_flags(parser, "temperature", "top_k", "top_p")
     parser.add_argument(
         "--seed",
         type=_integer(0),
