@@ -15,8 +15,8 @@ import math
 
 import numpy as np
 
-from ..autograd import no_grad
 from ..data.sft import pack, sft_tokens
+from ..nn.module import inference
 from ..tokenizer.chat import END_OF_TURN, format_chat
 from ..train.sft import sft_loss
 from .generate import generate
@@ -77,15 +77,10 @@ def response_perplexity(model, tokenizer, conversations, *, batch_size=8):
     ]
     rows = pack(examples, context)
     total = count = 0.0
-    was_training = model.training
-    model.eval()
-    try:
-        with no_grad():
-            for start in range(0, len(rows.ids), batch_size):
-                batch = tuple(array[start : start + batch_size] for array in rows)
-                scored = int((batch[1] != -100).sum())
-                loss, _ = sft_loss(model, batch)
-                total, count = total + loss.item() * scored, count + scored
-    finally:
-        model.train(was_training)
+    with inference(model):
+        for start in range(0, len(rows.ids), batch_size):
+            batch = tuple(array[start : start + batch_size] for array in rows)
+            scored = int((batch[1] != -100).sum())
+            loss, _ = sft_loss(model, batch)
+            total, count = total + loss.item() * scored, count + scored
     return math.exp(total / count) if count else float("nan")

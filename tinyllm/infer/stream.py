@@ -6,12 +6,11 @@ have stopped; ``GenerationStats`` counts tokens and forward passes, for tokens/s
 speculative decoding's acceptance rate.
 """
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..autograd import no_grad
+from ..nn.module import inference  # noqa: F401 - the loops import it from here
 
 
 @dataclass
@@ -72,20 +71,3 @@ class Stops:
                 pieces.append(text[len(self.shown[row]) :])
                 self.shown[row] = text
         return new_ids, pieces
-
-
-@contextlib.contextmanager
-def inference(model):
-    """Eval mode (no dropout) and no gradient recording for one forward; both restored.
-
-    A model already in eval mode is left alone: switching walks every submodule, a cost
-    that a decoding loop would pay at every token."""
-    was_training = model.training
-    if was_training:
-        model.eval()
-    try:
-        with no_grad():
-            yield
-    finally:
-        if was_training:
-            model.train(True)

@@ -45,7 +45,7 @@ import contextlib
 
 import numpy as np
 
-from ..autograd import Tensor, to_numpy
+from ..autograd import Tensor, no_grad, to_numpy
 
 
 class Parameter(Tensor):
@@ -249,3 +249,21 @@ def _assign(container, key, value):
         setattr(container, key, value)
     else:
         container[key] = value
+
+
+@contextlib.contextmanager
+def inference(model):
+    """Eval mode (no dropout) and no gradient recording around a block; both restored:
+    how generation, evaluation and a frozen reference model run.
+
+    A model already in eval mode is left alone: switching walks every submodule, a cost
+    that a decoding loop would pay at every token."""
+    was_training = model.training
+    if was_training:
+        model.eval()
+    try:
+        with no_grad():
+            yield
+    finally:
+        if was_training:
+            model.train(True)

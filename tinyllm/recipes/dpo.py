@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..autograd import no_grad
 from ..backend import NAMES as BACKENDS
 from ..backend import use_backend
 from ..config import Config
@@ -27,6 +26,7 @@ from ..data.preferences import load_preferences, preference_rows
 from ..data.tasks import TASKS, preference_pairs, task_examples
 from ..files import atomic_open
 from ..infer.evaluate import answers
+from ..nn.module import inference
 from ..tokenizer.chat import format_chat
 from ..train import TrainConfig, Trainer
 from ..train.preference import dpo_loss, reference_logps, sequence_logps
@@ -97,13 +97,8 @@ def preference_accuracy(policy, batch, beta):
 
 
 def _no_grad_loss(policy, batch, beta):
-    was_training = policy.training
-    policy.eval()
-    try:
-        with no_grad():
-            return dpo_loss(beta)(policy, batch)
-    finally:
-        policy.train(was_training)
+    with inference(policy):
+        return dpo_loss(beta)(policy, batch)
 
 
 def sampled_measures(policy, reference, tokenizer, examples, samples, seed=0):
@@ -124,7 +119,7 @@ def sampled_measures(policy, reference, tokenizer, examples, samples, seed=0):
         T = max(len(ids) for ids, _ in rows)
         ids = np.array([i + [0] * (T - len(i)) for i, _ in rows])
         targets = np.array([t + [-100] * (T - len(t)) for _, t in rows])
-        with no_grad():
+        with inference(policy), inference(reference):
             gap = sequence_logps(policy, ids, targets) - sequence_logps(reference, ids, targets)
         gaps.append(gap.numpy())
     return float(np.mean(right)), float(np.mean(np.concatenate(gaps)))

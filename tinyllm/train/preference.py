@@ -20,7 +20,7 @@ they are computed once (``reference_logps``) and travel with the batches.
 import numpy as np
 
 from .. import functional as F
-from ..autograd import no_grad
+from ..nn.module import inference
 
 
 def bradley_terry_loss(chosen_scores, rejected_scores):
@@ -53,24 +53,12 @@ def reference_logps(reference, rows, batch_size=16):
     """The reference model's log-probabilities (N,) of the chosen and of the rejected
     responses of ``rows`` (``PreferenceRows``), computed once, without gradients."""
     out = ([], [])
-    was_training = reference.training
-    reference.eval()
-    try:
-        with no_grad():
-            for start in range(0, len(rows.chosen_ids), batch_size):
-                part = slice(start, start + batch_size)
-                out[0].append(
-                    sequence_logps(
-                        reference, rows.chosen_ids[part], rows.chosen_targets[part]
-                    ).numpy()
-                )
-                out[1].append(
-                    sequence_logps(
-                        reference, rows.rejected_ids[part], rows.rejected_targets[part]
-                    ).numpy()
-                )
-    finally:
-        reference.train(was_training)
+    with inference(reference):
+        for start in range(0, len(rows.chosen_ids), batch_size):
+            part = slice(start, start + batch_size)
+            for side, ids, targets in ((0, rows.chosen_ids, rows.chosen_targets),
+                                       (1, rows.rejected_ids, rows.rejected_targets)):  # fmt: skip
+                out[side].append(sequence_logps(reference, ids[part], targets[part]).numpy())
     return np.concatenate(out[0]), np.concatenate(out[1])
 
 
