@@ -24,7 +24,7 @@ import numpy as np
 
 from ..autograd import Tensor, to_numpy
 from ..nn.kv_cache import KVCache, StaticKVCache
-from .stream import inference
+from ..nn.module import inference
 
 
 class CachedDecoder:

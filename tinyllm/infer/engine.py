@@ -44,9 +44,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..autograd import to_numpy
+from ..nn.module import inference
 from ..nn.paged_kv_cache import PagedKVCache
 from .sampling import _is_integer, check_sampling_settings, sample_next
-from .stream import Stops, inference
+from .stream import Stops
 
 
 @dataclass

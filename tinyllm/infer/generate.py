@@ -32,10 +32,11 @@ import numbers
 import numpy as np
 
 from ..autograd import Tensor, to_numpy
+from ..nn.module import inference
 from .decoder import CachedDecoder, compiled, padding_keywords
 from .sampling import _is_integer, check_sampling_settings, sample_next
 from .speculative import speculative_stream
-from .stream import GenerationStats, Stops, inference
+from .stream import GenerationStats, Stops
 
 
 def stream_generate(

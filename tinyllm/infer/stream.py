@@ -1,6 +1,6 @@
-"""What every generation loop shares: eval mode around each forward, stop conditions, counts.
+"""What every generation loop shares besides its forwards (``tinyllm.nn.module.inference``
+runs those in eval mode without gradients): stop conditions and counts.
 
-``inference(model)`` holds eval mode (no dropout) and ``no_grad`` around one forward;
 ``Stops`` turns each new column of tokens into what the stream yields, and says which rows
 have stopped; ``GenerationStats`` counts tokens and forward passes, for tokens/s and for
 speculative decoding's acceptance rate.
@@ -9,8 +9,6 @@ speculative decoding's acceptance rate.
 from dataclasses import dataclass
 
 import numpy as np
-
-from ..nn.module import inference  # noqa: F401 - the loops import it from here
 
 
 @dataclass
