@@ -216,18 +216,21 @@ class Engine:
         return outputs
 
     def _cancel(self):
+        """Finish the sequences of cancelled requests, waiting or running."""
         outputs = []
         with self.lock:
             for item in list(self.waiting):
                 request = item if isinstance(item, Request) else item.request
-                if request.cancelled:
-                    self.waiting.remove(item)
-                    sequences = [item] if isinstance(item, Sequence) else [
+                if not request.cancelled:
+                    continue
+                self.waiting.remove(item)
+                if isinstance(item, Request):  # never started: its samples end unstarted
+                    request.sequences = [
                         Sequence(None, request, i, None) for i in range(request.params.n)
-                    ]  # fmt: skip
-                    if isinstance(item, Request):
-                        request.sequences = sequences
-                    outputs += [self._finish(s, "cancelled", keep_blocks=True) for s in sequences]
+                    ]
+                    outputs += [self._finish(s, "cancelled") for s in request.sequences]
+                else:  # preempted: it holds no blocks
+                    outputs.append(self._finish(item, "cancelled"))
         for seq in [s for s in self.running if s.request.cancelled]:
             outputs.append(self._finish(seq, "cancelled"))
         return outputs
@@ -328,12 +331,12 @@ class Engine:
                 self._finish(seq, reason, report=False)
         return outputs
 
-    def _finish(self, seq, reason, *, keep_blocks=False, report=True):
+    def _finish(self, seq, reason, *, report=True):
         """Retire ``seq``: its blocks back to the pool, its request closed once all are done."""
         seq.finish_reason = reason
         if seq in self.running:
             self.running.remove(seq)
-        if not keep_blocks and seq.id in self.cache.block_tables:
+        if seq.id in self.cache.block_tables:
             if self.prefix_caching:
                 self.cache.register_full_blocks(seq.id, seq.tokens)
             self.cache.free(seq.id)
