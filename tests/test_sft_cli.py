@@ -6,15 +6,23 @@ import json
 import pytest
 
 from tinyllm.cli import main
-from tinyllm.data.tasks import task_examples
+from tinyllm.data.preferences import preference_rows
+from tinyllm.data.tasks import preference_pairs, task_examples
 from tinyllm.infer.evaluate import exact_match
-from tinyllm.recipes.sft import SFTConfig, load_chat_model
-from tinyllm.train import read_metrics
+from tinyllm.models.reward import RewardModel
+from tinyllm.recipes.posttrain import load_chat_model
+from tinyllm.recipes.reward import ranking_accuracy, scores
+from tinyllm.recipes.sft import SFTConfig
+from tinyllm.train import TrainConfig, latest_checkpoint, read_metrics
+from tinyllm.train.checkpoint import load_model
 
 PRETRAIN = ["--steps", "2", "--batch-size", "4", "--eval-batches", "1", "--samples", "0",
             "--context-length", "48", "--no-progress"]  # fmt: skip
 SFT = ["--steps", "4", "--batch-size", "4", "--examples", "40", "--eval-examples", "5",
        "--eval-interval", "2", "--log-interval", "1", "--no-progress", "--tasks", "add,sort"]  # fmt: skip
+
+
+SEED = TrainConfig().seed  # the runs draw their data with the training seed
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +46,7 @@ def test_sft_writes_a_chat_model_with_its_accuracy(base, tmp_path, capsys):
     assert "exact-match accuracy on held-out test prompts" in printed
     report = json.loads((out / "sft.json").read_text())
     model, tokenizer = load_chat_model(out)
-    test = task_examples(["add", "sort"], 5, split="test", seed=0)
+    test = task_examples(["add", "sort"], 5, split="test", seed=SEED)
     assert report["accuracy_after"] == exact_match(model, tokenizer, test)[0]
     assert report["accuracy_before"] is not None and report["config"]["tasks"] == "add,sort"
     rows = read_metrics(out / "metrics.jsonl")
@@ -81,3 +89,43 @@ def test_sft_refuses_what_it_cannot_use(tmp_path, capsys):
         SFTConfig(tasks="add,divide")
     with pytest.raises(ValueError, match="examples=0: expected an integer >= 1"):
         SFTConfig(examples=0)
+
+
+def test_reward_ranks_held_out_pairs_and_reloads(base, tmp_path, capsys):
+    out = tmp_path / "reward"
+    args = ["reward", "--model", str(base), "--out", str(out), "--pairs", "16",
+            "--eval-pairs", "6", "--tasks", "add,sort", "--steps", "3", "--batch-size", "4",
+            "--eval-interval", "3", "--log-interval", "1", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    assert "held-out test pairs ranked right:" in capsys.readouterr().out
+    report = json.loads((out / "reward.json").read_text())
+    model = load_model(latest_checkpoint(out))
+    assert isinstance(model, RewardModel)
+    _, tokenizer = load_chat_model(base)
+    test = preference_pairs(["add", "sort"], 6, split="test", seed=SEED)
+    rows = preference_rows(tokenizer, test, model.config.context_length)
+    assert report["accuracy_after"] == ranking_accuracy(model, rows)
+    chosen, rejected = scores(model, rows)
+    assert chosen.shape == rejected.shape == (6,)
+    metrics = read_metrics(out / "metrics.jsonl")
+    assert {"accuracy", "margin"} <= set(metrics[0]) and "pair_accuracy" in metrics[-1]
+    assert abs(metrics[0]["loss"] - 0.6931) < 0.2  # a fresh head: scores near each other
+
+
+def test_eval_measures_a_chat_model_and_writes_them(base, tmp_path, capsys):
+    args = ["eval", "--model", str(base), "--out", str(tmp_path), "--examples", "6",
+            "--tasks", "add,sort", "--samples", "2"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    measures = json.loads((tmp_path / "eval.json").read_text())
+    assert set(measures) == {"config", "accuracy", "accuracy_add", "accuracy_sort",
+                             "sampled_right", "response_ppl"}  # fmt: skip
+    model, tokenizer = load_chat_model(base)
+    test = task_examples(["add", "sort"], 6, split="test", seed=0)
+    assert measures["accuracy"] == exact_match(model, tokenizer, test)[0]
+    assert (
+        measures["response_ppl"] > 1 and f"response_ppl: {measures['response_ppl']:.4g}" in printed
+    )
+    with pytest.raises(SystemExit):
+        main([*args, "--split", "dev"])
+    assert "invalid choice 'dev'; expected one of train, val, test" in capsys.readouterr().err

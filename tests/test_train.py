@@ -24,6 +24,7 @@ from tinyllm.train import (
     language_model_loss,
     latest_checkpoint,
     list_checkpoints,
+    plot_losses,
     read_metrics,
 )
 
@@ -293,9 +294,18 @@ def test_eval_fn_metrics_are_logged_at_each_evaluation(tmp_path):
         calls.append(model.training)
         return {"accuracy": len(calls) / 10}
 
-    trainer = make_trainer(tmp_path / "run", config(eval_interval=3))
-    trainer.eval_fn = eval_fn
+    run = tmp_path / "run"
+    trainer = make_trainer(run, config(eval_interval=3, log_interval=4))
+    trainer.val_batches, trainer.eval_fn = [], eval_fn  # measures alone, off the log interval
     trainer.fit()
-    rows = [row for row in read_metrics(tmp_path / "run" / "metrics.jsonl") if "accuracy" in row]
-    assert [(row["step"], row["accuracy"]) for row in rows] == [(3, 0.1), (6, 0.2)]
-    assert all("val_loss" in row for row in rows)
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [(row["step"], row.get("accuracy")) for row in rows] == [(3, 0.1), (4, None), (6, 0.2)]
+    assert trainer.measure_names == ["accuracy"]
+    # the plot gains a row of panels for the measures: a taller picture
+    plain = plot_losses(rows, tmp_path / "plain.png")
+    assert png_height(run / "loss.png") > png_height(plain)
+
+
+def png_height(path):
+    """The height in pixels of a PNG (from its IHDR chunk)."""
+    return int.from_bytes(Path(path).read_bytes()[20:24], "big")

@@ -5,6 +5,8 @@ tinyllm info                     version, and which backends work here (and why 
 tinyllm grade [DIR]              grade the exercises (--solutions, --json results.json)
 tinyllm tokenizer train|encode   train a byte-level BPE (writes tokenizer.json), encode text
 tinyllm pretrain                 train a model on a corpus (flags map onto TrainConfig etc.)
+tinyllm sft | reward | dpo       post-training: fine-tune on chats, a reward model, DPO
+tinyllm eval                     measure a chat model on held-out tasks
 tinyllm generate DIR             stream text from a trained model folder (alias: sample)
 tinyllm chat DIR                 chat with a model folder in the terminal
 tinyllm speedrun                 the main job: tokenizer, pretraining, samples and a report
@@ -225,18 +227,27 @@ def run_pretrain(args):
     return 0
 
 
-# --- tinyllm sft -------------------------------------------------------------------------------
-def configure_sft(parser):
-    from tinyllm.recipes.sft import TRAIN_DEFAULTS, SFTConfig
+# --- tinyllm sft / reward / dpo / eval ----------------------------------------------------------
+def _configure_post_training(parser, recipe, config_name, description):
+    """Flags for a post-training run: its config's, then TrainConfig's with the recipe's
+    training defaults."""
+    from importlib import import_module
+
     from tinyllm.train import TrainConfig
 
-    parser.description = (
+    module = import_module(f"tinyllm.recipes.{recipe}")
+    parser.description = description
+    add_dataclass_flags(parser, getattr(module, config_name), "model, data and run folder")
+    add_dataclass_flags(parser, TrainConfig, "training", defaults=module.TRAIN_DEFAULTS)
+
+
+def configure_sft(parser):
+    _configure_post_training(
+        parser, "sft", "SFTConfig",
         "Supervised fine-tuning of a pretrained model folder on conversations (the checkable "
         "tasks by default), the loss on the assistant's tokens only. Writes the run folder "
-        "--out like pretrain does, plus sft.json with the test accuracy before and after."
-    )
-    add_dataclass_flags(parser, SFTConfig, "model, data and run folder")
-    add_dataclass_flags(parser, TrainConfig, "training", defaults=TRAIN_DEFAULTS)
+        "--out like pretrain does, plus sft.json with the test accuracy before and after.",
+    )  # fmt: skip
 
 
 def run_sft(args):
@@ -253,19 +264,37 @@ def run_sft(args):
     return 0
 
 
-# --- tinyllm dpo -------------------------------------------------------------------------------
-def configure_dpo(parser):
-    from tinyllm.recipes.dpo import TRAIN_DEFAULTS, DPOConfig
+def configure_reward(parser):
+    _configure_post_training(
+        parser, "reward", "RewardConfig",
+        "Train a reward model - the SFT model's body with a scalar head - on preference pairs "
+        "(right vs wrong answers to the checkable tasks by default) with the Bradley-Terry "
+        "loss. Writes the run folder --out like pretrain does, plus reward.json with the "
+        "share of held-out test pairs ranked right before and after.",
+    )  # fmt: skip
+
+
+def run_reward(args):
+    from tinyllm.recipes.reward import RewardConfig, reward
     from tinyllm.train import TrainConfig
 
-    parser.description = (
+    run = reward(dataclass_from_flags(RewardConfig, args), dataclass_from_flags(TrainConfig, args))
+    print(
+        f"held-out test pairs ranked right: {run.accuracy_before:.0%} before, "
+        f"{run.accuracy_after:.0%} after"
+    )
+    print(f"step {run.result.step}: train loss {run.result.train_loss:.4f}; model in {run.out}")
+    return 0
+
+
+def configure_dpo(parser):
+    _configure_post_training(
+        parser, "dpo", "DPOConfig",
         "Direct preference optimisation of an SFT model folder on preference pairs (right vs "
         "wrong answers to the checkable tasks by default), against the same model frozen as "
         "the reference. Writes the run folder --out like pretrain does, plus dpo.json with "
-        "the held-out measures before and after."
-    )
-    add_dataclass_flags(parser, DPOConfig, "model, data and run folder")
-    add_dataclass_flags(parser, TrainConfig, "training", defaults=TRAIN_DEFAULTS)
+        "the held-out measures before and after.",
+    )  # fmt: skip
 
 
 def run_dpo(args):
@@ -276,6 +305,28 @@ def run_dpo(args):
     for name in run.before:
         print(f"{name}: {run.before[name]:.4g} before, {run.after[name]:.4g} after")
     print(f"step {run.result.step}: train loss {run.result.train_loss:.4f}; model in {run.out}")
+    return 0
+
+
+def configure_eval(parser):
+    from tinyllm.recipes.evaluation import EvalConfig
+
+    parser.description = (
+        "Measure a chat model folder on held-out data: on the checkable tasks, the exact-match "
+        "accuracy of greedy answers (overall and per task), the share of right sampled "
+        "answers and the answers' perplexity; on a JSONL file of messages, the perplexity of "
+        "its assistant turns. Prints them and writes eval.json."
+    )
+    add_dataclass_flags(parser, EvalConfig, "model, data and output")
+
+
+def run_eval(args):
+    from tinyllm.recipes.evaluation import EvalConfig, evaluate
+
+    config = dataclass_from_flags(EvalConfig, args)
+    for name, value in evaluate(config).items():
+        print(f"{name}: {value:.4g}")
+    print(f"wrote {config.out or config.model}/eval.json")
     return 0
 
 
@@ -612,7 +663,9 @@ COMMANDS = {  # name: (one-line help, configure, run)
     "tokenizer": ("train a byte-level BPE tokenizer, or encode text with one", configure_tokenizer, run_tokenizer),
     "pretrain": ("train a language model on a corpus", configure_pretrain, run_pretrain),
     "sft": ("fine-tune a pretrained model to answer in chats (SFT)", configure_sft, run_sft),
+    "reward": ("train a reward model on preference pairs", configure_reward, run_reward),
     "dpo": ("tune a chat model on preference pairs (DPO)", configure_dpo, run_dpo),
+    "eval": ("measure a chat model on held-out tasks", configure_eval, run_eval),
     "generate": ("stream text from a trained model folder (alias: sample)", configure_sample, run_sample),
     "chat": ("chat with a model folder in the terminal, replies streamed", configure_chat, run_chat),
     "speedrun": ("the whole pipeline in one go: tokenizer, training, samples, report", configure_speedrun, run_speedrun),

@@ -45,11 +45,16 @@ def answers(model, tokenizer, prompts, *, max_new_tokens=32, batch_size=32, **sa
     return texts
 
 
+def is_right(example, answer):
+    """Whether ``answer`` is ``example``'s right answer (surrounding spaces ignored)."""
+    return answer.strip() == example.answer
+
+
 def exact_match(model, tokenizer, examples, **options):
     """``(accuracy, answers)``: greedy answers to ``examples`` (``TaskExample``s) compared
     with their right answers, character for character (surrounding spaces ignored)."""
     got = answers(model, tokenizer, [e.messages[:1] for e in examples], temperature=0, **options)
-    right = [g.strip() == e.answer for g, e in zip(got, examples)]
+    right = [is_right(e, g) for e, g in zip(examples, got)]
     return float(np.mean(right)) if examples else float("nan"), got
 
 

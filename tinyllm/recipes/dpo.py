@@ -12,32 +12,28 @@
 4. Before and after on held-out test prompts, in the run's ``dpo.json``.
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..backend import NAMES as BACKENDS
 from ..backend import use_backend
-from ..config import Config
 from ..data import RowBatches
 from ..data.preferences import load_preferences, preference_rows
-from ..data.tasks import TASKS, preference_pairs, task_examples
-from ..files import atomic_open
-from ..infer.evaluate import answers
+from ..data.tasks import preference_pairs, task_examples
+from ..infer.evaluate import answers, is_right
 from ..nn.module import inference
 from ..tokenizer.chat import format_chat
 from ..train import TrainConfig, Trainer
 from ..train.preference import dpo_loss, reference_logps, sequence_logps
-from .sft import check_counts_and_tasks, load_chat_model, task_names
+from .posttrain import PostTrainConfig, load_chat_model, write_summary
 
 # Preference tuning's training defaults (the other TrainConfig fields keep theirs)
 TRAIN_DEFAULTS = dict(steps=200, batch_size=16, lr=1e-4, min_lr=1e-5, eval_interval=100)
 
 
 @dataclass(frozen=True)
-class DPOConfig(Config):
+class DPOConfig(PostTrainConfig):
     model: str = field(
         default="runs/sft", metadata={"help": "the SFT model folder (policy and reference)"}
     )
@@ -46,10 +42,7 @@ class DPOConfig(Config):
         metadata={"help": "tasks (right vs wrong answers), or a .jsonl file / hf:<dataset> of "
                           "prompt/chosen/rejected"},
     )  # fmt: skip
-    tasks: str = field(
-        default="add,sort,convert",
-        metadata={"help": f"with --data tasks: which, comma-separated ({', '.join(TASKS)})"},
-    )
+    out: str = field(default="runs/dpo", metadata={"help": "the run folder"})
     pairs: int = field(default=1000, metadata={"help": "training pairs (tasks)"})
     eval_pairs: int = field(
         default=100, metadata={"help": "held-out pairs and prompts per evaluation"}
@@ -58,19 +51,13 @@ class DPOConfig(Config):
         default=0.1, metadata={"help": "how far the policy may move: small goes far"}
     )
     samples: int = field(default=2, metadata={"help": "sampled answers per held-out prompt"})
-    out: str = field(default="runs/dpo", metadata={"help": "the run folder"})
-    backend: str | None = field(
-        default=None,
-        metadata={"help": "the array library; none: the current one", "choices": BACKENDS},
-    )
-    resume: bool = field(
-        default=False, metadata={"help": "continue the run in --out from its latest checkpoint"}
-    )
+
+    COUNTS = ("pairs", "eval_pairs", "samples")
 
     def __post_init__(self):
         if not self.beta > 0:
             raise ValueError(f"DPOConfig: beta={self.beta!r}: expected a number > 0 (0.1 is usual)")
-        check_counts_and_tasks(self, ("pairs", "eval_pairs", "samples"))
+        super().__post_init__()
 
 
 @dataclass
@@ -110,7 +97,7 @@ def sampled_measures(policy, reference, tokenizer, examples, samples, seed=0):
     prompts = [e.messages[:1] for e in examples]
     for k in range(samples):
         got = answers(policy, tokenizer, prompts, temperature=1.0, seed=seed + k)
-        right += [g.strip() == e.answer for g, e in zip(got, examples)]
+        right += [is_right(e, g) for e, g in zip(examples, got)]
         rows = []
         for prompt, answer in zip(prompts, got):
             ids, mask = format_chat(tokenizer, [*prompt, {"role": "assistant", "content": answer}])
@@ -138,7 +125,7 @@ def _dpo(config, train):
     reference.eval()
     context = policy.config.context_length
     if config.data == "tasks":
-        tasks, seed = task_names(config.tasks), train.seed
+        tasks, seed = config.task_names, train.seed
         pairs = preference_pairs(tasks, config.pairs, split="train", seed=seed)
         val_pairs = preference_pairs(tasks, config.eval_pairs, split="val", seed=seed)
         val_prompts = task_examples(tasks, config.eval_pairs, split="val", seed=seed)
@@ -166,8 +153,5 @@ def _dpo(config, train):
     )  # fmt: skip
     result = trainer.fit(resume=config.resume)
     after = measures(policy, test_prompts)
-    out = Path(config.out)
-    with atomic_open(out / "dpo.json", "w") as file:
-        json.dump({"config": config.to_dict(), "before": before, "after": after, "pairs": len(pairs)},
-                  file, indent=2)  # fmt: skip
+    out = write_summary(config, "dpo", before=before, after=after, pairs=len(pairs))
     return DPORun(policy, tokenizer, result, out, before, after)

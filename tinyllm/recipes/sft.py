@@ -10,23 +10,18 @@
 4. The test accuracy before and after, in the run's ``sft.json``.
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..backend import NAMES as BACKENDS
 from ..backend import use_backend
-from ..config import Config
-from ..data import RowBatches, load_tokenizer
+from ..data import RowBatches
 from ..data.preferences import load_conversations
 from ..data.sft import pack, sft_tokens
-from ..data.tasks import TASKS, task_examples
-from ..files import atomic_open
+from ..data.tasks import task_examples
 from ..infer.evaluate import exact_match, response_perplexity
-from ..models import Transformer
-from ..tokenizer.chat import CHAT_SPECIAL_TOKENS
 from ..train import TrainConfig, Trainer
 from ..train.sft import sft_loss
+from .posttrain import PostTrainConfig, load_chat_model, write_summary
 
 # Fine-tuning's training defaults (the other TrainConfig fields keep theirs): a few hundred
 # steps from a pretrained model
@@ -34,7 +29,7 @@ TRAIN_DEFAULTS = dict(steps=300, batch_size=16, lr=1e-3, min_lr=1e-4, eval_inter
 
 
 @dataclass(frozen=True)
-class SFTConfig(Config):
+class SFTConfig(PostTrainConfig):
     model: str = field(default="runs/speedrun", metadata={"help": "the pretrained model folder"})
     data: str = field(
         default="tasks",
@@ -42,46 +37,13 @@ class SFTConfig(Config):
             "help": "tasks (the checkable tasks), or a .jsonl file / hf:<dataset> of messages"
         },
     )
-    tasks: str = field(
-        default="add,sort,convert",
-        metadata={"help": f"with --data tasks: which, comma-separated ({', '.join(TASKS)})"},
-    )
+    out: str = field(default="runs/sft", metadata={"help": "the run folder"})
     examples: int = field(default=2000, metadata={"help": "training conversations (tasks)"})
     eval_examples: int = field(
         default=100, metadata={"help": "held-out prompts for the accuracy, per evaluation"}
     )
-    out: str = field(default="runs/sft", metadata={"help": "the run folder"})
-    backend: str | None = field(
-        default=None,
-        metadata={"help": "the array library; none: the current one", "choices": BACKENDS},
-    )
-    resume: bool = field(
-        default=False, metadata={"help": "continue the run in --out from its latest checkpoint"}
-    )
 
-    def __post_init__(self):
-        check_counts_and_tasks(self, ("examples", "eval_examples"))
-
-
-def task_names(text):
-    """The task names of a comma-separated ``--tasks`` value."""
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def check_counts_and_tasks(config, counts):
-    """Raise unless each of the fields ``counts`` of ``config`` is an integer >= 1 and, with
-    ``data="tasks"``, every task it names exists."""
-    kind = type(config).__name__
-    for name in counts:
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{kind}: {name}={value!r}: expected an integer >= 1")
-    if config.data == "tasks":
-        for task in task_names(config.tasks):
-            if task not in TASKS:
-                raise ValueError(
-                    f"{kind}: unknown task {task!r}: expected some of {', '.join(TASKS)}"
-                )
+    COUNTS = ("examples", "eval_examples")
 
 
 @dataclass
@@ -97,18 +59,6 @@ class SFTRun:
     accuracy_after: float | None
 
 
-def load_chat_model(directory):
-    """A model folder's ``Transformer`` and tokenizer, checked for the chat tokens."""
-    tokenizer = load_tokenizer(directory)
-    missing = [t for t in CHAT_SPECIAL_TOKENS if t not in getattr(tokenizer, "special_tokens", {})]
-    if missing:
-        raise ValueError(
-            f"{directory}: its tokenizer lacks the chat tokens {missing}; fine-tune a model "
-            "pretrained with a BPE tokenizer (tinyllm pretrain --tokenizer bpe, or speedrun)"
-        )
-    return Transformer.from_pretrained(directory), tokenizer
-
-
 def sft(config, train=None):
     """Run the recipe in the module docstring; returns an ``SFTRun``."""
     train = TrainConfig(**TRAIN_DEFAULTS) if train is None else train
@@ -120,7 +70,7 @@ def _sft(config, train):
     model, tokenizer = load_chat_model(config.model)
     context = model.config.context_length
     if config.data == "tasks":
-        tasks = task_names(config.tasks)
+        tasks = config.task_names
         conversations = [
             e.messages
             for e in task_examples(tasks, config.examples, split="train", seed=train.seed)
@@ -153,8 +103,6 @@ def _sft(config, train):
     )  # fmt: skip
     result = trainer.fit(resume=config.resume)
     after = exact_match(model, tokenizer, test)[0] if test is not None else None
-    out = Path(config.out)
-    with atomic_open(out / "sft.json", "w") as file:
-        json.dump({"config": config.to_dict(), "accuracy_before": before, "accuracy_after": after,
-                   "conversations": len(conversations), "rows": len(rows.ids)}, file, indent=2)  # fmt: skip
+    out = write_summary(config, "sft", accuracy_before=before, accuracy_after=after,
+                        conversations=len(conversations), rows=len(rows.ids))  # fmt: skip
     return SFTRun(model, tokenizer, result, out, before, after)

@@ -49,33 +49,51 @@ def read_metrics(path):
     return rows
 
 
-def plot_losses(rows, path, title="training"):
-    """Save train and validation loss against step (and the learning rate) as a PNG."""
+def plot_losses(rows, path, title="training", measures=()):
+    """Save train and validation loss against step, and the learning rate, as a PNG; below
+    them, one small panel for each of ``measures`` (names of held-out measures in the rows,
+    an accuracy say) against step."""
     from matplotlib.figure import Figure
 
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-    lr = [(r["step"], r["lr"]) for r in rows if "lr" in r]
-    figure = Figure(figsize=(10, 3.6))  # no pyplot: no global state, no window
-    left, right = figure.subplots(1, 2)
+    train = _series(rows, "loss")
+    val = _series(rows, "val_loss")
+    measures = [name for name in measures if _series(rows, name)]
+    figure = Figure(figsize=(10, 3.6 + 2.6 * bool(measures)))  # no pyplot: no global state
+    grid = figure.add_gridspec(1 + bool(measures), max(2, len(measures)))
+    half = max(2, len(measures)) // 2
+    left, right = figure.add_subplot(grid[0, :half]), figure.add_subplot(grid[0, half:])
     if train:
         left.plot(*zip(*train), label="train", linewidth=1)
     if val:
         left.plot(*zip(*val), "o-", label="validation", markersize=3)
         best = min(v for _, v in val)
         left.set_title(f"{title}: best val loss {best:.3f} (ppl {math.exp(min(best, 50)):.1f})")
+    else:
+        left.set_title(title)
     left.set_xlabel("step")
-    left.set_ylabel("cross-entropy (nats/token)")
+    left.set_ylabel("loss")
     left.grid(alpha=0.3)
     left.legend()
+    lr = _series(rows, "lr")
     if lr:
         right.plot(*zip(*lr), color="tab:green")
     right.set_xlabel("step")
     right.set_ylabel("learning rate")
     right.set_title("schedule")
     right.grid(alpha=0.3)
+    for column, name in enumerate(measures):
+        axes = figure.add_subplot(grid[1, column])
+        axes.plot(*zip(*_series(rows, name)), "o-", color="tab:purple", markersize=3)
+        axes.set_title(f"held out: {name}")
+        axes.set_xlabel("step")
+        axes.grid(alpha=0.3)
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     return path
+
+
+def _series(rows, name):
+    """``(step, value)`` for each row that has ``name``."""
+    return [(r["step"], r[name]) for r in rows if name in r]

@@ -115,6 +115,7 @@ class Trainer:
         self.model, self.config, self.train_batches = model, config, train_batches
         self.val_batches, self.loss_fn, self.sample_fn = list(val_batches), loss_fn, sample_fn
         self.eval_fn = eval_fn
+        self.measure_names = []  # what eval_fn has returned, in order: plotted with the losses
         self.tokenizer, self.title = tokenizer, title
         self.out_dir = None if out_dir is None else Path(out_dir)
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -181,16 +182,20 @@ class Trainer:
                     row |= {"tokens": self.tokens_seen, "tokens_per_s": rate}
                 row["seconds"] = self.seconds + elapsed
                 eval_due = c.eval_interval and self.step % c.eval_interval == 0
-                if (eval_due or self.step == c.steps) and self._stop is None:
+                evaluated = (eval_due or self.step == c.steps) and self._stop is None
+                if evaluated:
                     self._evaluate(row, bar)
                 samples = row.get("samples")  # None unless this step was evaluated
-                if log is not None and (self.step % c.log_interval == 0 or "val_loss" in row):
+                if log is not None and (self.step % c.log_interval == 0 or evaluated):
                     log.write(row)
                 if self.out_dir is not None:
                     due = c.checkpoint_interval and self.step % c.checkpoint_interval == 0
                     if due or self.step == c.steps or self._stop is not None:
                         saved = self.save(elapsed=self.seconds + elapsed)
-                        plot_losses(read_metrics(log.path), self.out_dir / "loss.png", self.title)
+                        plot_losses(
+                            read_metrics(log.path), self.out_dir / "loss.png", self.title,
+                            measures=self.measure_names,
+                        )  # fmt: skip
         bar.close()
         steps = self.step - first_step
         return TrainResult(
@@ -373,6 +378,7 @@ class Trainer:
             )
         if self.eval_fn is not None:
             scores = {name: float(value) for name, value in self.eval_fn(self.model).items()}
+            self.measure_names = [*dict.fromkeys([*self.measure_names, *scores])]
             row |= scores
             shown = ", ".join(f"{name} {value:.4g}" for name, value in scores.items())
             self._say(bar, f"step {self.step}: {shown}")

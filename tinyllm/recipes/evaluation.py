@@ -1,0 +1,70 @@
+"""``tinyllm eval``: a chat model folder measured on held-out data, the numbers in a file.
+
+On the checkable tasks (the default): the exact-match accuracy of greedy answers, overall
+and per task; the share of right answers among *sampled* ones (temperature 1), the
+property preference tuning moves; and the perplexity of the right answers. On a JSONL file
+or ``hf:<dataset>`` of ``messages``: the perplexity of its assistant turns.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..backend import use_backend
+from ..data.preferences import load_conversations
+from ..data.tasks import SPLITS, task_examples
+from ..infer.evaluate import exact_match, is_right, property_rate, response_perplexity
+from .posttrain import ChatRunConfig, load_chat_model, write_summary
+
+
+@dataclass(frozen=True)
+class EvalConfig(ChatRunConfig):
+    model: str = field(default="runs/sft", metadata={"help": "the chat model folder"})
+    data: str = field(
+        default="tasks",
+        metadata={
+            "help": "tasks (the checkable tasks), or a .jsonl file / hf:<dataset> of messages"
+        },
+    )
+    out: str = field(
+        default="", metadata={"help": "the folder for eval.json (default: the model folder)"}
+    )
+    examples: int = field(default=200, metadata={"help": "held-out prompts (tasks)"})
+    split: str = field(
+        default="test", metadata={"help": "which held-out split (tasks)", "choices": tuple(SPLITS)}
+    )
+    samples: int = field(default=1, metadata={"help": "sampled answers per prompt (tasks)"})
+    seed: int = field(default=0, metadata={"help": "draws the prompts and the samples"})
+
+    COUNTS = ("examples", "samples")
+
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise ValueError(f"EvalConfig: split={self.split!r}: expected one of {tuple(SPLITS)}")
+        super().__post_init__()
+
+
+def evaluate(config):
+    """Measure the model as the module docstring says; returns the measures (a dict), also
+    written to ``eval.json``."""
+    with use_backend(config.backend):
+        model, tokenizer = load_chat_model(config.model)
+        if config.data != "tasks":
+            conversations = load_conversations(config.data)
+            measures = {"response_ppl": response_perplexity(model, tokenizer, conversations)}
+        else:
+            examples = task_examples(
+                config.task_names, config.examples, split=config.split, seed=config.seed
+            )
+            accuracy, got = exact_match(model, tokenizer, examples)
+            measures = {"accuracy": accuracy}
+            for task in config.task_names:
+                hits = [is_right(e, g) for e, g in zip(examples, got) if e.task == task]
+                measures[f"accuracy_{task}"] = float(np.mean(hits))
+            measures["sampled_right"] = property_rate(
+                model, tokenizer, examples, is_right, samples=config.samples, seed=config.seed
+            )
+            conversations = [e.messages for e in examples]
+            measures["response_ppl"] = response_perplexity(model, tokenizer, conversations)
+    write_summary(config.replace(out=config.out or config.model), "eval", **measures)
+    return measures

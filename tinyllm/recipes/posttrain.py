@@ -1,0 +1,91 @@
+"""What the post-training runs (``sft``, ``reward``, ``dpo``, ``eval``) share: where the
+model comes from, where the data comes from, where the run goes, and the model's check.
+
+Each run's config is a ``ChatRunConfig`` (``PostTrainConfig`` for those that train, which
+may resume) with fields of its own. ``--data tasks`` (the
+default) means the checkable tasks of ``tinyllm.data.tasks`` named by ``--tasks``; anything
+else is a JSONL file or ``hf:<dataset>`` in the shape the run reads.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..backend import NAMES as BACKENDS
+from ..config import Config
+from ..data import load_tokenizer
+from ..data.tasks import TASKS
+from ..files import atomic_open
+from ..models import Transformer
+from ..tokenizer.chat import CHAT_SPECIAL_TOKENS
+
+
+@dataclass(frozen=True)
+class ChatRunConfig(Config):
+    """The fields every run on a chat model has; ``COUNTS`` names a subclass's fields that
+    must be integers >= 1."""
+
+    model: str = field(default="runs/speedrun", metadata={"help": "the model folder to start from"})
+    data: str = field(
+        default="tasks",
+        metadata={"help": "tasks (the checkable tasks), or a .jsonl file / hf:<dataset>"},
+    )
+    tasks: str = field(
+        default="add,sort,convert",
+        metadata={"help": f"with --data tasks: which, comma-separated ({', '.join(TASKS)})"},
+    )
+    out: str = field(default="runs/run", metadata={"help": "the run folder"})
+    backend: str | None = field(
+        default=None,
+        metadata={"help": "the array library; none: the current one", "choices": BACKENDS},
+    )
+
+    COUNTS = ()
+
+    def __post_init__(self):
+        kind = type(self).__name__
+        for name in self.COUNTS:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{kind}: {name}={value!r}: expected an integer >= 1")
+        if self.data == "tasks":
+            for task in self.task_names:
+                if task not in TASKS:
+                    raise ValueError(
+                        f"{kind}: unknown task {task!r}: expected some of {', '.join(TASKS)}"
+                    )
+
+    @property
+    def task_names(self):
+        """The task names of the comma-separated ``tasks``."""
+        return [t.strip() for t in self.tasks.split(",") if t.strip()]
+
+
+@dataclass(frozen=True)
+class PostTrainConfig(ChatRunConfig):
+    """A run that trains: it may continue from its latest checkpoint."""
+
+    resume: bool = field(
+        default=False, metadata={"help": "continue the run in --out from its latest checkpoint"}
+    )
+
+
+def load_chat_model(directory):
+    """A model folder's ``Transformer`` and tokenizer, checked for the chat tokens."""
+    tokenizer = load_tokenizer(directory)
+    missing = [t for t in CHAT_SPECIAL_TOKENS if t not in getattr(tokenizer, "special_tokens", {})]
+    if missing:
+        raise ValueError(
+            f"{directory}: its tokenizer lacks the chat tokens {missing}; fine-tune a model "
+            "pretrained with a BPE tokenizer (tinyllm pretrain --tokenizer bpe, or speedrun)"
+        )
+    return Transformer.from_pretrained(directory), tokenizer
+
+
+def write_summary(config, name, **facts):
+    """``<out>/<name>.json``: the run's config and ``facts`` (what was measured), written
+    whole or not at all; returns the run folder."""
+    out = Path(config.out)
+    with atomic_open(out / f"{name}.json", "w") as file:
+        json.dump({"config": config.to_dict(), **facts}, file, indent=2)
+    return out

@@ -1,0 +1,115 @@
+"""A reward model as a run: an SFT model folder in, a model that scores conversations out.
+
+1. Load the SFT model; its body becomes the reward model's (``RewardModel.from_language_model``),
+   the scalar head starts fresh.
+2. Preference pairs: the checkable tasks' right-vs-wrong answers (the default) or a JSONL
+   file / ``hf:<dataset>`` in TRL's ``prompt`` / ``chosen`` / ``rejected`` shape.
+3. Train with the one ``Trainer`` and the Bradley-Terry ``reward_loss``; at each evaluation,
+   the share of held-out validation pairs ranked right.
+4. The held-out test accuracy before and after, in the run's ``reward.json``.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..backend import use_backend
+from ..data import RowBatches
+from ..data.preferences import load_preferences, preference_rows
+from ..data.tasks import preference_pairs
+from ..models.reward import RewardModel
+from ..nn.module import inference
+from ..train import TrainConfig, Trainer
+from ..train.preference import reward_loss
+from .posttrain import PostTrainConfig, load_chat_model, write_summary
+
+# The reward model's training defaults (the other TrainConfig fields keep theirs)
+TRAIN_DEFAULTS = dict(steps=200, batch_size=16, lr=3e-4, min_lr=3e-5, eval_interval=100)
+
+
+@dataclass(frozen=True)
+class RewardConfig(PostTrainConfig):
+    model: str = field(
+        default="runs/sft", metadata={"help": "the SFT model folder (the reward model's body)"}
+    )
+    data: str = field(
+        default="tasks",
+        metadata={"help": "tasks (right vs wrong answers), or a .jsonl file / hf:<dataset> of "
+                          "prompt/chosen/rejected"},
+    )  # fmt: skip
+    out: str = field(default="runs/reward", metadata={"help": "the run folder"})
+    pairs: int = field(default=2000, metadata={"help": "training pairs (tasks)"})
+    eval_pairs: int = field(default=200, metadata={"help": "held-out pairs per evaluation"})
+
+    COUNTS = ("pairs", "eval_pairs")
+
+
+@dataclass
+class RewardRun:
+    """What ``reward`` returns: the reward model, its tokenizer, the training result, the
+    run folder and the held-out test accuracy before and after."""
+
+    model: object
+    tokenizer: object
+    result: object
+    out: Path
+    accuracy_before: float
+    accuracy_after: float
+
+
+def scores(model, rows, batch_size=64):
+    """The reward model's scores of the chosen and of the rejected conversations of ``rows``
+    (``PreferenceRows``): two arrays (N,)."""
+    chosen, rejected = [], []
+    with inference(model):
+        for start in range(0, len(rows.chosen_ids), batch_size):
+            part = slice(start, start + batch_size)
+            chosen.append(model(rows.chosen_ids[part], rows.chosen_lengths[part]).numpy())
+            rejected.append(model(rows.rejected_ids[part], rows.rejected_lengths[part]).numpy())
+    return np.concatenate(chosen), np.concatenate(rejected)
+
+
+def ranking_accuracy(model, rows):
+    """The share of pairs whose chosen conversation scores higher than the rejected one."""
+    chosen, rejected = scores(model, rows)
+    return float(np.mean(chosen > rejected))
+
+
+def reward(config, train=None):
+    """Run the recipe in the module docstring; returns a ``RewardRun``."""
+    train = TrainConfig(**TRAIN_DEFAULTS) if train is None else train
+    with use_backend(config.backend):
+        return _reward(config, train)
+
+
+def _reward(config, train):
+    language_model, tokenizer = load_chat_model(config.model)
+    model = RewardModel.from_language_model(language_model, seed=train.seed)
+    context = model.config.context_length
+    if config.data == "tasks":
+        tasks, seed = config.task_names, train.seed
+        pairs = preference_pairs(tasks, config.pairs, split="train", seed=seed)
+        val = preference_pairs(tasks, config.eval_pairs, split="val", seed=seed)
+        test = preference_pairs(tasks, config.eval_pairs, split="test", seed=seed)
+    else:
+        pairs = load_preferences(config.data)
+        cut = max(1, len(pairs) // 20)  # 5% for validation, 5% for the test
+        val, test, pairs = pairs[:cut], pairs[cut : 2 * cut], pairs[2 * cut :]
+        if not pairs:
+            raise ValueError(f"{config.data}: {len(val) + len(test)} pairs are too few: "
+                             "expected at least 3 (validation, test and training)")  # fmt: skip
+    val_rows, test_rows = (preference_rows(tokenizer, p, context) for p in (val, test))
+    before = ranking_accuracy(model, test_rows)
+    trainer = Trainer(
+        model, train,
+        RowBatches(tuple(preference_rows(tokenizer, pairs, context)), train.micro_batch_size,
+                   seed=train.seed),
+        loss_fn=reward_loss, eval_fn=lambda m: {"pair_accuracy": ranking_accuracy(m, val_rows)},
+        out_dir=config.out, tokenizer=tokenizer, title="reward model",
+    )  # fmt: skip
+    result = trainer.fit(resume=config.resume)
+    after = ranking_accuracy(model, test_rows)
+    out = write_summary(config, "reward", accuracy_before=before, accuracy_after=after,
+                        pairs=len(pairs))  # fmt: skip
+    return RewardRun(model, tokenizer, result, out, before, after)
