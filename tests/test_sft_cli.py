@@ -8,10 +8,12 @@ import pytest
 from tinyllm.cli import main
 from tinyllm.data.preferences import preference_rows
 from tinyllm.data.tasks import preference_pairs, task_examples
-from tinyllm.infer.evaluate import exact_match
+from tinyllm.infer.evaluate import exact_match, task_measures
 from tinyllm.models.reward import RewardModel
+from tinyllm.recipes.dpo import DPOConfig
+from tinyllm.recipes.evaluation import EvalConfig
 from tinyllm.recipes.posttrain import load_chat_model
-from tinyllm.recipes.reward import ranking_accuracy, scores
+from tinyllm.recipes.reward import RewardConfig, ranking_accuracy, scores
 from tinyllm.recipes.sft import SFTConfig
 from tinyllm.train import TrainConfig, latest_checkpoint, read_metrics
 from tinyllm.train.checkpoint import load_model
@@ -43,12 +45,15 @@ def test_sft_writes_a_chat_model_with_its_accuracy(base, tmp_path, capsys):
     out = tmp_path / "sft"
     assert main(["sft", "--model", str(base), "--out", str(out), *SFT]) == 0
     printed = capsys.readouterr().out
-    assert "exact-match accuracy on held-out test prompts" in printed
+    assert "on held-out test data:\n  accuracy: " in printed
     report = json.loads((out / "sft.json").read_text())
     model, tokenizer = load_chat_model(out)
     test = task_examples(["add", "sort"], 5, split="test", seed=SEED)
-    assert report["accuracy_after"] == exact_match(model, tokenizer, test)[0]
-    assert report["accuracy_before"] is not None and report["config"]["tasks"] == "add,sort"
+    pairs = preference_pairs(["add", "sort"], 5, split="test", seed=SEED)
+    assert report["after"] == task_measures(model, tokenizer, test, pairs=pairs)
+    assert set(report["before"]) == {"accuracy", "accuracy_add", "accuracy_sort",
+                                     "sampled_right", "preference_accuracy"}  # fmt: skip
+    assert report["config"]["tasks"] == "add,sort"
     rows = read_metrics(out / "metrics.jsonl")
     evaluated = [row for row in rows if "accuracy" in row]
     assert [row["step"] for row in evaluated] == [2, 4]
@@ -69,9 +74,10 @@ def test_dpo_after_sft_records_its_measures_before_and_after(base, tmp_path, cap
             "--batch-size", "4", "--eval-interval", "3", "--log-interval", "1", "--no-progress"]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "preference_accuracy:" in printed and "kl: 0 before" in printed
+    assert "  preference_accuracy: " in printed and "kl: 0 before" in printed
     report = json.loads((dpo_out / "dpo.json").read_text())
-    assert set(report["before"]) == {"preference_accuracy", "sampled_right", "kl"}
+    assert set(report["before"]) == {"accuracy", "accuracy_add", "sampled_right",
+                                     "preference_accuracy", "kl"}  # fmt: skip
     assert report["before"]["kl"] == 0.0  # the policy starts as the reference
     rows = read_metrics(dpo_out / "metrics.jsonl")
     assert {"reward_chosen", "reward_rejected", "margin", "accuracy"} <= set(rows[0])
@@ -97,14 +103,14 @@ def test_reward_ranks_held_out_pairs_and_reloads(base, tmp_path, capsys):
             "--eval-pairs", "6", "--tasks", "add,sort", "--steps", "3", "--batch-size", "4",
             "--eval-interval", "3", "--log-interval", "1", "--no-progress"]  # fmt: skip
     assert main(args) == 0
-    assert "held-out test pairs ranked right:" in capsys.readouterr().out
+    assert "  pair_accuracy: " in capsys.readouterr().out
     report = json.loads((out / "reward.json").read_text())
     model = load_model(latest_checkpoint(out))
     assert isinstance(model, RewardModel)
     _, tokenizer = load_chat_model(base)
     test = preference_pairs(["add", "sort"], 6, split="test", seed=SEED)
     rows = preference_rows(tokenizer, test, model.config.context_length)
-    assert report["accuracy_after"] == ranking_accuracy(model, rows)
+    assert report["after"]["pair_accuracy"] == ranking_accuracy(model, rows)
     chosen, rejected = scores(model, rows)
     assert chosen.shape == rejected.shape == (6,)
     metrics = read_metrics(out / "metrics.jsonl")
@@ -119,7 +125,7 @@ def test_eval_measures_a_chat_model_and_writes_them(base, tmp_path, capsys):
     printed = capsys.readouterr().out
     measures = json.loads((tmp_path / "eval.json").read_text())
     assert set(measures) == {"config", "accuracy", "accuracy_add", "accuracy_sort",
-                             "sampled_right", "response_ppl"}  # fmt: skip
+                             "sampled_right", "preference_accuracy", "response_ppl"}  # fmt: skip
     model, tokenizer = load_chat_model(base)
     test = task_examples(["add", "sort"], 6, split="test", seed=0)
     assert measures["accuracy"] == exact_match(model, tokenizer, test)[0]
@@ -129,3 +135,10 @@ def test_eval_measures_a_chat_model_and_writes_them(base, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*args, "--split", "dev"])
     assert "invalid choice 'dev'; expected one of train, val, test" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", [SFTConfig(), RewardConfig(), DPOConfig(), EvalConfig()])
+def test_the_default_runs_find_their_task_data(config):
+    count = getattr(config, "examples", None) or config.pairs
+    for split, n in (("train", count), ("val", 100), ("test", 100)):
+        assert len(preference_pairs(config.task_names, n, split=split)) == n

@@ -246,7 +246,7 @@ def configure_sft(parser):
         parser, "sft", "SFTConfig",
         "Supervised fine-tuning of a pretrained model folder on conversations (the checkable "
         "tasks by default), the loss on the assistant's tokens only. Writes the run folder "
-        "--out like pretrain does, plus sft.json with the test accuracy before and after.",
+        "--out like pretrain does, plus sft.json with the held-out measures before and after.",
     )  # fmt: skip
 
 
@@ -255,11 +255,15 @@ def run_sft(args):
     from tinyllm.train import TrainConfig
 
     run = sft(dataclass_from_flags(SFTConfig, args), dataclass_from_flags(TrainConfig, args))
-    if run.accuracy_before is not None:
-        print(
-            f"exact-match accuracy on held-out test prompts: {run.accuracy_before:.0%} before, "
-            f"{run.accuracy_after:.0%} after"
-        )
+    return _print_run(run)
+
+
+def _print_run(run):
+    """A post-training run's held-out measures before and after, and where it went."""
+    if run.before:
+        print("on held-out test data:")
+    for name in run.before:
+        print(f"  {name}: {run.before[name]:.4g} before, {run.after[name]:.4g} after")
     print(f"step {run.result.step}: train loss {run.result.train_loss:.4f}; model in {run.out}")
     return 0
 
@@ -270,7 +274,7 @@ def configure_reward(parser):
         "Train a reward model - the SFT model's body with a scalar head - on preference pairs "
         "(right vs wrong answers to the checkable tasks by default) with the Bradley-Terry "
         "loss. Writes the run folder --out like pretrain does, plus reward.json with the "
-        "share of held-out test pairs ranked right before and after.",
+        "share of held-out test pairs ranked right (pair_accuracy) before and after.",
     )  # fmt: skip
 
 
@@ -279,12 +283,7 @@ def run_reward(args):
     from tinyllm.train import TrainConfig
 
     run = reward(dataclass_from_flags(RewardConfig, args), dataclass_from_flags(TrainConfig, args))
-    print(
-        f"held-out test pairs ranked right: {run.accuracy_before:.0%} before, "
-        f"{run.accuracy_after:.0%} after"
-    )
-    print(f"step {run.result.step}: train loss {run.result.train_loss:.4f}; model in {run.out}")
-    return 0
+    return _print_run(run)
 
 
 def configure_dpo(parser):
@@ -302,10 +301,7 @@ def run_dpo(args):
     from tinyllm.train import TrainConfig
 
     run = dpo(dataclass_from_flags(DPOConfig, args), dataclass_from_flags(TrainConfig, args))
-    for name in run.before:
-        print(f"{name}: {run.before[name]:.4g} before, {run.after[name]:.4g} after")
-    print(f"step {run.result.step}: train loss {run.result.train_loss:.4f}; model in {run.out}")
-    return 0
+    return _print_run(run)
 
 
 def configure_eval(parser):

@@ -5,7 +5,11 @@
 - ``property_rate``: the share of *sampled* answers that have a checkable property - what
   preference tuning moves, since it reshapes the whole distribution, not only its top;
 - ``response_perplexity``: exp of the mean loss on the assistant's tokens of conversations
-  the model did not train on.
+  the model did not train on;
+- ``preference_accuracy``: the share of preference pairs whose right response the model
+  finds more likely than the wrong one;
+- ``task_measures``: all that a chat model's run reports before and after training, and
+  with a reference model, the KL divergence to it on the model's own samples.
 
 Answers are generated in batches of prompts of different lengths (``generate`` pads them),
 each stopping at its own ``<|end|>``.
@@ -15,9 +19,11 @@ import math
 
 import numpy as np
 
-from ..data.sft import pack, sft_tokens
+from ..data.preferences import normalize_pair
+from ..data.sft import IGNORE, pack, sft_tokens
 from ..nn.module import inference
 from ..tokenizer.chat import END_OF_TURN, format_chat
+from ..train.preference import sequence_logps
 from ..train.sft import sft_loss
 from .generate import generate
 
@@ -89,3 +95,64 @@ def response_perplexity(model, tokenizer, conversations, *, batch_size=8):
             loss, _ = sft_loss(model, batch)
             total, count = total + loss.item() * scored, count + scored
     return math.exp(total / count) if count else float("nan")
+
+
+def response_logps(model, tokenizer, prompts, responses, *, batch_size=32):
+    """log p(response | prompt) under ``model`` for each prompt (a message list) and its
+    response (text): the sum over the assistant's tokens and its ``<|end|>``, (N,) floats.
+    A conversation longer than the context is cut at its end."""
+    context = model.config.context_length
+    rows = []
+    for prompt, response in zip(prompts, responses):
+        ids, mask = format_chat(tokenizer, [*prompt, {"role": "assistant", "content": response}])
+        ids, mask = ids[:context], mask[:context]
+        rows.append((ids, [t if m else IGNORE for t, m in zip(ids[1:], mask[1:])] + [IGNORE]))
+    out = []
+    with inference(model):
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            T = max(len(ids) for ids, _ in chunk)
+            ids = np.array([i + [0] * (T - len(i)) for i, _ in chunk])
+            targets = np.array([t + [IGNORE] * (T - len(t)) for _, t in chunk])
+            out.append(sequence_logps(model, ids, targets).numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def preference_accuracy(model, tokenizer, pairs):
+    """The share of ``pairs`` (preference records or ``(prompt, chosen, rejected)``
+    tuples) whose chosen response is more likely under ``model`` than the rejected one."""
+    pairs = [p if isinstance(p, tuple) else normalize_pair(p, i) for i, p in enumerate(pairs)]
+    prompts = [prompt for prompt, _, _ in pairs]
+    chosen = response_logps(model, tokenizer, prompts, [c for _, c, _ in pairs])
+    rejected = response_logps(model, tokenizer, prompts, [r for _, _, r in pairs])
+    return float(np.mean(chosen > rejected)) if pairs else float("nan")
+
+
+def task_measures(model, tokenizer, examples, *, pairs=None, samples=1, reference=None, seed=0):
+    """What a chat model does on held-out ``examples`` (``TaskExample``s): ``accuracy`` (of
+    greedy answers) overall and per task, ``sampled_right`` (the share of right answers
+    among ``samples`` sampled at temperature 1 per prompt) and, given them,
+    ``preference_accuracy`` on ``pairs`` and ``kl``, the mean of log model(answer) -
+    log reference(answer) over the sampled answers: a Monte-Carlo estimate of
+    KL(model || reference)."""
+    accuracy, got = exact_match(model, tokenizer, examples)
+    measures = {"accuracy": accuracy}
+    for task in dict.fromkeys(e.task for e in examples):
+        hits = [is_right(e, g) for e, g in zip(examples, got) if e.task == task]
+        measures[f"accuracy_{task}"] = float(np.mean(hits))
+    prompts = [e.messages[:1] for e in examples]
+    right, gaps = [], []
+    for k in range(samples):
+        sampled = answers(model, tokenizer, prompts, temperature=1.0, seed=seed + k)
+        right += [is_right(e, a) for e, a in zip(examples, sampled)]
+        if reference is not None:
+            gaps.append(
+                response_logps(model, tokenizer, prompts, sampled)
+                - response_logps(reference, tokenizer, prompts, sampled)
+            )
+    measures["sampled_right"] = float(np.mean(right)) if right else float("nan")
+    if pairs is not None:
+        measures["preference_accuracy"] = preference_accuracy(model, tokenizer, pairs)
+    if reference is not None:
+        measures["kl"] = float(np.mean(np.concatenate(gaps)))
+    return measures

@@ -15,18 +15,21 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ..backend import use_backend
 from ..data import RowBatches
 from ..data.preferences import load_preferences, preference_rows
-from ..data.tasks import preference_pairs, task_examples
-from ..infer.evaluate import answers, is_right
-from ..nn.module import inference
-from ..tokenizer.chat import format_chat
+from ..data.tasks import preference_pairs
+from ..infer.evaluate import preference_accuracy, task_measures
 from ..train import TrainConfig, Trainer
-from ..train.preference import dpo_loss, reference_logps, sequence_logps
-from .posttrain import PostTrainConfig, load_chat_model, write_summary
+from ..train.preference import dpo_loss, reference_logps
+from .posttrain import (
+    HeldOut,
+    PostTrainConfig,
+    held_out,
+    load_chat_model,
+    training_threads_for,
+    write_summary,
+)
 
 # Preference tuning's training defaults (the other TrainConfig fields keep theirs)
 TRAIN_DEFAULTS = dict(steps=200, batch_size=16, lr=1e-4, min_lr=1e-5, eval_interval=100)
@@ -77,41 +80,6 @@ def _with_reference(reference, rows):
     return (*rows, *reference_logps(reference, rows))
 
 
-def preference_accuracy(policy, batch, beta):
-    """The share of pairs whose chosen response gets the larger implicit reward."""
-    _, metrics = _no_grad_loss(policy, batch, beta)
-    return float(metrics["accuracy"])
-
-
-def _no_grad_loss(policy, batch, beta):
-    with inference(policy):
-        return dpo_loss(beta)(policy, batch)
-
-
-def sampled_measures(policy, reference, tokenizer, examples, samples, seed=0):
-    """On answers sampled from ``policy`` (temperature 1): the share that are right, and the
-    mean of log pi(answer) - log ref(answer), a Monte-Carlo estimate of KL(policy || ref)
-    (over the part of an answer that fits the context)."""
-    right, gaps = [], []
-    context = policy.config.context_length
-    prompts = [e.messages[:1] for e in examples]
-    for k in range(samples):
-        got = answers(policy, tokenizer, prompts, temperature=1.0, seed=seed + k)
-        right += [is_right(e, g) for e, g in zip(examples, got)]
-        rows = []
-        for prompt, answer in zip(prompts, got):
-            ids, mask = format_chat(tokenizer, [*prompt, {"role": "assistant", "content": answer}])
-            ids, mask = ids[:context], mask[:context]
-            rows.append((ids, [t if m else -100 for t, m in zip(ids[1:], mask[1:])] + [-100]))
-        T = max(len(ids) for ids, _ in rows)
-        ids = np.array([i + [0] * (T - len(i)) for i, _ in rows])
-        targets = np.array([t + [-100] * (T - len(t)) for _, t in rows])
-        with inference(policy), inference(reference):
-            gap = sequence_logps(policy, ids, targets) - sequence_logps(reference, ids, targets)
-        gaps.append(gap.numpy())
-    return float(np.mean(right)), float(np.mean(np.concatenate(gaps)))
-
-
 def dpo(config, train=None):
     """Run the recipe in the module docstring; returns a ``DPORun``."""
     train = TrainConfig(**TRAIN_DEFAULTS) if train is None else train
@@ -125,33 +93,33 @@ def _dpo(config, train):
     reference.eval()
     context = policy.config.context_length
     if config.data == "tasks":
-        tasks, seed = config.task_names, train.seed
-        pairs = preference_pairs(tasks, config.pairs, split="train", seed=seed)
-        val_pairs = preference_pairs(tasks, config.eval_pairs, split="val", seed=seed)
-        val_prompts = task_examples(tasks, config.eval_pairs, split="val", seed=seed)
-        test_prompts = task_examples(tasks, config.eval_pairs, split="test", seed=seed)
+        pairs = preference_pairs(config.task_names, config.pairs, split="train", seed=train.seed)
+        val, test = (
+            held_out(config, split, config.eval_pairs, train.seed) for split in ("val", "test")
+        )
     else:
         pairs = load_preferences(config.data)
         cut = max(1, len(pairs) // 20)
-        pairs, val_pairs = pairs[cut:], pairs[:cut]
-        val_prompts = test_prompts = None
+        pairs, val = pairs[cut:], HeldOut(None, pairs[:cut])
+        test = val
     train_rows = _with_reference(reference, preference_rows(tokenizer, pairs, context))
-    val_rows = _with_reference(reference, preference_rows(tokenizer, val_pairs, context))
 
-    def measures(model, prompts):
-        scores = {"preference_accuracy": preference_accuracy(model, val_rows, config.beta)}
-        if prompts is not None:
-            right, kl = sampled_measures(model, reference, tokenizer, prompts, config.samples)
-            scores |= {"sampled_right": right, "kl": kl}
-        return scores
+    def measures(model, held):
+        if held.examples is None:
+            return {"preference_accuracy": preference_accuracy(model, tokenizer, held.pairs)}
+        return task_measures(
+            model, tokenizer, held.examples, pairs=held.pairs, samples=config.samples,
+            reference=reference,
+        )  # fmt: skip
 
-    before = measures(policy, test_prompts)
-    trainer = Trainer(
-        policy, train, RowBatches(train_rows, train.micro_batch_size, seed=train.seed),
-        loss_fn=dpo_loss(config.beta), eval_fn=lambda model: measures(model, val_prompts),
-        out_dir=config.out, tokenizer=tokenizer, title="dpo",
-    )  # fmt: skip
-    result = trainer.fit(resume=config.resume)
-    after = measures(policy, test_prompts)
+    with training_threads_for(policy):
+        before = measures(policy, test)
+        trainer = Trainer(
+            policy, train, RowBatches(train_rows, train.micro_batch_size, seed=train.seed),
+            loss_fn=dpo_loss(config.beta), eval_fn=lambda model: measures(model, val),
+            out_dir=config.out, tokenizer=tokenizer, title="dpo",
+        )  # fmt: skip
+        result = trainer.fit(resume=config.resume)
+        after = measures(policy, test)
     out = write_summary(config, "dpo", before=before, after=after, pairs=len(pairs))
     return DPORun(policy, tokenizer, result, out, before, after)

@@ -2,19 +2,18 @@
 
 On the checkable tasks (the default): the exact-match accuracy of greedy answers, overall
 and per task; the share of right answers among *sampled* ones (temperature 1), the
-property preference tuning moves; and the perplexity of the right answers. On a JSONL file
+property preference tuning moves; the share of preference pairs (right vs wrong answer)
+whose right answer the model finds more likely; and the perplexity of the right answers. On a JSONL file
 or ``hf:<dataset>`` of ``messages``: the perplexity of its assistant turns.
 """
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ..backend import use_backend
 from ..data.preferences import load_conversations
-from ..data.tasks import SPLITS, task_examples
-from ..infer.evaluate import exact_match, is_right, property_rate, response_perplexity
-from .posttrain import ChatRunConfig, load_chat_model, write_summary
+from ..data.tasks import SPLITS
+from ..infer.evaluate import response_perplexity, task_measures
+from .posttrain import ChatRunConfig, held_out, load_chat_model, write_summary
 
 
 @dataclass(frozen=True)
@@ -53,18 +52,12 @@ def evaluate(config):
             conversations = load_conversations(config.data)
             measures = {"response_ppl": response_perplexity(model, tokenizer, conversations)}
         else:
-            examples = task_examples(
-                config.task_names, config.examples, split=config.split, seed=config.seed
-            )
-            accuracy, got = exact_match(model, tokenizer, examples)
-            measures = {"accuracy": accuracy}
-            for task in config.task_names:
-                hits = [is_right(e, g) for e, g in zip(examples, got) if e.task == task]
-                measures[f"accuracy_{task}"] = float(np.mean(hits))
-            measures["sampled_right"] = property_rate(
-                model, tokenizer, examples, is_right, samples=config.samples, seed=config.seed
-            )
-            conversations = [e.messages for e in examples]
+            held = held_out(config, config.split, config.examples, config.seed)
+            measures = task_measures(
+                model, tokenizer, held.examples, pairs=held.pairs, samples=config.samples,
+                seed=config.seed,
+            )  # fmt: skip
+            conversations = [e.messages for e in held.examples]
             measures["response_ppl"] = response_perplexity(model, tokenizer, conversations)
     write_summary(config.replace(out=config.out or config.model), "eval", **measures)
     return measures

@@ -10,11 +10,14 @@ else is a JSONL file or ``hf:<dataset>`` in the shape the run reads.
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from ..backend import NAMES as BACKENDS
+from ..backend import get_backend
+from ..backend.threads import blas_threads, training_threads
 from ..config import Config
 from ..data import load_tokenizer
-from ..data.tasks import TASKS
+from ..data.tasks import TASKS, preference_pairs, task_examples
 from ..files import atomic_open
 from ..models import Transformer
 from ..tokenizer.chat import CHAT_SPECIAL_TOKENS
@@ -80,6 +83,30 @@ def load_chat_model(directory):
             "pretrained with a BPE tokenizer (tinyllm pretrain --tokenizer bpe, or speedrun)"
         )
     return Transformer.from_pretrained(directory), tokenizer
+
+
+class HeldOut(NamedTuple):
+    """Held-out data: task examples (None for data without checkable answers) and
+    preference pairs (None where none)."""
+
+    examples: list | None
+    pairs: list | None
+
+
+def held_out(config, split, n, seed):
+    """``n`` examples of ``config``'s tasks from ``split`` and their preference pairs (the
+    same prompts, a right and a wrong answer)."""
+    tasks = config.task_names
+    return HeldOut(
+        task_examples(tasks, n, split=split, seed=seed),
+        preference_pairs(tasks, n, split=split, seed=seed),
+    )
+
+
+def training_threads_for(model):
+    """The BLAS thread limit pretraining uses for a model this wide (one thread for a
+    narrow model on NumPy: steady on a busy machine), as a ``with`` block."""
+    return blas_threads(training_threads(model.config.d_model, get_backend().name))
 
 
 def write_summary(config, name, **facts):

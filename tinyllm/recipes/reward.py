@@ -6,7 +6,7 @@
    file / ``hf:<dataset>`` in TRL's ``prompt`` / ``chosen`` / ``rejected`` shape.
 3. Train with the one ``Trainer`` and the Bradley-Terry ``reward_loss``; at each evaluation,
    the share of held-out validation pairs ranked right.
-4. The held-out test accuracy before and after, in the run's ``reward.json``.
+4. The share of held-out test pairs ranked right, before and after, in ``reward.json``.
 """
 
 from dataclasses import dataclass, field
@@ -22,7 +22,7 @@ from ..models.reward import RewardModel
 from ..nn.module import inference
 from ..train import TrainConfig, Trainer
 from ..train.preference import reward_loss
-from .posttrain import PostTrainConfig, load_chat_model, write_summary
+from .posttrain import PostTrainConfig, load_chat_model, training_threads_for, write_summary
 
 # The reward model's training defaults (the other TrainConfig fields keep theirs)
 TRAIN_DEFAULTS = dict(steps=200, batch_size=16, lr=3e-4, min_lr=3e-5, eval_interval=100)
@@ -39,7 +39,7 @@ class RewardConfig(PostTrainConfig):
                           "prompt/chosen/rejected"},
     )  # fmt: skip
     out: str = field(default="runs/reward", metadata={"help": "the run folder"})
-    pairs: int = field(default=2000, metadata={"help": "training pairs (tasks)"})
+    pairs: int = field(default=1500, metadata={"help": "training pairs (tasks)"})
     eval_pairs: int = field(default=200, metadata={"help": "held-out pairs per evaluation"})
 
     COUNTS = ("pairs", "eval_pairs")
@@ -48,14 +48,14 @@ class RewardConfig(PostTrainConfig):
 @dataclass
 class RewardRun:
     """What ``reward`` returns: the reward model, its tokenizer, the training result, the
-    run folder and the held-out test accuracy before and after."""
+    run folder and the held-out test measures before and after."""
 
     model: object
     tokenizer: object
     result: object
     out: Path
-    accuracy_before: float
-    accuracy_after: float
+    before: dict  # {"pair_accuracy": ...} on held-out test pairs
+    after: dict
 
 
 def scores(model, rows, batch_size=64):
@@ -100,16 +100,17 @@ def _reward(config, train):
             raise ValueError(f"{config.data}: {len(val) + len(test)} pairs are too few: "
                              "expected at least 3 (validation, test and training)")  # fmt: skip
     val_rows, test_rows = (preference_rows(tokenizer, p, context) for p in (val, test))
-    before = ranking_accuracy(model, test_rows)
-    trainer = Trainer(
-        model, train,
-        RowBatches(tuple(preference_rows(tokenizer, pairs, context)), train.micro_batch_size,
-                   seed=train.seed),
-        loss_fn=reward_loss, eval_fn=lambda m: {"pair_accuracy": ranking_accuracy(m, val_rows)},
-        out_dir=config.out, tokenizer=tokenizer, title="reward model",
-    )  # fmt: skip
-    result = trainer.fit(resume=config.resume)
-    after = ranking_accuracy(model, test_rows)
-    out = write_summary(config, "reward", accuracy_before=before, accuracy_after=after,
+    with training_threads_for(model):
+        before = {"pair_accuracy": ranking_accuracy(model, test_rows)}
+        trainer = Trainer(
+            model, train,
+            RowBatches(tuple(preference_rows(tokenizer, pairs, context)), train.micro_batch_size,
+                       seed=train.seed),
+            loss_fn=reward_loss, eval_fn=lambda m: {"pair_accuracy": ranking_accuracy(m, val_rows)},
+            out_dir=config.out, tokenizer=tokenizer, title="reward model",
+        )  # fmt: skip
+        result = trainer.fit(resume=config.resume)
+        after = {"pair_accuracy": ranking_accuracy(model, test_rows)}
+    out = write_summary(config, "reward", before=before, after=after,
                         pairs=len(pairs))  # fmt: skip
     return RewardRun(model, tokenizer, result, out, before, after)

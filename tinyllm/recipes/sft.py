@@ -7,7 +7,9 @@
 3. Train with the one ``Trainer`` and ``sft_loss``; at each evaluation, the exact-match
    accuracy of greedy answers to held-out validation prompts (tasks) and the perplexity of
    held-out responses.
-4. The test accuracy before and after, in the run's ``sft.json``.
+4. Before and after, on held-out test prompts (tasks): the accuracy of greedy answers, the
+   share of right sampled answers and of preference pairs whose right answer the model
+   finds more likely (``task_measures``), in the run's ``sft.json``.
 """
 
 from dataclasses import dataclass, field
@@ -18,10 +20,16 @@ from ..data import RowBatches
 from ..data.preferences import load_conversations
 from ..data.sft import pack, sft_tokens
 from ..data.tasks import task_examples
-from ..infer.evaluate import exact_match, response_perplexity
+from ..infer.evaluate import exact_match, response_perplexity, task_measures
 from ..train import TrainConfig, Trainer
 from ..train.sft import sft_loss
-from .posttrain import PostTrainConfig, load_chat_model, write_summary
+from .posttrain import (
+    PostTrainConfig,
+    held_out,
+    load_chat_model,
+    training_threads_for,
+    write_summary,
+)
 
 # Fine-tuning's training defaults (the other TrainConfig fields keep theirs): a few hundred
 # steps from a pretrained model
@@ -38,7 +46,7 @@ class SFTConfig(PostTrainConfig):
         },
     )
     out: str = field(default="runs/sft", metadata={"help": "the run folder"})
-    examples: int = field(default=2000, metadata={"help": "training conversations (tasks)"})
+    examples: int = field(default=1500, metadata={"help": "training conversations (tasks)"})
     eval_examples: int = field(
         default=100, metadata={"help": "held-out prompts for the accuracy, per evaluation"}
     )
@@ -49,14 +57,14 @@ class SFTConfig(PostTrainConfig):
 @dataclass
 class SFTRun:
     """What ``sft`` returns: the model, its tokenizer, the training result, the run folder
-    and the test accuracy before and after (tasks only; None otherwise)."""
+    and the held-out measures before and after."""
 
     model: object
     tokenizer: object
     result: object
     out: Path
-    accuracy_before: float | None
-    accuracy_after: float | None
+    before: dict  # task_measures on held-out test prompts (tasks only; else empty)
+    after: dict
 
 
 def sft(config, train=None):
@@ -70,18 +78,16 @@ def _sft(config, train):
     model, tokenizer = load_chat_model(config.model)
     context = model.config.context_length
     if config.data == "tasks":
-        tasks = config.task_names
-        conversations = [
-            e.messages
-            for e in task_examples(tasks, config.examples, split="train", seed=train.seed)
-        ]
-        val = task_examples(tasks, config.eval_examples, split="val", seed=train.seed)
-        test = task_examples(tasks, config.eval_examples, split="test", seed=train.seed)
-        held_out = [e.messages for e in val]
+        train_examples = task_examples(
+            config.task_names, config.examples, split="train", seed=train.seed
+        )
+        conversations = [e.messages for e in train_examples]
+        val, test = (held_out(config, s, config.eval_examples, train.seed) for s in ("val", "test"))
+        val_conversations = [e.messages for e in val.examples]
     else:
         conversations = load_conversations(config.data)
         cut = max(1, len(conversations) // 20)  # 5% held out for the perplexity
-        conversations, held_out = conversations[cut:], conversations[:cut]
+        conversations, val_conversations = conversations[cut:], conversations[:cut]
         val = test = None
     examples = [
         sft_tokens(tokenizer, c, context_length=context, index=i)
@@ -90,19 +96,25 @@ def _sft(config, train):
     rows = pack(examples, context)
 
     def evaluate(model):
-        scores = {"response_ppl": response_perplexity(model, tokenizer, held_out)}
+        scores = {"response_ppl": response_perplexity(model, tokenizer, val_conversations)}
         if val is not None:
-            scores["accuracy"] = exact_match(model, tokenizer, val)[0]
+            scores["accuracy"] = exact_match(model, tokenizer, val.examples)[0]
         return scores
 
-    before = exact_match(model, tokenizer, test)[0] if test is not None else None
-    trainer = Trainer(
-        model, train, RowBatches(tuple(rows), train.micro_batch_size, seed=train.seed),
-        loss_fn=sft_loss, eval_fn=evaluate, out_dir=config.out, tokenizer=tokenizer,
-        title="sft",
-    )  # fmt: skip
-    result = trainer.fit(resume=config.resume)
-    after = exact_match(model, tokenizer, test)[0] if test is not None else None
-    out = write_summary(config, "sft", accuracy_before=before, accuracy_after=after,
+    def measures(model):
+        if test is None:
+            return {}
+        return task_measures(model, tokenizer, test.examples, pairs=test.pairs)
+
+    with training_threads_for(model):
+        before = measures(model)
+        trainer = Trainer(
+            model, train, RowBatches(tuple(rows), train.micro_batch_size, seed=train.seed),
+            loss_fn=sft_loss, eval_fn=evaluate, out_dir=config.out, tokenizer=tokenizer,
+            title="sft",
+        )  # fmt: skip
+        result = trainer.fit(resume=config.resume)
+        after = measures(model)
+    out = write_summary(config, "sft", before=before, after=after,
                         conversations=len(conversations), rows=len(rows.ids))  # fmt: skip
     return SFTRun(model, tokenizer, result, out, before, after)
