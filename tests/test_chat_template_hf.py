@@ -111,13 +111,18 @@ def test_a_sanitized_marker_is_encoded_apart_from_the_text_around_it(pair):
     assert sanitized != ours and tok.decode(sanitized) == tok.decode(ours)
 
 
-def test_bad_roles_are_refused_by_both(pair):
+def test_bad_messages_are_refused_by_both(pair):
     tok, hf = pair
     messages = [{"role": "robot", "content": "beep"}]
     with pytest.raises(ValueError, match="message 0 has role 'robot'"):
         format_chat(tok, messages)
     with pytest.raises(jinja2.TemplateError, match="message 0 has role robot: expected system"):
         hf.apply_chat_template(messages, tokenize=False)
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    with pytest.raises(TypeError, match="message 0 content is list: expected str"):
+        format_chat(tok, parts)
+    with pytest.raises(jinja2.TemplateError, match="message 0 content is not a string"):
+        hf.apply_chat_template(parts, tokenize=False)
 
 
 def test_a_tokenizer_without_chat_markers_writes_no_template(tmp_path):
