@@ -1,8 +1,10 @@
-"""Preference tuning: the Bradley-Terry and DPO losses and their gradients against PyTorch,
-response log-probabilities token by token, the reward model's head and checkpoint, and the
-preference data shapes with their errors."""
+"""Preference tuning: the Bradley-Terry and DPO losses and their gradients against PyTorch
+and TRL, response log-probabilities token by token, the reward model's head and checkpoint,
+and the preference data shapes with their errors."""
 
+import collections
 import json
+import types
 
 import numpy as np
 import pytest
@@ -48,37 +50,127 @@ def lm(tokenizer, seed=0):
     return Transformer(config, seed=seed)
 
 
-def test_bradley_terry_equals_torch_with_its_gradients():
-    rng = np.random.default_rng(0)
+def bradley_terry_case(seed=0):
+    """Scores of 5 pairs, and our loss with its gradients w.r.t. them."""
+    rng = np.random.default_rng(seed)
     chosen, rejected = rng.normal(size=5) * 3, rng.normal(size=5) * 3
     ours_c, ours_r = Tensor(chosen, requires_grad=True), Tensor(rejected, requires_grad=True)
     loss = bradley_terry_loss(ours_c, ours_r)
     loss.backward()
+    return (chosen, rejected), loss.item(), (ours_c.grad, ours_r.grad)
+
+
+def test_bradley_terry_equals_torch_with_its_gradients():
+    (chosen, rejected), loss, grads = bradley_terry_case()
     theirs_c = torch.tensor(chosen, requires_grad=True)
     theirs_r = torch.tensor(rejected, requires_grad=True)
     expected = -torch.nn.functional.logsigmoid(theirs_c - theirs_r).mean()
     expected.backward()
-    np.testing.assert_allclose(loss.item(), expected.item(), rtol=1e-12)
-    np.testing.assert_allclose(ours_c.grad, theirs_c.grad.numpy(), rtol=1e-12)
-    np.testing.assert_allclose(ours_r.grad, theirs_r.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(loss, expected.item(), rtol=1e-12)
+    np.testing.assert_allclose(grads[0], theirs_c.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(grads[1], theirs_r.grad.numpy(), rtol=1e-12)
+
+
+def dpo_case(beta, seed=1):
+    """Log-probabilities of 6 pairs (pi_c, pi_r, ref_c, ref_r), and our loss with its
+    gradients w.r.t. the policy's two and the implicit rewards."""
+    rng = np.random.default_rng(seed)
+    logps = [rng.normal(size=6) * 10 - 20 for _ in range(4)]
+    ours = [Tensor(x, requires_grad=True) for x in logps[:2]]
+    loss, chosen, rejected = dpo_loss_from_logps(*ours, *logps[2:], beta)
+    loss.backward()
+    return logps, loss.item(), [t.grad for t in ours], (chosen.numpy(), rejected.numpy())
 
 
 @pytest.mark.parametrize("beta", [0.1, 0.5, 2.0])
 def test_dpo_loss_equals_the_formula_in_torch_with_its_gradients(beta):
-    rng = np.random.default_rng(1)
-    logps = [rng.normal(size=6) * 10 - 20 for _ in range(4)]  # pi_c, pi_r, ref_c, ref_r
-    ours = [Tensor(x, requires_grad=True) for x in logps[:2]]
-    loss, chosen, rejected = dpo_loss_from_logps(*ours, *logps[2:], beta)
-    loss.backward()
+    logps, loss, grads, (chosen, rejected) = dpo_case(beta)
     theirs = [torch.tensor(x, requires_grad=i < 2) for i, x in enumerate(logps)]
     pi_c, pi_r, ref_c, ref_r = theirs
     expected = -torch.nn.functional.logsigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))).mean()
     expected.backward()
-    np.testing.assert_allclose(loss.item(), expected.item(), rtol=1e-12)
-    for ours_t, theirs_t in zip(ours, theirs[:2]):
-        np.testing.assert_allclose(ours_t.grad, theirs_t.grad.numpy(), rtol=1e-10)
-    np.testing.assert_allclose(chosen.numpy(), beta * (logps[0] - logps[2]))
-    np.testing.assert_allclose(rejected.numpy(), beta * (logps[1] - logps[3]))
+    np.testing.assert_allclose(loss, expected.item(), rtol=1e-12)
+    for ours_grad, theirs_t in zip(grads, theirs[:2]):
+        np.testing.assert_allclose(ours_grad, theirs_t.grad.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(chosen, beta * (logps[0] - logps[2]))
+    np.testing.assert_allclose(rejected, beta * (logps[1] - logps[3]))
+
+
+# --- TRL's own loss code, called on the same numbers ------------------------------------------
+class OneProcess:
+    """What TRL's loss methods ask of ``accelerate.Accelerator``, for a single process."""
+
+    device = torch.device("cpu")
+
+    @staticmethod
+    def gather(tensor):
+        return tensor
+
+    gather_for_metrics = gather
+
+
+def trl_self(**attributes):
+    """A stand-in ``self`` for calling a TRL trainer's loss method directly: the attributes
+    it reads, without building a trainer (which wants a model, a dataset and arguments)."""
+    return types.SimpleNamespace(
+        model=torch.nn.Module(),  # in training mode: the "train" metrics
+        accelerator=OneProcess(),
+        _metrics=collections.defaultdict(lambda: collections.defaultdict(list)),
+        _total_train_tokens=0,
+        _tp_size=1,
+        **attributes,
+    )
+
+
+def test_bradley_terry_equals_trl_reward_trainer_with_its_gradients():
+    reward_trainer = pytest.importorskip("trl.trainer.reward_trainer")
+    (chosen, rejected), loss, grads = bradley_terry_case()
+    scores = torch.tensor(np.concatenate([chosen, rejected])[:, None], requires_grad=True)
+    outputs = types.SimpleNamespace(logits=scores)  # (2N, 1): chosen rows, then rejected
+    trainer = trl_self(args=types.SimpleNamespace(center_rewards_coefficient=None))
+    inputs = {"attention_mask": torch.ones(len(scores), 1, dtype=torch.long)}
+    theirs = reward_trainer.RewardTrainer.compute_loss(trainer, lambda **_: outputs, inputs)
+    theirs.backward()
+    np.testing.assert_allclose(loss, theirs.item(), rtol=1e-12)
+    np.testing.assert_allclose(np.concatenate(grads), scores.grad[:, 0].numpy(), rtol=1e-12)
+    accuracy = trainer._metrics["train"]["accuracy"][0]
+    assert accuracy == pytest.approx((chosen > rejected).mean())
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 2.0])
+def test_dpo_loss_equals_trl_dpo_trainer_with_its_gradients(beta):
+    """TRL's ``DPOTrainer._compute_loss`` sums the policy's per-token log-probabilities over
+    each completion; rows of one completion token carry our sequence log-probabilities, the
+    chosen rows first, and the reference's come precomputed, as tinyllm's do."""
+    dpo_trainer = pytest.importorskip("trl.trainer.dpo_trainer")
+    logps, loss, grads, (chosen, rejected) = dpo_case(beta)
+    policy = torch.tensor(np.concatenate(logps[:2])[:, None], requires_grad=True)  # (2N, 1)
+    zeros = torch.zeros_like(policy)
+    outputs = types.SimpleNamespace(
+        log_probs=policy, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool()
+    )
+    rows = len(policy)
+    inputs = {
+        "input_ids": torch.zeros(rows, 2, dtype=torch.long),  # a prompt token, a completion token
+        "attention_mask": torch.ones(rows, 2, dtype=torch.long),
+        "completion_mask": torch.tensor([[0, 1]] * rows),
+        "ref_chosen_logps": torch.tensor(logps[2]),
+        "ref_rejected_logps": torch.tensor(logps[3]),
+    }
+    trainer = trl_self(
+        beta=beta, loss_types=["sigmoid"], loss_weights=[1.0], f_divergence_type="reverse_kl",
+        precompute_ref_logps=True, ld_alpha=None, use_weighting=False, aux_loss_enabled=False,
+    )  # fmt: skip
+    theirs = dpo_trainer.DPOTrainer._compute_loss(
+        trainer, lambda **_: outputs, inputs, return_outputs=False
+    )
+    theirs.backward()
+    np.testing.assert_allclose(loss, theirs.item(), rtol=1e-12)
+    np.testing.assert_allclose(np.concatenate(grads), policy.grad[:, 0].numpy(), rtol=1e-10)
+    metrics = trainer._metrics["train"]
+    assert metrics["rewards/chosen"][0] == pytest.approx(chosen.mean(), rel=1e-12)
+    assert metrics["rewards/rejected"][0] == pytest.approx(rejected.mean(), rel=1e-12)
+    assert metrics["rewards/accuracies"][0] == pytest.approx((chosen > rejected).mean())
 
 
 def test_response_logps_add_up_the_response_tokens_only(tokenizer):

@@ -77,8 +77,11 @@ class CharVocab:
     # --- files ---------------------------------------------------------------------------------
     FILE_NAME = "char_vocab.json"
 
-    def save(self, directory):
-        """Write ``directory/char_vocab.json`` (atomically); returns its path."""
+    def save(self, directory, *, model_max_length=None):
+        """Write ``directory/char_vocab.json`` (atomically); returns its path.
+
+        ``model_max_length`` is taken as ``Tokenizer.save`` takes it, and left out: a
+        character vocabulary has no ``transformers`` form to write it in."""
         path = Path(directory) / self.FILE_NAME
         with atomic_open(path, "w", encoding="utf-8") as file:
             json.dump({"type": "char", "chars": self.chars}, file, ensure_ascii=False)

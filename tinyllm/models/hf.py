@@ -99,7 +99,7 @@ def _expert_count(hf):
     return count
 
 
-def _in_vocabulary(ids, vocab_size):
+def in_vocabulary(ids, vocab_size):
     """Token ids with those outside the vocabulary dropped (GPT-2's 50256 in a small model)."""
     if not isinstance(vocab_size, int) or ids is None:
         return ids
@@ -138,7 +138,7 @@ def config_from_hf(hf):
     if d_head is not None and d_head * n_head == fields["d_model"]:
         fields["d_head"] = None
     for name in TOKEN_IDS:
-        fields[name] = _in_vocabulary(fields[name], fields["vocab_size"])
+        fields[name] = in_vocabulary(fields[name], fields["vocab_size"])
     return ModelConfig(**fields)
 
 
@@ -264,20 +264,19 @@ def weight_map(model, family):
 
 
 # --- directories ---------------------------------------------------------------------------
-def load_pretrained(cls, directory):
-    """Build ``cls(config)`` from a Hugging Face directory and copy its weights in (eval mode)."""
-    directory = Path(directory)
-    config_path = directory / "config.json"
-    if not config_path.exists():
+def read_config(directory):
+    """The ``config.json`` of a Hugging Face directory, as a dict."""
+    path = Path(directory) / "config.json"
+    if not path.exists():
         raise FileNotFoundError(f"{directory}: no config.json; is this a model directory?")
-    hf_config = json.loads(config_path.read_text())
-    config = config_from_hf(hf_config)
-    family = FAMILIES[hf_config["model_type"]]
-    tensors = load_weights(directory)
+    return json.loads(path.read_text())
+
+
+def state_from_hf(model, family, tensors, directory):
+    """``model``'s state dict (our names and layouts) from a checkpoint's ``tensors``."""
     prefix, embedding = family.weights.prefix, f"{family.weights.embedding}.weight"
     if prefix + embedding not in tensors and embedding in tensors:  # very old GPT-2 files
         tensors = {(k if k == "lm_head.weight" else prefix + k): v for k, v in tensors.items()}
-    model = cls(config)
     params = dict(model.named_parameters())
     state = {}
     for hf_name, ours, transposed in weight_map(model, family):
@@ -288,27 +287,37 @@ def load_pretrained(cls, directory):
         ends = np.cumsum([params[name].shape[-1] for name in ours])
         for name, part in zip(ours, np.split(array, ends[:-1], axis=-1)):
             state[name] = part
+    return state
+
+
+def state_to_hf(model, family):
+    """``model``'s tensors under the checkpoint's names and layouts."""
+    state = model.state_dict()
+    tensors = {}
+    for hf_name, ours, transposed in weight_map(model, family):
+        array = np.concatenate([state[name] for name in ours], axis=-1)
+        tensors[hf_name] = array.T if transposed else array
+    return tensors
+
+
+def load_pretrained(cls, directory):
+    """Build ``cls(config)`` from a Hugging Face directory and copy its weights in (eval mode)."""
+    hf_config = read_config(directory)
+    model = cls(config_from_hf(hf_config))
+    family = FAMILIES[hf_config["model_type"]]
+    state = state_from_hf(model, family, load_weights(directory), directory)
     return model.load_state_dict(state).eval()
 
 
 SAVE_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 
-def save_pretrained(model, directory, dtype="float32"):
-    """Write ``config.json`` and ``model.safetensors`` for ``transformers`` to load.
-
-    ``dtype`` is "float32", "float16" or "bfloat16" (the weights are rounded to nearest).
-    """
+def write_pretrained(directory, hf_config, tensors, dtype="float32"):
+    """Write ``config.json`` (``hf_config``) and ``model.safetensors`` (``tensors``, stored
+    as ``dtype``: "float32", "float16" or "bfloat16", rounded to nearest)."""
     if dtype not in SAVE_DTYPES:
         raise ValueError(f"save_pretrained: dtype {dtype!r} must be one of {list(SAVE_DTYPES)}")
     directory = Path(directory)
-    family = family_of(model.config)
-    hf_config = {**config_to_hf(model.config), "torch_dtype": dtype}
-    state = model.state_dict()
-    tensors = {}
-    for hf_name, ours, transposed in weight_map(model, family):
-        array = np.concatenate([state[name] for name in ours], axis=-1)
-        tensors[hf_name] = array.T if transposed else array
     write_safetensors(
         directory / "model.safetensors",
         tensors,
@@ -316,4 +325,10 @@ def save_pretrained(model, directory, dtype="float32"):
         floats=SAVE_DTYPES[dtype],
     )
     with atomic_open(directory / "config.json", "w") as f:
-        json.dump(hf_config, f, indent=2)
+        json.dump({**hf_config, "torch_dtype": dtype}, f, indent=2)
+
+
+def save_pretrained(model, directory, dtype="float32"):
+    """Write ``config.json`` and ``model.safetensors`` for ``transformers`` to load."""
+    family = family_of(model.config)
+    write_pretrained(directory, config_to_hf(model.config), state_to_hf(model, family), dtype)

@@ -7,7 +7,9 @@ Each record says what ``hf.py`` needs to translate one ``transformers`` architec
   and ``defaults``: the value ``transformers`` assumes for a key that is missing;
 - ``pinned``: ``config.json`` options tinyllm implements one way only (the first value is
   written; reading any other is an error), and ``written``: entries written as they are;
-- ``weights``: where our tensors sit in the checkpoint, and ``moe``: where the experts sit.
+- ``weights``: where our tensors sit in the checkpoint, and ``moe``: where the experts sit;
+- ``classifier``: the architecture with a one-number head (``score``) in place of the output
+  layer, on the same body and weight names: how a reward model is written.
 
 A family can hold a config only if it has a key for each option the config sets away from
 the implied value: grouped-query attention needs ``n_kv_head``'s key, a head width other
@@ -16,6 +18,8 @@ So adding a family (Gemma, Phi) is adding a record here, and nothing in ``hf.py`
 
 >>> FAMILIES["mixtral"].architecture, FAMILIES["mixtral"].moe.expert_weights["gate"]
 ('MixtralForCausalLM', 'w1')
+>>> FAMILIES["qwen3"].classifier
+'Qwen3ForSequenceClassification'
 """
 
 import dataclasses
@@ -50,6 +54,7 @@ class MoELayout:
 class Family:
     model_type: str
     architecture: str
+    classifier: str
     switches: dict
     config_keys: dict
     defaults: dict
@@ -68,6 +73,7 @@ _TOKEN_DEFAULTS = {"bos_token_id": None, "eos_token_id": None}
 GPT2 = Family(
     model_type="gpt2",
     architecture="GPT2LMHeadModel",
+    classifier="GPT2ForSequenceClassification",
     switches=dict(
         position="learned", norm="layernorm", mlp="gelu", bias=True, qkv_bias=True, qk_norm=False
     ),
@@ -159,11 +165,13 @@ _MOE_KEYS = dict(top_k="num_experts_per_tok", router_aux_loss_coef="router_aux_l
 _MOE_DEFAULTS = {"num_experts_per_tok": 2, "router_aux_loss_coef": 0.01}
 
 
-def _llama_like(model_type, architecture, *, switches=(), keys=(), defaults=(), **options):
-    """A record that differs from Llama's in the given switches, keys and options."""
+def _llama_like(model_type, name, *, switches=(), keys=(), defaults=(), **options):
+    """A record that differs from Llama's in the given switches, keys and options; ``name``
+    is the architectures' prefix (``"Llama"``: LlamaForCausalLM, LlamaForSequenceClassification)."""
     return Family(
         model_type=model_type,
-        architecture=architecture,
+        architecture=f"{name}ForCausalLM",
+        classifier=f"{name}ForSequenceClassification",
         switches={**_LLAMA_SWITCHES, **dict(switches)},
         config_keys={**_LLAMA_KEYS, **dict(keys)},
         defaults={**_LLAMA_DEFAULTS, **dict(defaults)},
@@ -179,31 +187,31 @@ _NO_WINDOW = {"use_sliding_window": (False,)}  # Qwen: a window in some layers o
 
 LLAMA = _llama_like(
     "llama",
-    "LlamaForCausalLM",
+    "Llama",
     pinned={**_SILU, "attention_bias": (False,), "mlp_bias": (False,)},
 )
 MISTRAL = _llama_like(
     "mistral",
-    "MistralForCausalLM",
+    "Mistral",
     keys=_WINDOW,
     defaults={"sliding_window": None},
     pinned=_SILU,
 )
 QWEN2 = _llama_like(
     "qwen2",
-    "Qwen2ForCausalLM",
+    "Qwen2",
     switches={"qkv_bias": True},  # always, whatever attention_bias says
     pinned={**_SILU, **_NO_WINDOW},
 )
 QWEN3 = _llama_like(
     "qwen3",
-    "Qwen3ForCausalLM",
+    "Qwen3",
     switches={"qk_norm": True},
     pinned={**_SILU, "attention_bias": (False,), **_NO_WINDOW},
 )
 MIXTRAL = _llama_like(
     "mixtral",
-    "MixtralForCausalLM",
+    "Mixtral",
     switches={"norm_top_k": True},
     keys={**_WINDOW, **_MOE_KEYS},
     defaults={"sliding_window": None, **_MOE_DEFAULTS},
@@ -217,7 +225,7 @@ MIXTRAL = _llama_like(
 )
 QWEN3_MOE = _llama_like(
     "qwen3_moe",
-    "Qwen3MoeForCausalLM",
+    "Qwen3Moe",
     switches={"qk_norm": True},
     keys={"d_ff": "moe_intermediate_size", "norm_top_k": "norm_topk_prob", **_MOE_KEYS},
     defaults={"norm_topk_prob": False, **_MOE_DEFAULTS},

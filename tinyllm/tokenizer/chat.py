@@ -11,6 +11,13 @@ Supervised fine-tuning takes the loss only on what the assistant says: its conte
 
 >>> render_chat([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}])
 '<|user|>Hi<|end|><|assistant|>Hello!<|end|>'
+
+``CHAT_TEMPLATE`` is the same format in Jinja, the language of Hugging Face chat templates:
+a saved tokenizer carries it, so ``transformers``' ``apply_chat_template`` gives the ids and,
+through its ``{% generation %}`` block, the assistant mask of ``format_chat``. One
+difference stays: transformers renders the conversation to text and then encodes it, so a
+user's "<|assistant|>" becomes the marker there, unless it is called with
+``sanitize_control_tokens=True`` (which encodes such text as text, as ``format_chat`` does).
 """
 
 from typing import NamedTuple
@@ -18,6 +25,26 @@ from typing import NamedTuple
 ROLES = ("system", "user", "assistant")
 END_OF_TURN = "<|end|>"
 CHAT_SPECIAL_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", END_OF_TURN)
+
+
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
+    "{{- raise_exception('message ' ~ loop.index0 ~ ' has role ' ~ message['role'] ~"
+    " ': expected system, user or assistant') -}}"
+    "{%- endif -%}"
+    "{%- if message['content'] is not string -%}"
+    "{{- raise_exception('message ' ~ loop.index0 ~ ' content is not a string') -}}"
+    "{%- endif -%}"
+    "{{- '<|' ~ message['role'] ~ '|>' -}}"
+    "{%- if message['role'] == 'assistant' -%}"  # what the model learns to say
+    "{%- generation -%}{{- message['content'] ~ '<|end|>' -}}{%- endgeneration -%}"
+    "{%- else -%}"
+    "{{- message['content'] ~ '<|end|>' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|assistant|>' -}}{%- endif -%}"
+)
 
 
 def role_token(role):

@@ -14,13 +14,24 @@ The layout written here is the one HF ``tokenizers`` produces for such a tokeniz
 ``ByteLevel`` decoding, a ``BPE`` model (vocab + ranked merges) and the special tokens as
 ``added_tokens`` with ``special: true``. Reading also accepts GPT-2's own layout, where the
 ``ByteLevel`` pre-tokenizer applies the GPT-2 regex itself.
+
+Beside it, ``tokenizer_config.json`` tells ``transformers``' ``AutoTokenizer`` the rest: the
+class that reads ``tokenizer.json``, the end-of-sequence token and, for a tokenizer with the
+chat markers, the chat template.
+
+>>> config = to_tokenizer_config(["<|endoftext|>"], model_max_length=64)
+>>> config["eos_token"], config["model_max_length"], "chat_template" in config
+('<|endoftext|>', 64, False)
 """
 
 import functools
 
 import regex
 
+from .chat import CHAT_SPECIAL_TOKENS, CHAT_TEMPLATE, END_OF_TURN
 from .patterns import GPT2_PATTERN
+
+END_OF_TEXT = "<|endoftext|>"
 
 
 @functools.cache
@@ -132,6 +143,33 @@ def to_tokenizer_json(vocab, merges, pattern, special_tokens):
             "merges": [[token_to_text(vocab[a]), token_to_text(vocab[b])] for a, b in merges],
         },
     }
+
+
+def to_tokenizer_config(special_tokens, *, model_max_length=None):
+    """The ``tokenizer_config.json`` dictionary for a tokenizer with ``special_tokens``.
+
+    With the chat markers it carries ``CHAT_TEMPLATE``, and its end of sequence is
+    ``<|end|>``, where a chat model stops; otherwise ``<|endoftext|>`` if there is one.
+    ``model_max_length`` is the model's context length, where known.
+    """
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",  # reads tokenizer.json as it is
+        "clean_up_tokenization_spaces": False,  # decode gives the text back, spaces and all
+    }
+    chat = all(token in special_tokens for token in CHAT_SPECIAL_TOKENS)
+    if chat:
+        config["eos_token"] = END_OF_TURN
+        config["chat_template"] = CHAT_TEMPLATE
+    elif END_OF_TEXT in special_tokens:
+        config["eos_token"] = END_OF_TEXT
+    if model_max_length is not None:
+        if not isinstance(model_max_length, int) or model_max_length < 1:
+            raise ValueError(
+                f"model_max_length={model_max_length!r}: expected a positive number of tokens "
+                "(the model's context length) or None"
+            )
+        config["model_max_length"] = model_max_length
+    return config
 
 
 def _split_pattern(pre_tokenizer):

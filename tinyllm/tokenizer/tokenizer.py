@@ -26,7 +26,7 @@ import regex
 from ..files import atomic_open
 from . import chat
 from .bpe import encode_with_merges, train_naive
-from .hf_format import from_tokenizer_json, to_tokenizer_json
+from .hf_format import from_tokenizer_json, to_tokenizer_config, to_tokenizer_json
 from .patterns import compile_pattern, pattern_name, split_text
 from .train import count_pretokens, train_incremental
 
@@ -222,13 +222,27 @@ class Tokenizer:
         blob = json.dumps([self.to_json(), self.ignore_merges], sort_keys=True).encode("utf-8")
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def save(self, directory):
-        """Write ``directory/tokenizer.json`` (creating the directory, replacing the file
-        atomically); returns its path."""
-        path = Path(directory) / "tokenizer.json"
-        with atomic_open(path, "w", encoding="utf-8") as file:
-            json.dump(self.to_json(), file, ensure_ascii=False, indent=1)
-        return path
+    def save(self, directory, *, model_max_length=None):
+        """Write ``directory/tokenizer.json`` and the ``tokenizer_config.json`` that lets
+        ``transformers.AutoTokenizer`` load the folder (with the chat template where the
+        chat markers are special tokens; ``model_max_length``, the model's context length,
+        where given), creating the directory and replacing each file atomically; returns
+        the path of ``tokenizer.json``.
+
+        Every folder tinyllm writes a tokenizer into (training runs, their checkpoints, the
+        tokenizer cache, ``tinyllm tokenizer train``) goes through here.
+        """
+        directory = Path(directory)
+        files = {
+            "tokenizer.json": self.to_json(),
+            "tokenizer_config.json": to_tokenizer_config(
+                self.special_tokens, model_max_length=model_max_length
+            ),
+        }
+        for name, content in files.items():
+            with atomic_open(directory / name, "w", encoding="utf-8") as file:
+                json.dump(content, file, ensure_ascii=False, indent=1)
+        return directory / "tokenizer.json"
 
     @classmethod
     def load(cls, path):

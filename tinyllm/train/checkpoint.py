@@ -10,7 +10,8 @@ open formats, for any ``Module`` (a model with adapters, an extra head or Buffer
         model.safetensors      the model's own state_dict(): parameters and buffers by path
         optimizer.safetensors  the optimizer's arrays, as "exp_avg/<parameter name>", ...
         trainer_state.json     step, optimizer step counts, data and dropout state, config
-        tokenizer.json         (or char_vocab.json) when the run has a tokenizer
+        tokenizer.json         and tokenizer_config.json (or char_vocab.json) when the
+                               run has a tokenizer
 
 The Hugging Face form of a model (``save_pretrained``) is an export, written beside the
 checkpoints by the Trainer where the model has one; a checkpoint is tinyllm's own.

@@ -258,7 +258,8 @@ class Trainer:
         if getattr(self.model, "has_hf_form", lambda: False)():
             self.model.save_pretrained(self.out_dir)  # the exported model: always the newest
             if self.tokenizer is not None:
-                self.tokenizer.save(self.out_dir)
+                context = self.model.config.context_length
+                self.tokenizer.save(self.out_dir, model_max_length=context)
         return path
 
     def load(self, path):
