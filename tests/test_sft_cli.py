@@ -3,6 +3,7 @@ test accuracy before and after, exact resume through the Trainer, and named refu
 
 import json
 
+import numpy as np
 import pytest
 
 from tinyllm.cli import main
@@ -107,12 +108,14 @@ def test_reward_ranks_held_out_pairs_and_reloads(base, tmp_path, capsys):
     report = json.loads((out / "reward.json").read_text())
     model = load_model(latest_checkpoint(out))
     assert isinstance(model, RewardModel)
+    exported = RewardModel.from_pretrained(out)  # the run folder in Hugging Face form
     _, tokenizer = load_chat_model(base)
     test = preference_pairs(["add", "sort"], 6, split="test", seed=SEED)
     rows = preference_rows(tokenizer, test, model.config.context_length)
     assert report["after"]["pair_accuracy"] == ranking_accuracy(model, rows)
     chosen, rejected = scores(model, rows)
     assert chosen.shape == rejected.shape == (6,)
+    np.testing.assert_allclose(scores(exported, rows)[0], chosen, rtol=1e-5, atol=1e-6)
     metrics = read_metrics(out / "metrics.jsonl")
     assert {"accuracy", "margin"} <= set(metrics[0]) and "pair_accuracy" in metrics[-1]
     assert abs(metrics[0]["loss"] - 0.6931) < 0.2  # a fresh head: scores near each other

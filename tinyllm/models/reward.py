@@ -87,6 +87,11 @@ class RewardModel(Module):
         return cls(config, pad_token_id=description.get("pad_token_id", 0))
 
     # --- the Hugging Face form ----------------------------------------------------------------
+    def has_hf_form(self):
+        """Whether ``save_pretrained`` writes this model as it is (its body's family has a
+        classifier class in Hugging Face)."""
+        return self.body.has_hf_form()
+
     def save_pretrained(self, directory, dtype="float32"):
         """Write ``config.json`` + ``model.safetensors`` that transformers'
         ``AutoModelForSequenceClassification`` loads, scoring as this model does."""
