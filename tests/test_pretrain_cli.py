@@ -129,7 +129,8 @@ def test_pretrain_into_an_existing_run_needs_resume(tmp_path, capsys):
 
 def test_speedrun_writes_a_report(tmp_path, capsys):
     out = tmp_path / "speedrun"
-    assert main(["speedrun", "--out", str(out), "--steps", "2", "--no-progress"]) == 0
+    short = ["--steps", "2", "--sft-steps", "2", "--dpo-steps", "2", "--eval-examples", "4"]
+    assert main(["speedrun", "--out", str(out), *short, "--no-progress"]) == 0
     assert f"wrote {out / 'report.md'}" in capsys.readouterr().out
     report = (out / "report.md").read_text()
     for part in ("# tinyllm speedrun", "byte-level BPE, 1,024 tokens", "2 steps", "![loss curves]",
@@ -145,15 +146,35 @@ def test_speedrun_writes_a_report(tmp_path, capsys):
     end_of_text = Tokenizer.load(out).special_tokens["<|endoftext|>"]
     assert exported["eos_token_id"] == end_of_text < 1024 and exported["bos_token_id"] is None
     assert facts["outcome"] == "finished at step 2" and facts["train_config"]["warmup_steps"] == 0
+    # post-training: SFT from the pretrained folder, DPO from the SFT folder, each measured
+    post = facts["post_training"]
+    assert list(post) == ["sft", "dpo"] and set(facts["stage_seconds"]) == {"pretrain", *post}
+    sft_run = json.loads((out / "sft" / "sft.json").read_text())
+    dpo_run = json.loads((out / "dpo" / "dpo.json").read_text())
+    assert sft_run["config"]["model"] == str(out) and dpo_run["config"]["model"] == str(out / "sft")
+    assert post["sft"]["after"] == sft_run["after"] and post["dpo"]["after"] == dpo_run["after"]
+    assert post["dpo"]["before"]["kl"] == 0.0 and len(sft_run["after"]) == 6  # 3 tasks
+    assert post["sft"]["outcome"] == post["dpo"]["outcome"] == "finished at step 2"
+    report = (out / "report.md").read_text()
+    for part in (
+        "## Post-training",
+        "| after sft | ",
+        "| after dpo | ",
+        "![sft curves](sft/loss.png)",
+    ):
+        assert part in report
+    assert (out / "stages.png").exists() and (out / "dpo" / "loss.png").exists()
 
     # --resume on the finished run (the "already holds a run" error suggests it)
-    assert main(["speedrun", "--out", str(out), "--steps", "2", "--resume", "--no-progress"]) == 0
+    assert main(["speedrun", "--out", str(out), *short, "--resume", "--no-progress"]) == 0
     again = json.loads((out / "report.json").read_text())
     said = "this run had already finished at step 2; nothing was trained"
     assert again["outcome"] == said and said in (out / "report.md").read_text()
     assert again["train_loss"] == last["loss"] and again["val_loss"] == facts["val_loss"]
     assert again["samples"] == facts["samples"] and again["tokens_per_second"] is None
     assert "nan" not in (out / "report.md").read_text()
+    nothing = "this run had already finished at step 2; nothing was trained"
+    assert [stage["outcome"] for stage in again["post_training"].values()] == [nothing] * 2
 
 
 def test_the_speedrun_preset_follows_the_device_not_the_array_library():

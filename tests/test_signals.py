@@ -78,6 +78,7 @@ def test_a_signal_before_the_first_evaluation_still_writes_a_report(tmp_path, ca
     said = f"stopped by {name} at step {step} before the first evaluation; resume with --resume"
     assert facts["outcome"] == said and said in (out / "report.md").read_text()
     assert facts["val_loss"] is None and facts["samples"] == []
+    assert facts["post_training"] == {} and not (out / "sft").exists()  # later stages skipped
     assert facts["train_loss"] > 0 and facts["tokens_per_second"] > 0
     assert (out / f"checkpoints/step-{step:06d}").is_dir()  # saved where it stopped
 

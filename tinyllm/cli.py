@@ -9,7 +9,7 @@ tinyllm sft | reward | dpo       post-training: fine-tune on chats, a reward mod
 tinyllm eval                     measure a chat model on held-out tasks
 tinyllm generate DIR             stream text from a trained model folder (alias: sample)
 tinyllm chat DIR                 chat with a model folder in the terminal
-tinyllm speedrun                 the main job: tokenizer, pretraining, samples and a report
+tinyllm speedrun                 the main job: tokenizer, pretraining, SFT, DPO and a report
 tinyllm serve DIR                an OpenAI-compatible server and chat page (the serve extra)
 
 Ctrl-C (or SIGTERM) during training saves a checkpoint and stops; a second Ctrl-C leaves
@@ -260,10 +260,13 @@ def run_sft(args):
 
 def _print_run(run):
     """A post-training run's held-out measures before and after, and where it went."""
+    from tinyllm.recipes.pretrain import show
+
     if run.before:
         print("on held-out test data:")
     for name in run.before:
-        print(f"  {name}: {run.before[name]:.4g} before, {run.after[name]:.4g} after")
+        after = show(run.after.get(name), ".4g")  # nothing after a stop
+        print(f"  {name}: {run.before[name]:.4g} before, {after} after")
     print(f"step {run.result.step}: train loss {run.result.train_loss:.4f}; model in {run.out}")
     return 0
 
@@ -542,8 +545,10 @@ def configure_speedrun(parser):
 
     parser.description = (
         "The whole pipeline: train a BPE tokenizer on the shipped corpus, pretrain a model, "
-        "sample from it, and write OUT/report.md with the losses, training throughput, samples "
-        "and plots. Ctrl-C stops at the next step, saves, and still writes the report."
+        "sample from it, fine-tune it on checkable tasks (SFT, into OUT/sft), tune it on "
+        "right-vs-wrong answer pairs (DPO, into OUT/dpo), and write OUT/report.md with the "
+        "losses, throughput, samples, held-out measures before and after each stage, and "
+        "plots. Ctrl-C stops at the next step, saves, and still writes the report."
     )
     parser.add_argument(
         "--out", default="runs/speedrun", help="the run folder (default: %(default)s)"
@@ -561,8 +566,20 @@ def configure_speedrun(parser):
         "else cpu)",
     )
     parser.add_argument(
-        "--steps", type=_integer(1), help="optimizer steps, instead of the preset's"
+        "--steps", type=_integer(1), help="pretraining's optimizer steps, instead of the preset's"
     )
+    parser.add_argument(
+        "--sft-steps",
+        type=_integer(0),
+        help="fine-tuning's steps, instead of the preset's (0: skip)",
+    )
+    parser.add_argument(
+        "--dpo-steps", type=_integer(0), help="DPO's steps, instead of the preset's (0: skip)"
+    )
+    parser.add_argument(
+        "--eval-examples", type=_integer(1),
+        help="held-out prompts for each post-training measure, instead of the preset's",
+    )  # fmt: skip
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -574,12 +591,11 @@ def configure_speedrun(parser):
 def run_speedrun(args):
     from tinyllm.recipes.speedrun import speedrun
 
-    changes = {"progress": not args.no_progress}
-    if args.steps is not None:
-        changes["steps"] = args.steps
     report = speedrun(
-        args.out, backend=args.backend, preset=args.preset, resume=args.resume, **changes
-    )
+        args.out, backend=args.backend, preset=args.preset, resume=args.resume,
+        steps=args.steps, sft_steps=args.sft_steps, dpo_steps=args.dpo_steps,
+        eval_examples=args.eval_examples, progress=not args.no_progress,
+    )  # fmt: skip
     print(f"wrote {report}")
     return 0
 

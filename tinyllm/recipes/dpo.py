@@ -71,6 +71,7 @@ class DPORun:
     model: object
     tokenizer: object
     result: object
+    steps: int  # the steps the run was asked for
     out: Path
     before: dict
     after: dict
@@ -120,6 +121,6 @@ def _dpo(config, train):
             out_dir=config.out, tokenizer=tokenizer, title="dpo",
         )  # fmt: skip
         result = trainer.fit(resume=config.resume)
-        after = measures(policy, test)
+        after = {} if result.stopped_by else measures(policy, test)  # a stop is quick
     out = write_summary(config, "dpo", before=before, after=after, pairs=len(pairs))
-    return DPORun(policy, tokenizer, result, out, before, after)
+    return DPORun(policy, tokenizer, result, train.steps, out, before, after)

@@ -135,14 +135,21 @@ class PretrainRun:
         >>> PretrainRun(None, None, result, Path("run"), [], {}, 2000, None).outcome
         'stopped by SIGINT at step 37 before the first evaluation; resume with --resume'
         """
-        step, stopped_by = self.result.step, self.result.stopped_by
-        if self.trained_steps == 0 and step >= self.steps:
-            return f"this run had already finished at step {step}; nothing was trained"
-        if stopped_by and step < self.steps:
-            before = "" if self.last_eval else " before the first evaluation"
-            return f"stopped by {stopped_by} at step {step}{before}; resume with --resume"
-        resumed = f" (resumed from step {self.start_step})" if self.start_step else ""
-        return f"finished at step {step}{resumed}"
+        return describe_outcome(self.result, self.steps, evaluated=self.last_eval is not None)
+
+
+def describe_outcome(result, steps, *, evaluated=True):
+    """How a run of ``steps`` steps that returned ``result`` (a ``TrainResult``) ended, in
+    one sentence; ``evaluated``: whether it was evaluated before it stopped."""
+    step, stopped_by, trained = result.step, result.stopped_by, result.steps_this_session
+    if trained == 0 and step >= steps:
+        return f"this run had already finished at step {step}; nothing was trained"
+    if stopped_by and step < steps:
+        before = "" if evaluated else " before the first evaluation"
+        return f"stopped by {stopped_by} at step {step}{before}; resume with --resume"
+    start = step - trained
+    resumed = f" (resumed from step {start})" if start else ""
+    return f"finished at step {step}{resumed}"
 
 
 def is_figure(value):

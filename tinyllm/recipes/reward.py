@@ -53,6 +53,7 @@ class RewardRun:
     model: object
     tokenizer: object
     result: object
+    steps: int  # the steps the run was asked for
     out: Path
     before: dict  # {"pair_accuracy": ...} on held-out test pairs
     after: dict
@@ -110,7 +111,10 @@ def _reward(config, train):
             out_dir=config.out, tokenizer=tokenizer, title="reward model",
         )  # fmt: skip
         result = trainer.fit(resume=config.resume)
-        after = {"pair_accuracy": ranking_accuracy(model, test_rows)}
+        if result.stopped_by is None:  # a stop is quick: measured only when done
+            after = {"pair_accuracy": ranking_accuracy(model, test_rows)}
+        else:
+            after = {}
     out = write_summary(config, "reward", before=before, after=after,
                         pairs=len(pairs))  # fmt: skip
-    return RewardRun(model, tokenizer, result, out, before, after)
+    return RewardRun(model, tokenizer, result, train.steps, out, before, after)

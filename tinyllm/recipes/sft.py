@@ -62,6 +62,7 @@ class SFTRun:
     model: object
     tokenizer: object
     result: object
+    steps: int  # the steps the run was asked for
     out: Path
     before: dict  # task_measures on held-out test prompts (tasks only; else empty)
     after: dict
@@ -114,7 +115,7 @@ def _sft(config, train):
             title="sft",
         )  # fmt: skip
         result = trainer.fit(resume=config.resume)
-        after = measures(model)
+        after = {} if result.stopped_by else measures(model)  # a stop is quick
     out = write_summary(config, "sft", before=before, after=after,
                         conversations=len(conversations), rows=len(rows.ids))  # fmt: skip
-    return SFTRun(model, tokenizer, result, out, before, after)
+    return SFTRun(model, tokenizer, result, train.steps, out, before, after)

@@ -73,7 +73,8 @@ def plot_losses(rows, path, title="training", measures=()):
     left.set_xlabel("step")
     left.set_ylabel("loss")
     left.grid(alpha=0.3)
-    left.legend()
+    if train or val:
+        left.legend()
     lr = _series(rows, "lr")
     if lr:
         right.plot(*zip(*lr), color="tab:green")
