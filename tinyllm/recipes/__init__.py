@@ -3,8 +3,11 @@
 | file          | what it runs                                                           |
 |---------------|------------------------------------------------------------------------|
 | `pretrain.py` | `tinyllm pretrain`: tokenize a corpus, train a model, sample from it   |
+| `posttrain.py`| what the post-training runs share: configs, the chat model, held out   |
 | `sft.py`      | `tinyllm sft`: supervised fine-tuning of a pretrained model on chats   |
+| `reward.py`   | `tinyllm reward`: a reward model trained on preference pairs           |
 | `dpo.py`      | `tinyllm dpo`: preference tuning of an SFT model against itself frozen |
+| `evaluation.py` | `tinyllm eval`: a chat model measured on held-out tasks              |
 | `speedrun.py` | `tinyllm speedrun`: the main job, end to end, with a report            |
 | `scaling.py`  | a family of small models at fixed compute budgets, and a power-law fit |
 """

@@ -33,7 +33,7 @@ from .posttrain import (
 
 # Fine-tuning's training defaults (the other TrainConfig fields keep theirs): a few hundred
 # steps from a pretrained model
-TRAIN_DEFAULTS = dict(steps=300, batch_size=16, lr=1e-3, min_lr=1e-4, eval_interval=100)
+TRAIN_DEFAULTS = dict(steps=400, batch_size=8, lr=2e-3, min_lr=2e-4, eval_interval=100)
 
 
 @dataclass(frozen=True)
