@@ -289,6 +289,26 @@ TRICKS = [
         "tinyllm.infer.engine",
     ),
     (
+        "ex08_supervised_fine_tuning",
+        "from tinyllm.tokenizer import format_chat",
+        "(that is tinyllm.tokenizer.chat.format_chat)",
+    ),
+    (
+        "ex08_supervised_fine_tuning",
+        "from tinyllm.tokenizer import Tokenizer\nformat_chat = Tokenizer.format_chat",
+        "uses tinyllm.tokenizer.Tokenizer.format_chat",
+    ),
+    (
+        "ex08_supervised_fine_tuning",
+        "from tinyllm.recipes import sft\npack_examples = sft.pack",
+        "(that is tinyllm.data.sft.pack)",
+    ),
+    (
+        "ex08_supervised_fine_tuning",
+        "import tinyllm.train.sft as s\nmask = s.document_mask",
+        "imports tinyllm.train.sft",
+    ),
+    (
         "ex06_speculative_decoding",
         "from tinyllm.infer import speculative\nrule = speculative.accept_or_resample",
         "imports tinyllm.infer.speculative",
@@ -361,6 +381,11 @@ FAIR = [
         "from collections import deque\nimport numpy as np\nfrom tinyllm.infer import KVCache",
     ),
     ("ex06_speculative_decoding", "import numpy as np\nfrom tinyllm.infer import draw, generate"),
+    (
+        "ex08_supervised_fine_tuning",
+        "import numpy as np\nfrom tinyllm.tokenizer import Tokenizer\nencode = Tokenizer.encode",
+    ),
+    ("ex08_supervised_fine_tuning", "from tinyllm.data.tasks import task_examples"),
 ]
 
 

@@ -122,6 +122,15 @@ RULES = {
         writes=("BlockAllocator", "block_slot", "paged_update", "schedule_step"),
         off_limits=("tinyllm.nn.paged_kv_cache", "tinyllm.infer.engine"),
     ),
+    "ex08_supervised_fine_tuning": Rules(
+        writes=("assistant_targets", "pack_examples", "document_causal_mask", "format_chat"),
+        off_limits=(
+            "tinyllm.tokenizer.chat",
+            "tinyllm.tokenizer.tokenizer.Tokenizer.format_chat",  # the same, as a method
+            "tinyllm.data.sft",
+            "tinyllm.train.sft",
+        ),
+    ),
 }
 
 IMPORTERS = {"__import__", "builtins.__import__", "importlib.__import__", "importlib.import_module"}
