@@ -28,6 +28,23 @@ from ..tokenizer.chat import format_chat
 IGNORE = -100  # a target that is not scored
 
 
+def assistant_targets(ids, assistant_mask, ignore_index=IGNORE):
+    """The targets of ``ids``: ``targets[i]`` is ``ids[i + 1]`` where that token is the
+    assistant's (``assistant_mask[i + 1]``), else ``ignore_index``; the last is never scored.
+
+    >>> assistant_targets([5, 6, 7, 8], [False, False, True, True])
+    [-100, 7, 8, -100]
+    """
+    if len(ids) != len(assistant_mask):
+        raise ValueError(
+            f"{len(ids)} ids but {len(assistant_mask)} mask entries: expected one per id"
+        )
+    if not len(ids):
+        return []
+    pairs = zip(ids[1:], assistant_mask[1:])
+    return [t if learned else ignore_index for t, learned in pairs] + [ignore_index]
+
+
 def sft_tokens(tokenizer, messages, *, context_length=None, index=None):
     """``(ids, targets)`` of one conversation: ``targets[i]`` is ``ids[i + 1]`` where that
     token is the assistant's, else -100. A conversation without an assistant turn, or
@@ -41,8 +58,7 @@ def sft_tokens(tokenizer, messages, *, context_length=None, index=None):
             f"{name} is {len(ids)} tokens, longer than the context_length of "
             f"{context_length}: shorten it or drop it (tinyllm does not cut conversations)"
         )
-    targets = [t if learned else IGNORE for t, learned in zip(ids[1:], mask[1:])] + [IGNORE]
-    return ids, targets
+    return ids, assistant_targets(ids, mask)
 
 
 class PackedRows(NamedTuple):

@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from ..data.preferences import normalize_pair
-from ..data.sft import IGNORE, pack, sft_tokens
+from ..data.sft import IGNORE, assistant_targets, pack, sft_tokens
 from ..nn.module import inference
 from ..tokenizer.chat import END_OF_TURN, format_chat
 from ..train.preference import sequence_logps
@@ -106,7 +106,7 @@ def response_logps(model, tokenizer, prompts, responses, *, batch_size=32):
     for prompt, response in zip(prompts, responses):
         ids, mask = format_chat(tokenizer, [*prompt, {"role": "assistant", "content": response}])
         ids, mask = ids[:context], mask[:context]
-        rows.append((ids, [t if m else IGNORE for t, m in zip(ids[1:], mask[1:])] + [IGNORE]))
+        rows.append((ids, assistant_targets(ids, mask)))
     out = []
     with inference(model):
         for start in range(0, len(rows), batch_size):

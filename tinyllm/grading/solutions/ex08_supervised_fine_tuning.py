@@ -9,6 +9,7 @@ library runs on a tokenizer and messages rather than on ids and a mask.
 
 import numpy as np
 
+from tinyllm.data import sft
 from tinyllm.data.sft import IGNORE, document_mask, pack
 from tinyllm.tokenizer import chat
 
@@ -16,13 +17,7 @@ __all__ = ["assistant_targets", "document_causal_mask", "format_chat", "pack_exa
 
 
 def assistant_targets(ids, assistant_mask, ignore_index=IGNORE):
-    if len(ids) != len(assistant_mask):
-        raise ValueError(
-            f"{len(ids)} ids but {len(assistant_mask)} mask entries: expected one per id"
-        )
-    # the line of sft_tokens (tinyllm/data/sft.py) that makes them
-    targets = [t if learned else ignore_index for t, learned in zip(ids[1:], assistant_mask[1:])]
-    return targets + [ignore_index] if len(ids) else []
+    return sft.assistant_targets(ids, assistant_mask, ignore_index)
 
 
 def pack_examples(examples, context_length, pad_id=0):
