@@ -11,11 +11,12 @@ from tinyllm.data.preferences import preference_rows
 from tinyllm.data.tasks import preference_pairs, task_examples
 from tinyllm.infer.evaluate import exact_match, task_measures
 from tinyllm.models.reward import RewardModel
-from tinyllm.recipes.dpo import DPOConfig
+from tinyllm.recipes.dpo import DPOConfig, load_reference
 from tinyllm.recipes.evaluation import EvalConfig
 from tinyllm.recipes.posttrain import load_chat_model
 from tinyllm.recipes.reward import RewardConfig, ranking_accuracy, scores
 from tinyllm.recipes.sft import SFTConfig
+from tinyllm.tokenizer import Tokenizer
 from tinyllm.train import TrainConfig, latest_checkpoint, read_metrics
 from tinyllm.train.checkpoint import load_model
 
@@ -86,7 +87,7 @@ def test_dpo_after_sft_records_its_measures_before_and_after(base, tmp_path, cap
     assert "kl" in rows[-1] and rows[-1]["step"] == 3
 
 
-def test_sft_refuses_what_it_cannot_use(tmp_path, capsys):
+def test_sft_and_dpo_refuse_what_they_cannot_use(base, tmp_path, capsys):
     char = tmp_path / "char"
     assert main(["pretrain", "--out", str(char), *PRETRAIN]) == 0
     capsys.readouterr()
@@ -94,6 +95,18 @@ def test_sft_refuses_what_it_cannot_use(tmp_path, capsys):
     assert "lacks the chat tokens" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown task 'divide'"):
         SFTConfig(tasks="add,divide")
+    other = tmp_path / "other"  # another vocabulary: no reference for DPO
+    args = ["pretrain", "--out", str(other), "--tokenizer", "bpe", "--vocab-size", "320"]
+    assert main([*args, *PRETRAIN]) == 0
+    capsys.readouterr()
+    args = ["dpo", "--model", str(base), "--reference", str(other), "--out", str(tmp_path / "d")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"reference {other}: its architecture differs from the policy's in vocab_size" in err
+    policy, tokenizer = load_chat_model(base)  # the same architecture, another tokenizer
+    retrained = Tokenizer.train(["sort: 1 2 3"] * 20, vocab_size=tokenizer.vocab_size)
+    with pytest.raises(ValueError, match="its tokenizer differs from the policy's"):
+        load_reference(base, policy, retrained)
     with pytest.raises(ValueError, match="examples=0: expected an integer >= 1"):
         SFTConfig(examples=0)
 

@@ -1,6 +1,7 @@
 """Direct preference optimisation as a run: an SFT model folder in, a preference-tuned one out.
 
-1. Load the SFT model twice: the policy (trained) and the reference (frozen).
+1. Load the SFT model twice: the policy (trained) and the reference (frozen; another folder
+   with the same architecture and tokenizer may be named instead).
 2. Preference pairs: the checkable tasks' right-vs-wrong answers (``tinyllm.data.tasks``,
    the default) or a JSONL file / ``hf:<dataset>`` in TRL's ``prompt`` / ``chosen`` /
    ``rejected`` shape; the reference's log-probabilities of every response computed once.
@@ -45,6 +46,10 @@ class DPOConfig(PostTrainConfig):
         metadata={"help": "tasks (right vs wrong answers), or a .jsonl file / hf:<dataset> of "
                           "prompt/chosen/rejected"},
     )  # fmt: skip
+    reference: str = field(
+        default="",
+        metadata={"help": "the frozen reference model folder (default: --model itself)"},
+    )
     out: str = field(default="runs/dpo", metadata={"help": "the run folder"})
     pairs: int = field(default=1000, metadata={"help": "training pairs (tasks)"})
     eval_pairs: int = field(
@@ -77,6 +82,26 @@ class DPORun:
     after: dict
 
 
+def load_reference(directory, policy, tokenizer):
+    """The frozen reference model of ``directory`` (never given to an optimizer), refused
+    unless it has the policy's architecture and vocabulary: DPO compares the two models'
+    log-probabilities of the same tokens."""
+    reference, reference_tokenizer = load_chat_model(directory)
+    ours, theirs = policy.config.to_dict(), reference.config.to_dict()
+    differ = {k: (ours[k], theirs.get(k)) for k in ours if ours[k] != theirs.get(k)}
+    if differ:
+        raise ValueError(
+            f"reference {directory}: its architecture differs from the policy's in "
+            + ", ".join(f"{k} ({a!r} vs {b!r})" for k, (a, b) in differ.items())
+        )
+    if reference_tokenizer.to_json() != tokenizer.to_json():
+        raise ValueError(
+            f"reference {directory}: its tokenizer differs from the policy's: the same ids "
+            "would be different text"
+        )
+    return reference.eval()
+
+
 def _with_reference(reference, rows):
     return (*rows, *reference_logps(reference, rows))
 
@@ -90,8 +115,7 @@ def dpo(config, train=None):
 
 def _dpo(config, train):
     policy, tokenizer = load_chat_model(config.model)
-    reference, _ = load_chat_model(config.model)  # frozen: never given to an optimizer
-    reference.eval()
+    reference = load_reference(config.reference or config.model, policy, tokenizer)
     context = policy.config.context_length
     if config.data == "tasks":
         pairs = preference_pairs(config.task_names, config.pairs, split="train", seed=train.seed)
