@@ -173,6 +173,24 @@ def test_dpo_loss_equals_trl_dpo_trainer_with_its_gradients(beta):
     assert metrics["rewards/accuracies"][0] == pytest.approx((chosen > rejected).mean())
 
 
+def test_the_sft_term_adds_the_chosen_tokens_mean_cross_entropy(tokenizer):
+    policy, reference = lm(tokenizer), lm(tokenizer)
+    rows = preference_rows(tokenizer, PAIRS, context_length=32)
+    batch = (*rows, *reference_logps(reference, rows, batch_size=2))
+    plain, _ = dpo_loss(beta=0.1)(policy, batch)
+    with_sft, metrics = dpo_loss(beta=0.1, sft_weight=0.5)(policy, batch)
+    with tinyllm.no_grad():
+        logits = policy(rows.chosen_ids)[0].numpy().astype(np.float64)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    scored = rows.chosen_targets != -100
+    picked = np.take_along_axis(log_probs, np.maximum(rows.chosen_targets, 0)[..., None], -1)
+    nll = -picked[..., 0][scored].mean()  # TRL's "sft" loss type: the mean over tokens
+    np.testing.assert_allclose(metrics["chosen_nll"], nll, rtol=1e-5)
+    np.testing.assert_allclose(with_sft.item() - plain.item(), 0.5 * nll, rtol=1e-4)
+    with pytest.raises(ValueError, match="sft_weight=-1: expected a number >= 0"):
+        dpo_loss(beta=0.1, sft_weight=-1)
+
+
 def test_response_logps_add_up_the_response_tokens_only(tokenizer):
     model = lm(tokenizer)
     rows = preference_rows(tokenizer, PAIRS, context_length=32)
@@ -193,11 +211,11 @@ def test_dpo_starts_at_log2_with_the_reference_as_policy_and_learns(tokenizer):
     batch = (*rows, ref_c, ref_r)
     loss, metrics = dpo_loss(beta=0.5)(policy, batch)
     np.testing.assert_allclose(loss.item(), np.log(2), rtol=1e-5)  # no preference yet
-    assert metrics["margin"] == pytest.approx(0, abs=1e-5)
+    assert metrics["reward_margin"] == pytest.approx(0, abs=1e-5)
     config = TrainConfig(steps=30, batch_size=3, lr=3e-3, warmup_steps=0, eval_interval=0,
                          log_interval=30, progress=False)  # fmt: skip
     result = Trainer(policy, config, RowBatches(batch, 3, seed=0), loss_fn=dpo_loss(0.5)).fit()
-    assert result.metrics["accuracy"] == 1.0 and result.metrics["margin"] > 1.0
+    assert result.metrics["reward_accuracy"] == 1.0 and result.metrics["reward_margin"] > 1.0
     assert result.metrics["reward_chosen"] > result.metrics["reward_rejected"]
 
 
@@ -214,7 +232,7 @@ def test_the_reward_model_reads_the_last_token_and_learns_the_pairs(tokenizer, t
                          log_interval=40, progress=False)  # fmt: skip
     result = Trainer(model, config, RowBatches(tuple(rows), 3, seed=0), loss_fn=reward_loss,
                      out_dir=tmp_path / "rm").fit()  # fmt: skip
-    assert result.metrics["accuracy"] == 1.0
+    assert result.metrics["ranked_right"] == 1.0
     loaded = checkpoint.load_model(result.checkpoint)
     np.testing.assert_allclose(
         loaded(rows.rejected_ids, rows.rejected_lengths).numpy(),

@@ -82,7 +82,7 @@ def test_dpo_after_sft_records_its_measures_before_and_after(base, tmp_path, cap
                                      "preference_accuracy", "kl"}  # fmt: skip
     assert report["before"]["kl"] == 0.0  # the policy starts as the reference
     rows = read_metrics(dpo_out / "metrics.jsonl")
-    assert {"reward_chosen", "reward_rejected", "margin", "accuracy"} <= set(rows[0])
+    assert {"reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy"} <= set(rows[0])
     assert abs(rows[0]["loss"] - 0.6931) < 1e-3  # log 2: no preference at the start
     assert "kl" in rows[-1] and rows[-1]["step"] == 3
 
@@ -130,7 +130,7 @@ def test_reward_ranks_held_out_pairs_and_reloads(base, tmp_path, capsys):
     assert chosen.shape == rejected.shape == (6,)
     np.testing.assert_allclose(scores(exported, rows)[0], chosen, rtol=1e-5, atol=1e-6)
     metrics = read_metrics(out / "metrics.jsonl")
-    assert {"accuracy", "margin"} <= set(metrics[0]) and "pair_accuracy" in metrics[-1]
+    assert {"ranked_right", "margin"} <= set(metrics[0]) and "pair_accuracy" in metrics[-1]
     assert abs(metrics[0]["loss"] - 0.6931) < 0.2  # a fresh head: scores near each other
 
 

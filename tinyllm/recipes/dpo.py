@@ -58,6 +58,10 @@ class DPOConfig(PostTrainConfig):
     beta: float = field(
         default=0.1, metadata={"help": "how far the policy may move: small goes far"}
     )
+    sft_weight: float = field(
+        default=0.0,
+        metadata={"help": "weight of an SFT loss on the chosen responses beside DPO's (RPO)"},
+    )
     samples: int = field(default=2, metadata={"help": "sampled answers per held-out prompt"})
 
     COUNTS = ("pairs", "eval_pairs", "samples")
@@ -65,6 +69,8 @@ class DPOConfig(PostTrainConfig):
     def __post_init__(self):
         if not self.beta > 0:
             raise ValueError(f"DPOConfig: beta={self.beta!r}: expected a number > 0 (0.1 is usual)")
+        if not self.sft_weight >= 0:
+            raise ValueError(f"DPOConfig: sft_weight={self.sft_weight!r}: expected a number >= 0")
         super().__post_init__()
 
 
@@ -141,7 +147,7 @@ def _dpo(config, train):
         before = measures(policy, test)
         trainer = Trainer(
             policy, train, RowBatches(train_rows, train.micro_batch_size, seed=train.seed),
-            loss_fn=dpo_loss(config.beta), eval_fn=lambda model: measures(model, val),
+            loss_fn=dpo_loss(config.beta, config.sft_weight), eval_fn=lambda model: measures(model, val),
             out_dir=config.out, tokenizer=tokenizer, title="dpo",
         )  # fmt: skip
         result = trainer.fit(resume=config.resume)

@@ -35,7 +35,7 @@ def reward_loss(model, batch):
     chosen, rejected = model(c_ids, c_len), model(r_ids, r_len)
     margin = (chosen - rejected).data
     metrics = {
-        "accuracy": (margin > 0).mean(),
+        "ranked_right": (margin > 0).mean(),
         "margin": margin.mean(),
         "tokens": int(np.size(c_ids) * 2),
     }
@@ -70,12 +70,20 @@ def dpo_loss_from_logps(policy_chosen, policy_rejected, ref_chosen, ref_rejected
     return loss, chosen_rewards, rejected_rewards
 
 
-def dpo_loss(beta):
+def dpo_loss(beta, sft_weight=0.0):
     """A ``loss_fn`` for the policy on batches of ``PreferenceRows`` followed by the
     reference's two log-probability arrays: the DPO loss, with the implicit rewards of the
-    chosen and rejected responses, their margin and the share of pairs ranked right."""
+    chosen and rejected responses, their margin and the share of pairs ranked right.
+
+    ``sft_weight`` adds that times the chosen responses' mean per-token cross-entropy (TRL's
+    ``loss_type=["sigmoid", "sft"]``; RPO). DPO alone only asks the *difference* to grow:
+    on pairs that differ in a token or two it often pushes the chosen response down too,
+    and the probability goes to answers in neither (likelihood displacement); the SFT term
+    holds the chosen ones up."""
     if not beta > 0:
         raise ValueError(f"beta={beta!r}: expected a number > 0 (0.1 is usual)")
+    if not sft_weight >= 0:
+        raise ValueError(f"sft_weight={sft_weight!r}: expected a number >= 0")
 
     def loss_fn(policy, batch):
         c_ids, c_targets, _, r_ids, r_targets, _, ref_c, ref_r = batch
@@ -87,9 +95,13 @@ def dpo_loss(beta):
         margin = (chosen - rejected).data
         metrics = {
             "reward_chosen": chosen.data.mean(), "reward_rejected": rejected.data.mean(),
-            "margin": margin.mean(), "accuracy": (margin > 0).mean(),
+            "reward_margin": margin.mean(), "reward_accuracy": (margin > 0).mean(),
             "tokens": int(np.size(c_ids) * 2),
         }  # fmt: skip
+        if sft_weight:
+            nll = -pi_c.sum() / int((np.asarray(c_targets) != -100).sum())
+            loss = loss + sft_weight * nll
+            metrics["chosen_nll"] = nll.item()
         return loss, metrics
 
     return loss_fn
