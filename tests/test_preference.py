@@ -13,6 +13,7 @@ import tinyllm
 from tinyllm import Tensor
 from tinyllm.data import RowBatches
 from tinyllm.data.preferences import load_conversations, load_preferences, preference_rows
+from tinyllm.data.tasks import task_examples
 from tinyllm.models import Transformer, get_preset
 from tinyllm.models.reward import RewardModel
 from tinyllm.tokenizer import Tokenizer
@@ -281,3 +282,21 @@ def test_bad_files_and_settings_are_named(tmp_path, tokenizer):
         dpo_loss(0)
     with pytest.raises(ValueError, match="SFT example 0 is .* longer than the context_length of 4"):
         preference_rows(tokenizer, PAIRS, context_length=4)
+
+
+def test_sampled_pairs_reject_the_models_own_first_wrong_answer(monkeypatch):
+    from tinyllm.recipes import dpo
+
+    examples = task_examples("sort", 3, split="train", seed=0)
+    draws = {  # seed -> the answers "sampled" for the three prompts
+        0: [examples[0].answer, "9 9", examples[2].answer],
+        1: ["1 0", "8 8", examples[2].answer],
+    }
+    monkeypatch.setattr(dpo, "answers", lambda model, tok, prompts, temperature, seed: draws[seed])
+    monkeypatch.setattr(dpo, "_fits", lambda model, tok, prompt, answer: answer != "9 9")
+    pairs = dpo.sampled_pairs(None, None, examples, samples=2, seed=0)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [
+        (examples[0].answer, "1 0"),  # right at first, wrong in the second sample
+        (examples[1].answer, "8 8"),  # the first wrong sample that fits the context
+    ]  # the third prompt was always answered right: no pair
+    assert pairs[0]["prompt"] == examples[0].messages[:1]

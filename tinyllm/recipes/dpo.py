@@ -2,14 +2,16 @@
 
 1. Load the SFT model twice: the policy (trained) and the reference (frozen; another folder
    with the same architecture and tokenizer may be named instead).
-2. Preference pairs: the checkable tasks' right-vs-wrong answers (``tinyllm.data.tasks``,
-   the default) or a JSONL file / ``hf:<dataset>`` in TRL's ``prompt`` / ``chosen`` /
-   ``rejected`` shape; the reference's log-probabilities of every response computed once.
-3. Train the policy with the one ``Trainer`` and ``dpo_loss(beta)``: the implicit rewards of
-   chosen and rejected responses, their margin and the pairs ranked right are logged at each
-   step; at each evaluation, on held-out validation pairs, the preference accuracy, and the
-   rate of right answers among the policy's *sampled* answers, and its KL to the reference
-   on those samples.
+2. Preference pairs: on the checkable tasks (``tinyllm.data.tasks``, the default), the right
+   answer against one of the SFT model's own wrong samples (``sampled_pairs``) or a made-up
+   wrong one; or a JSONL file / ``hf:<dataset>`` in TRL's ``prompt`` / ``chosen`` /
+   ``rejected`` shape. The reference's log-probabilities of every response computed once.
+3. Train the policy with the one ``Trainer`` and ``dpo_loss(beta, sft_weight)``: the
+   implicit rewards of chosen and rejected responses, their margin and the pairs ranked
+   right are logged at each step; at each evaluation, on held-out validation prompts,
+   ``task_measures``: greedy accuracy, the rate of right answers among the policy's
+   *sampled* answers, the made-up pairs it ranks right, and its KL to the reference on its
+   samples.
 4. Before and after on held-out test prompts, in the run's ``dpo.json``.
 """
 
@@ -19,8 +21,9 @@ from pathlib import Path
 from ..backend import use_backend
 from ..data import RowBatches
 from ..data.preferences import load_preferences, preference_rows
-from ..data.tasks import preference_pairs
-from ..infer.evaluate import preference_accuracy, task_measures
+from ..data.tasks import preference_pairs, task_examples
+from ..infer.evaluate import answers, is_right, preference_accuracy, task_measures
+from ..tokenizer.chat import format_chat
 from ..train import TrainConfig, Trainer
 from ..train.preference import dpo_loss, reference_logps
 from .posttrain import (
@@ -62,6 +65,14 @@ class DPOConfig(PostTrainConfig):
         default=0.0,
         metadata={"help": "weight of an SFT loss on the chosen responses beside DPO's (RPO)"},
     )
+    rejected: str = field(
+        default="sampled",
+        metadata={
+            "help": "with --data tasks, the rejected answers: the SFT model's own wrong samples, "
+            "or made-up wrong answers",
+            "choices": ("sampled", "made-up"),
+        },
+    )
     samples: int = field(default=2, metadata={"help": "sampled answers per held-out prompt"})
 
     COUNTS = ("pairs", "eval_pairs", "samples")
@@ -69,6 +80,10 @@ class DPOConfig(PostTrainConfig):
     def __post_init__(self):
         if not self.beta > 0:
             raise ValueError(f"DPOConfig: beta={self.beta!r}: expected a number > 0 (0.1 is usual)")
+        if self.rejected not in ("sampled", "made-up"):
+            raise ValueError(
+                f"DPOConfig: rejected={self.rejected!r}: expected 'sampled' or 'made-up'"
+            )
         if not self.sft_weight >= 0:
             raise ValueError(f"DPOConfig: sft_weight={self.sft_weight!r}: expected a number >= 0")
         super().__post_init__()
@@ -86,6 +101,31 @@ class DPORun:
     out: Path
     before: dict
     after: dict
+
+
+def sampled_pairs(model, tokenizer, examples, *, samples=2, seed=0):
+    """On-policy preference pairs: for each of ``examples`` (``TaskExample``s) whose answers
+    sampled from ``model`` (``samples`` at temperature 1) include a wrong one, the right
+    answer (chosen) against the first wrong sample that fits the context (rejected). DPO
+    then pushes down the mistakes the model makes, not made-up ones."""
+    prompts = [e.messages[:1] for e in examples]
+    wrong = [None] * len(examples)
+    for k in range(samples):
+        got = answers(model, tokenizer, prompts, temperature=1.0, seed=seed + k)
+        for i, answer in enumerate(got):
+            if wrong[i] is None and not is_right(examples[i], answer):
+                wrong[i] = answer if _fits(model, tokenizer, prompts[i], answer) else None
+    return [
+        {"prompt": e.messages[:1], "chosen": e.answer, "rejected": w}
+        for e, w in zip(examples, wrong) if w is not None
+    ]  # fmt: skip
+
+
+def _fits(model, tokenizer, prompt, answer):
+    """Whether the conversation of ``prompt`` and ``answer`` fits the model's context (a
+    sampled answer, decoded and encoded again, may take more tokens than it was drawn in)."""
+    messages = [*prompt, {"role": "assistant", "content": answer}]
+    return len(format_chat(tokenizer, messages).ids) <= model.config.context_length
 
 
 def load_reference(directory, policy, tokenizer):
@@ -124,7 +164,21 @@ def _dpo(config, train):
     reference = load_reference(config.reference or config.model, policy, tokenizer)
     context = policy.config.context_length
     if config.data == "tasks":
-        pairs = preference_pairs(config.task_names, config.pairs, split="train", seed=train.seed)
+        if config.rejected == "sampled":
+            examples = task_examples(
+                config.task_names, config.pairs, split="train", seed=train.seed
+            )
+            with training_threads_for(policy):
+                pairs = sampled_pairs(policy, tokenizer, examples, seed=train.seed)
+            if not pairs:
+                raise ValueError(
+                    f"{config.model} answered all {len(examples)} prompts right in every "
+                    "sample: no wrong answers to reject; use --rejected made-up"
+                )
+        else:
+            pairs = preference_pairs(
+                config.task_names, config.pairs, split="train", seed=train.seed
+            )
         val, test = (
             held_out(config, split, config.eval_pairs, train.seed) for split in ("val", "test")
         )
