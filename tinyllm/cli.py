@@ -228,34 +228,53 @@ def run_pretrain(args):
 
 
 # --- tinyllm sft / reward / dpo / eval ----------------------------------------------------------
-def _configure_post_training(parser, recipe, config_name, description):
-    """Flags for a post-training run: its config's, then TrainConfig's with the recipe's
-    training defaults."""
-    from importlib import import_module
-
-    from tinyllm.train import TrainConfig
-
-    module = import_module(f"tinyllm.recipes.{recipe}")
-    parser.description = description
-    add_dataclass_flags(parser, getattr(module, config_name), "model, data and run folder")
-    add_dataclass_flags(parser, TrainConfig, "training", defaults=module.TRAIN_DEFAULTS)
-
-
-def configure_sft(parser):
-    _configure_post_training(
-        parser, "sft", "SFTConfig",
+POST_TRAINING = {  # command (and its recipe's module and function): config class, description
+    "sft": (
+        "SFTConfig",
         "Supervised fine-tuning of a pretrained model folder on conversations (the checkable "
         "tasks by default), the loss on the assistant's tokens only. Writes the run folder "
         "--out like pretrain does, plus sft.json with the held-out measures before and after.",
-    )  # fmt: skip
+    ),
+    "reward": (
+        "RewardConfig",
+        "Train a reward model - the SFT model's body with a scalar head - on preference pairs "
+        "(right vs wrong answers to the checkable tasks by default) with the Bradley-Terry "
+        "loss. Writes the run folder --out like pretrain does, plus reward.json with the "
+        "share of held-out test pairs ranked right (pair_accuracy) before and after.",
+    ),
+    "dpo": (
+        "DPOConfig",
+        "Direct preference optimisation of an SFT model folder on preference pairs (the right "
+        "answer to a checkable task against the model's own wrong one, by default), against "
+        "the same model frozen as the reference. Writes the run folder --out like pretrain "
+        "does, plus dpo.json with the held-out measures before and after.",
+    ),
+}
 
 
-def run_sft(args):
-    from tinyllm.recipes.sft import SFTConfig, sft
-    from tinyllm.train import TrainConfig
+def post_training_command(command):
+    """The ``configure`` and ``run`` functions of a post-training command: flags from its
+    config's fields, then TrainConfig's with the recipe's training defaults."""
+    from importlib import import_module
 
-    run = sft(dataclass_from_flags(SFTConfig, args), dataclass_from_flags(TrainConfig, args))
-    return _print_run(run)
+    config_name, description = POST_TRAINING[command]
+
+    def configure(parser):
+        from tinyllm.train import TrainConfig
+
+        module = import_module(f"tinyllm.recipes.{command}")
+        parser.description = description
+        add_dataclass_flags(parser, getattr(module, config_name), "model, data and run folder")
+        add_dataclass_flags(parser, TrainConfig, "training", defaults=module.TRAIN_DEFAULTS)
+
+    def run(args):
+        from tinyllm.train import TrainConfig
+
+        module = import_module(f"tinyllm.recipes.{command}")
+        config = dataclass_from_flags(getattr(module, config_name), args)
+        return _print_run(getattr(module, command)(config, dataclass_from_flags(TrainConfig, args)))
+
+    return configure, run
 
 
 def _print_run(run):
@@ -269,42 +288,6 @@ def _print_run(run):
         print(f"  {name}: {run.before[name]:.4g} before, {after} after")
     print(f"step {run.result.step}: train loss {run.result.train_loss:.4f}; model in {run.out}")
     return 0
-
-
-def configure_reward(parser):
-    _configure_post_training(
-        parser, "reward", "RewardConfig",
-        "Train a reward model - the SFT model's body with a scalar head - on preference pairs "
-        "(right vs wrong answers to the checkable tasks by default) with the Bradley-Terry "
-        "loss. Writes the run folder --out like pretrain does, plus reward.json with the "
-        "share of held-out test pairs ranked right (pair_accuracy) before and after.",
-    )  # fmt: skip
-
-
-def run_reward(args):
-    from tinyllm.recipes.reward import RewardConfig, reward
-    from tinyllm.train import TrainConfig
-
-    run = reward(dataclass_from_flags(RewardConfig, args), dataclass_from_flags(TrainConfig, args))
-    return _print_run(run)
-
-
-def configure_dpo(parser):
-    _configure_post_training(
-        parser, "dpo", "DPOConfig",
-        "Direct preference optimisation of an SFT model folder on preference pairs (right vs "
-        "wrong answers to the checkable tasks by default), against the same model frozen as "
-        "the reference. Writes the run folder --out like pretrain does, plus dpo.json with "
-        "the held-out measures before and after.",
-    )  # fmt: skip
-
-
-def run_dpo(args):
-    from tinyllm.recipes.dpo import DPOConfig, dpo
-    from tinyllm.train import TrainConfig
-
-    run = dpo(dataclass_from_flags(DPOConfig, args), dataclass_from_flags(TrainConfig, args))
-    return _print_run(run)
 
 
 def configure_eval(parser):
@@ -674,9 +657,9 @@ COMMANDS = {  # name: (one-line help, configure, run)
     "grade": ("grade the exercises and print a score table", configure_grade, run_grade),
     "tokenizer": ("train a byte-level BPE tokenizer, or encode text with one", configure_tokenizer, run_tokenizer),
     "pretrain": ("train a language model on a corpus", configure_pretrain, run_pretrain),
-    "sft": ("fine-tune a pretrained model to answer in chats (SFT)", configure_sft, run_sft),
-    "reward": ("train a reward model on preference pairs", configure_reward, run_reward),
-    "dpo": ("tune a chat model on preference pairs (DPO)", configure_dpo, run_dpo),
+    "sft": ("fine-tune a pretrained model to answer in chats (SFT)", *post_training_command("sft")),
+    "reward": ("train a reward model on preference pairs", *post_training_command("reward")),
+    "dpo": ("tune a chat model on preference pairs (DPO)", *post_training_command("dpo")),
     "eval": ("measure a chat model on held-out tasks", configure_eval, run_eval),
     "generate": ("stream text from a trained model folder (alias: sample)", configure_sample, run_sample),
     "chat": ("chat with a model folder in the terminal, replies streamed", configure_chat, run_chat),

@@ -29,6 +29,7 @@ from ..train.preference import dpo_loss, reference_logps
 from .posttrain import (
     HeldOut,
     PostTrainConfig,
+    data_field,
     held_out,
     load_chat_model,
     training_threads_for,
@@ -44,11 +45,7 @@ class DPOConfig(PostTrainConfig):
     model: str = field(
         default="runs/sft", metadata={"help": "the SFT model folder (policy and reference)"}
     )
-    data: str = field(
-        default="tasks",
-        metadata={"help": "tasks (right vs wrong answers), or a .jsonl file / hf:<dataset> of "
-                          "prompt/chosen/rejected"},
-    )  # fmt: skip
+    data: str = data_field("prompt/chosen/rejected pairs")
     reference: str = field(
         default="",
         metadata={"help": "the frozen reference model folder (default: --model itself)"},

@@ -13,18 +13,13 @@ from ..backend import use_backend
 from ..data.preferences import load_conversations
 from ..data.tasks import SPLITS
 from ..infer.evaluate import response_perplexity, task_measures
-from .posttrain import ChatRunConfig, held_out, load_chat_model, write_summary
+from .posttrain import ChatRunConfig, data_field, held_out, load_chat_model, write_summary
 
 
 @dataclass(frozen=True)
 class EvalConfig(ChatRunConfig):
     model: str = field(default="runs/sft", metadata={"help": "the chat model folder"})
-    data: str = field(
-        default="tasks",
-        metadata={
-            "help": "tasks (the checkable tasks), or a .jsonl file / hf:<dataset> of messages"
-        },
-    )
+    data: str = data_field("messages")
     out: str = field(
         default="", metadata={"help": "the folder for eval.json (default: the model folder)"}
     )

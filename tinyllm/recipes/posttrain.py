@@ -23,16 +23,19 @@ from ..models import Transformer
 from ..tokenizer.chat import CHAT_SPECIAL_TOKENS
 
 
+def data_field(records):
+    """The ``data`` field of a run reading ``records`` (what its files hold)."""
+    text = f"tasks (the checkable tasks), or a .jsonl file / hf:<dataset> of {records}"
+    return field(default="tasks", metadata={"help": text})
+
+
 @dataclass(frozen=True)
 class ChatRunConfig(Config):
     """The fields every run on a chat model has; ``COUNTS`` names a subclass's fields that
     must be integers >= 1."""
 
     model: str = field(default="runs/speedrun", metadata={"help": "the model folder to start from"})
-    data: str = field(
-        default="tasks",
-        metadata={"help": "tasks (the checkable tasks), or a .jsonl file / hf:<dataset>"},
-    )
+    data: str = data_field("records")
     tasks: str = field(
         default="add,sort,convert",
         metadata={"help": f"with --data tasks: which, comma-separated ({', '.join(TASKS)})"},

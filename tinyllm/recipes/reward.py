@@ -22,7 +22,13 @@ from ..models.reward import RewardModel
 from ..nn.module import inference
 from ..train import TrainConfig, Trainer
 from ..train.preference import reward_loss
-from .posttrain import PostTrainConfig, load_chat_model, training_threads_for, write_summary
+from .posttrain import (
+    PostTrainConfig,
+    data_field,
+    load_chat_model,
+    training_threads_for,
+    write_summary,
+)
 
 # The reward model's training defaults (the other TrainConfig fields keep theirs)
 TRAIN_DEFAULTS = dict(steps=200, batch_size=16, lr=3e-4, min_lr=3e-5, eval_interval=100)
@@ -33,11 +39,7 @@ class RewardConfig(PostTrainConfig):
     model: str = field(
         default="runs/sft", metadata={"help": "the SFT model folder (the reward model's body)"}
     )
-    data: str = field(
-        default="tasks",
-        metadata={"help": "tasks (right vs wrong answers), or a .jsonl file / hf:<dataset> of "
-                          "prompt/chosen/rejected"},
-    )  # fmt: skip
+    data: str = data_field("prompt/chosen/rejected pairs")
     out: str = field(default="runs/reward", metadata={"help": "the run folder"})
     pairs: int = field(default=1500, metadata={"help": "training pairs (tasks)"})
     eval_pairs: int = field(default=200, metadata={"help": "held-out pairs per evaluation"})

@@ -25,6 +25,7 @@ from ..train import TrainConfig, Trainer
 from ..train.sft import sft_loss
 from .posttrain import (
     PostTrainConfig,
+    data_field,
     held_out,
     load_chat_model,
     training_threads_for,
@@ -39,12 +40,7 @@ TRAIN_DEFAULTS = dict(steps=400, batch_size=8, lr=2e-3, min_lr=2e-4, eval_interv
 @dataclass(frozen=True)
 class SFTConfig(PostTrainConfig):
     model: str = field(default="runs/speedrun", metadata={"help": "the pretrained model folder"})
-    data: str = field(
-        default="tasks",
-        metadata={
-            "help": "tasks (the checkable tasks), or a .jsonl file / hf:<dataset> of messages"
-        },
-    )
+    data: str = data_field("messages")
     out: str = field(default="runs/sft", metadata={"help": "the run folder"})
     examples: int = field(default=1500, metadata={"help": "training conversations (tasks)"})
     eval_examples: int = field(

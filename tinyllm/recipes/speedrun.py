@@ -61,8 +61,8 @@ PRESETS = {
         ),
         "sft": Stage(
             SFTConfig(examples=1500, eval_examples=EVAL_EXAMPLES),
-            TrainConfig(steps=200, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=20,
-                        eval_interval=100, checkpoint_interval=100),
+            TrainConfig(steps=400, batch_size=8, lr=2e-3, min_lr=2e-4, warmup_steps=20,
+                        eval_interval=200, checkpoint_interval=200),
         ),
         "dpo": Stage(
             DPOConfig(pairs=1000, eval_pairs=EVAL_EXAMPLES, samples=1),
