@@ -22,10 +22,14 @@ from ..train.sft import sft_loss
 from .generate import generate
 
 
-def answers(model, tokenizer, prompts, *, max_new_tokens=32, batch_size=32, **sampling):
-    """The model's answer (text before ``<|end|>``) to each prompt, a list of message lists."""
+def answer_tokens(model, tokenizer, prompts, *, max_new_tokens=32, batch_size=32, **sampling):
+    """``(prompt_ids, new_ids)`` for each prompt (a list of message lists): the prompt as the
+    chat template encodes it, with the open assistant turn, and the tokens the model wrote
+    after it, up to and including ``<|end|>`` when it came. What a sampled answer's
+    log-probability is scored on: its text, encoded again, need not give these tokens back
+    (a partly written character decodes to U+FFFD; a special token decodes to its name)."""
     end = tokenizer.special_tokens[END_OF_TURN]
-    texts = []
+    out = []
     for start in range(0, len(prompts), batch_size):
         chunk = [
             format_chat(tokenizer, messages, add_generation_prompt=True).ids
@@ -39,10 +43,23 @@ def answers(model, tokenizer, prompts, *, max_new_tokens=32, batch_size=32, **sa
                 f"{model.config.context_length}"
             )
         rows = generate(model, chunk, room, stop_token_ids=[end], **sampling)
-        for ids, row in zip(chunk, rows):
-            new = [int(t) for t in row[len(ids) :] if t >= 0]
-            texts.append(tokenizer.decode(new[: new.index(end)] if end in new else new))
-    return texts
+        out += [(ids, [int(t) for t in row[len(ids) :] if t >= 0]) for ids, row in zip(chunk, rows)]
+    return out
+
+
+def answer_text(tokenizer, new_ids):
+    """The text of an answer's tokens before ``<|end|>``."""
+    end = tokenizer.special_tokens[END_OF_TURN]
+    return tokenizer.decode(new_ids[: new_ids.index(end)] if end in new_ids else new_ids)
+
+
+def answers(model, tokenizer, prompts, **options):
+    """The model's answer (text before ``<|end|>``) to each prompt, a list of message lists;
+    ``options`` are ``answer_tokens``'."""
+    return [
+        answer_text(tokenizer, new)
+        for _, new in answer_tokens(model, tokenizer, prompts, **options)
+    ]
 
 
 def exact_match(model, tokenizer, examples, **options):

@@ -25,9 +25,8 @@ from ..data import RowBatches
 from ..data.preferences import load_preferences, preference_rows
 from ..data.tasks import TASKS, preference_pairs, task_examples
 from ..files import atomic_open
-from ..infer.evaluate import answers
+from ..infer.evaluate import answer_text, answer_tokens
 from ..nn.module import inference
-from ..tokenizer.chat import format_chat
 from ..train import TrainConfig, Trainer
 from ..train.preference import dpo_loss, reference_logps, sequence_logps
 from .sft import check_counts_and_tasks, load_chat_model, task_names
@@ -103,22 +102,20 @@ def _no_grad_loss(policy, batch, beta):
 
 def sampled_measures(policy, reference, tokenizer, examples, samples, seed=0):
     """On answers sampled from ``policy`` (temperature 1): the share that are right, and the
-    mean of log pi(answer) - log ref(answer), a Monte-Carlo estimate of KL(policy || ref)
-    (over the part of an answer that fits the context)."""
+    mean of log pi(answer) - log ref(answer) over the sampled tokens themselves, a
+    Monte-Carlo estimate of KL(policy || ref)."""
     right, gaps = [], []
-    context = policy.config.context_length
     prompts = [e.messages[:1] for e in examples]
     for k in range(samples):
-        got = answers(policy, tokenizer, prompts, temperature=1.0, seed=seed + k)
-        right += [g.strip() == e.answer for g, e in zip(got, examples)]
-        rows = []
-        for prompt, answer in zip(prompts, got):
-            ids, mask = format_chat(tokenizer, [*prompt, {"role": "assistant", "content": answer}])
-            ids, mask = ids[:context], mask[:context]
-            rows.append((ids, [t if m else -100 for t, m in zip(ids[1:], mask[1:])] + [-100]))
-        T = max(len(ids) for ids, _ in rows)
-        ids = np.array([i + [0] * (T - len(i)) for i, _ in rows])
-        targets = np.array([t + [-100] * (T - len(t)) for _, t in rows])
+        sampled = answer_tokens(policy, tokenizer, prompts, temperature=1.0, seed=seed + k)
+        right += [answer_text(tokenizer, new).strip() == e.answer
+                  for (_, new), e in zip(sampled, examples)]  # fmt: skip
+        T = max(len(prompt) + len(new) for prompt, new in sampled)
+        ids = np.zeros((len(sampled), T), np.int64)  # (N, T), padded on the right
+        targets = np.full((len(sampled), T), -100, np.int64)  # only the sampled tokens score
+        for row, (prompt, new) in enumerate(sampled):
+            ids[row, : len(prompt) + len(new)] = prompt + new
+            targets[row, len(prompt) - 1 : len(prompt) - 1 + len(new)] = new
         with inference(policy), inference(reference):
             gap = sequence_logps(policy, ids, targets) - sequence_logps(reference, ids, targets)
         gaps.append(gap.numpy())
