@@ -122,6 +122,26 @@ RULES = {
         writes=("BlockAllocator", "block_slot", "paged_update", "schedule_step"),
         off_limits=("tinyllm.nn.paged_kv_cache", "tinyllm.infer.engine"),
     ),
+    "ex09_preference_tuning": Rules(
+        writes=(
+            "log_sigmoid",
+            "bradley_terry_loss",
+            "bradley_terry_grad",
+            "sequence_logprob",
+            "dpo_loss",
+            "dpo_grad",
+            "last_token_scores",
+            "preference_metrics",
+        ),
+        off_limits=(
+            "tinyllm.train.preference",
+            "tinyllm.models.reward",
+            "tinyllm.recipes.dpo",  # the preference accuracy
+            "tinyllm.functional.elementwise.log_sigmoid",
+            "tinyllm.functional.elementwise.LogSigmoid",
+            "tinyllm.functional.softmax",  # log-softmax and cross-entropy
+        ),
+    ),
 }
 
 IMPORTERS = {"__import__", "builtins.__import__", "importlib.__import__", "importlib.import_module"}
