@@ -318,6 +318,31 @@ TRICKS = [
         "import tinyllm.infer.generate as g\nf = g.speculative_stream",
         "(that is tinyllm.infer.speculative.speculative_stream)",
     ),
+    (
+        "ex09_preference_tuning",
+        "from tinyllm.train.preference import dpo_loss_from_logps",
+        "imports tinyllm.train.preference.dpo_loss_from_logps",
+    ),
+    (
+        "ex09_preference_tuning",
+        "from tinyllm import functional as F\nf = F.log_sigmoid",
+        "(that is tinyllm.functional.elementwise.log_sigmoid)",
+    ),
+    (
+        "ex09_preference_tuning",
+        "import tinyllm.functional as F\nlp = F.log_softmax",
+        "tinyllm.functional.softmax.log_softmax",
+    ),
+    (
+        "ex09_preference_tuning",
+        "from tinyllm.models.reward import RewardModel\nf = RewardModel.forward",
+        "imports tinyllm.models.reward.RewardModel",
+    ),
+    (
+        "ex09_preference_tuning",
+        "from tinyllm.recipes.dpo import dpo_loss",
+        "imports tinyllm.recipes.dpo",
+    ),
     ("ex02_attention", "exec(open('answers.py').read())", "runs code from a string (exec)"),
     (
         "ex02_attention",
@@ -386,6 +411,11 @@ FAIR = [
         "import numpy as np\nfrom tinyllm.tokenizer import Tokenizer\nencode = Tokenizer.encode",
     ),
     ("ex08_supervised_fine_tuning", "from tinyllm.data.tasks import task_examples"),
+    (
+        "ex09_preference_tuning",
+        "import numpy as np\nfrom tinyllm import Tensor\nfrom tinyllm import functional as F\ne = F.exp",
+    ),
+    ("ex09_preference_tuning", "from tinyllm.models import Transformer, get_preset"),
 ]
 
 

@@ -131,6 +131,26 @@ RULES = {
             "tinyllm.train.sft",
         ),
     ),
+    "ex09_preference_tuning": Rules(
+        writes=(
+            "log_sigmoid",
+            "bradley_terry_loss",
+            "bradley_terry_grad",
+            "sequence_logprob",
+            "dpo_loss",
+            "dpo_grad",
+            "last_token_scores",
+            "preference_metrics",
+        ),
+        off_limits=(
+            "tinyllm.train.preference",
+            "tinyllm.models.reward",
+            "tinyllm.recipes.dpo",  # the losses, imported there
+            "tinyllm.functional.elementwise.log_sigmoid",
+            "tinyllm.functional.elementwise.LogSigmoid",
+            "tinyllm.functional.softmax",  # log-softmax and cross-entropy
+        ),
+    ),
 }
 
 IMPORTERS = {"__import__", "builtins.__import__", "importlib.__import__", "importlib.import_module"}

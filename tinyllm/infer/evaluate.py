@@ -28,10 +28,14 @@ from ..train.sft import sft_loss
 from .generate import generate
 
 
-def answers(model, tokenizer, prompts, *, max_new_tokens=32, batch_size=32, **sampling):
-    """The model's answer (text before ``<|end|>``) to each prompt, a list of message lists."""
+def answer_tokens(model, tokenizer, prompts, *, max_new_tokens=32, batch_size=32, **sampling):
+    """``(prompt_ids, new_ids)`` for each prompt (a list of message lists): the prompt as the
+    chat template encodes it, with the open assistant turn, and the tokens the model wrote
+    after it, up to and including ``<|end|>`` when it came. What a sampled answer's
+    log-probability is scored on: its text, encoded again, need not give these tokens back
+    (a partly written character decodes to U+FFFD; a special token decodes to its name)."""
     end = tokenizer.special_tokens[END_OF_TURN]
-    texts = []
+    out = []
     for start in range(0, len(prompts), batch_size):
         chunk = [
             format_chat(tokenizer, messages, add_generation_prompt=True).ids
@@ -45,10 +49,23 @@ def answers(model, tokenizer, prompts, *, max_new_tokens=32, batch_size=32, **sa
                 f"{model.config.context_length}"
             )
         rows = generate(model, chunk, room, stop_token_ids=[end], **sampling)
-        for ids, row in zip(chunk, rows):
-            new = [int(t) for t in row[len(ids) :] if t >= 0]
-            texts.append(tokenizer.decode(new[: new.index(end)] if end in new else new))
-    return texts
+        out += [(ids, [int(t) for t in row[len(ids) :] if t >= 0]) for ids, row in zip(chunk, rows)]
+    return out
+
+
+def answer_text(tokenizer, new_ids):
+    """The text of an answer's tokens before ``<|end|>``."""
+    end = tokenizer.special_tokens[END_OF_TURN]
+    return tokenizer.decode(new_ids[: new_ids.index(end)] if end in new_ids else new_ids)
+
+
+def answers(model, tokenizer, prompts, **options):
+    """The model's answer (text before ``<|end|>``) to each prompt, a list of message lists;
+    ``options`` are ``answer_tokens``'."""
+    return [
+        answer_text(tokenizer, new)
+        for _, new in answer_tokens(model, tokenizer, prompts, **options)
+    ]
 
 
 def is_right(example, answer):
@@ -128,31 +145,48 @@ def preference_accuracy(model, tokenizer, pairs):
     return float(np.mean(chosen > rejected)) if pairs else float("nan")
 
 
+def sampled_measures(model, reference, tokenizer, examples, samples, seed=0):
+    """On answers sampled from ``model`` (temperature 1, ``samples`` per example): the share
+    that are right, and the mean of log model(answer) - log reference(answer) over the
+    sampled tokens themselves, a Monte-Carlo estimate of KL(model || reference) (None
+    without a reference)."""
+    right, gaps = [], []
+    prompts = [e.messages[:1] for e in examples]
+    for k in range(samples):
+        sampled = answer_tokens(model, tokenizer, prompts, temperature=1.0, seed=seed + k)
+        right += [
+            is_right(e, answer_text(tokenizer, new)) for (_, new), e in zip(sampled, examples)
+        ]
+        if reference is None:
+            continue
+        T = max(len(prompt) + len(new) for prompt, new in sampled)
+        ids = np.zeros((len(sampled), T), np.int64)  # (N, T), padded on the right
+        targets = np.full((len(sampled), T), IGNORE, np.int64)  # only the sampled tokens score
+        for row, (prompt, new) in enumerate(sampled):
+            ids[row, : len(prompt) + len(new)] = prompt + new
+            targets[row, len(prompt) - 1 : len(prompt) - 1 + len(new)] = new
+        with inference(model), inference(reference):
+            gap = sequence_logps(model, ids, targets) - sequence_logps(reference, ids, targets)
+        gaps.append(gap.numpy())
+    kl = float(np.mean(np.concatenate(gaps))) if gaps else None
+    return (float(np.mean(right)) if right else float("nan")), kl
+
+
 def task_measures(model, tokenizer, examples, *, pairs=None, samples=1, reference=None, seed=0):
     """What a chat model does on held-out ``examples`` (``TaskExample``s): ``accuracy`` (of
     greedy answers) overall and per task, ``sampled_right`` (the share of right answers
     among ``samples`` sampled at temperature 1 per prompt) and, given them,
-    ``preference_accuracy`` on ``pairs`` and ``kl``, the mean of log model(answer) -
-    log reference(answer) over the sampled answers: a Monte-Carlo estimate of
-    KL(model || reference)."""
+    ``preference_accuracy`` on ``pairs`` and ``kl``, the KL divergence from ``reference``
+    estimated on the sampled answers (``sampled_measures``)."""
     accuracy, got = exact_match(model, tokenizer, examples)
     measures = {"accuracy": accuracy}
     for task in dict.fromkeys(e.task for e in examples):
         hits = [is_right(e, g) for e, g in zip(examples, got) if e.task == task]
         measures[f"accuracy_{task}"] = float(np.mean(hits))
-    prompts = [e.messages[:1] for e in examples]
-    right, gaps = [], []
-    for k in range(samples):
-        sampled = answers(model, tokenizer, prompts, temperature=1.0, seed=seed + k)
-        right += [is_right(e, a) for e, a in zip(examples, sampled)]
-        if reference is not None:
-            gaps.append(
-                response_logps(model, tokenizer, prompts, sampled)
-                - response_logps(reference, tokenizer, prompts, sampled)
-            )
-    measures["sampled_right"] = float(np.mean(right)) if right else float("nan")
+    right, kl = sampled_measures(model, reference, tokenizer, examples, samples, seed)
+    measures["sampled_right"] = right
     if pairs is not None:
         measures["preference_accuracy"] = preference_accuracy(model, tokenizer, pairs)
     if reference is not None:
-        measures["kl"] = float(np.mean(np.concatenate(gaps)))
+        measures["kl"] = kl
     return measures
