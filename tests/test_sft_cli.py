@@ -72,7 +72,7 @@ def test_dpo_after_sft_records_its_measures_before_and_after(base, tmp_path, cap
     sft_out, dpo_out = tmp_path / "sft", tmp_path / "dpo"
     assert main(["sft", "--model", str(base), "--out", str(sft_out), *SFT]) == 0
     args = ["dpo", "--model", str(sft_out), "--out", str(dpo_out), "--pairs", "12",
-            "--eval-pairs", "4", "--samples", "1", "--tasks", "add", "--steps", "3",
+            "--eval-pairs", "4", "--samples", "1", "--tasks", "add", "--steps", "3", "--sft-weight", "0",
             "--batch-size", "4", "--eval-interval", "3", "--log-interval", "1", "--no-progress"]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out

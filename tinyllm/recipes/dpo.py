@@ -59,8 +59,11 @@ class DPOConfig(PostTrainConfig):
         default=0.1, metadata={"help": "how far the policy may move: small goes far"}
     )
     sft_weight: float = field(
-        default=0.0,
-        metadata={"help": "weight of an SFT loss on the chosen responses beside DPO's (RPO)"},
+        default=1.0,
+        metadata={
+            "help": "weight of an SFT loss on the chosen responses beside DPO's (RPO; 0: DPO "
+            "alone, which on the tasks pushes the right answers down too)"
+        },
     )
     rejected: str = field(
         default="sampled",

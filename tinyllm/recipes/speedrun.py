@@ -65,9 +65,9 @@ PRESETS = {
                         eval_interval=200, checkpoint_interval=200),
         ),
         "dpo": Stage(
-            DPOConfig(pairs=1000, eval_pairs=EVAL_EXAMPLES, samples=1),
-            TrainConfig(steps=60, batch_size=16, lr=1e-4, min_lr=1e-5, warmup_steps=5,
-                        eval_interval=60, checkpoint_interval=60),
+            DPOConfig(pairs=1000, eval_pairs=EVAL_EXAMPLES, samples=2),
+            TrainConfig(steps=100, batch_size=16, lr=1e-4, min_lr=1e-5, warmup_steps=10,
+                        eval_interval=100, checkpoint_interval=100),
         ),
     },
     "gpu": {
