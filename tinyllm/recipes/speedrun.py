@@ -52,7 +52,8 @@ POST_TRAINING = ("sft", "dpo")  # the stages after pretraining, in order
 EVAL_EXAMPLES = 100
 
 PRESETS = {
-    # pretrain: 16 x 128 tokens a step, about 0.45 s on a 2-core AVX2 machine (one BLAS thread)
+    # On a quiet 2-core AVX2 machine (one BLAS thread): pretrain 0.42 s a step (16 x 128
+    # tokens), SFT 0.19 s (8 packed rows), DPO 0.18 s; the whole run about 6 minutes
     "cpu": {
         "pretrain": Stage(
             PretrainConfig(preset="tiny", tokenizer="bpe", vocab_size=1024, context_length=128),
@@ -62,7 +63,7 @@ PRESETS = {
         "sft": Stage(
             SFTConfig(examples=1500, eval_examples=EVAL_EXAMPLES),
             TrainConfig(steps=400, batch_size=8, lr=2e-3, min_lr=2e-4, warmup_steps=20,
-                        eval_interval=200, checkpoint_interval=200),
+                        eval_interval=100, checkpoint_interval=200),
         ),
         "dpo": Stage(
             DPOConfig(pairs=1000, eval_pairs=EVAL_EXAMPLES, samples=2),
