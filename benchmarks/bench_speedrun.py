@@ -95,7 +95,7 @@ def stage_configs(steps, quick=False):
     """The ``cpu`` preset's configs; ``steps`` (None: the preset's) shortens the run, as
     ``tinyllm speedrun --steps`` does, with one evaluation at the end; ``quick`` also cuts
     the evaluation and the samples to a token's worth."""
-    pretrain_config, train_config = PRESETS["cpu"]
+    pretrain_config, train_config = PRESETS["cpu"]["pretrain"]
     train_config = train_config.replace(progress=False)
     if quick:
         pretrain_config = pretrain_config.replace(samples=1, sample_tokens=4)

@@ -2,9 +2,9 @@
 model comes from, where the data comes from, where the run goes, and the model's check.
 
 Each run's config is a ``ChatRunConfig`` (``PostTrainConfig`` for those that train, which
-may resume) with fields of its own. ``--data tasks`` (the
-default) means the checkable tasks of ``tinyllm.data.tasks`` named by ``--tasks``; anything
-else is a JSONL file or ``hf:<dataset>`` in the shape the run reads.
+may resume) with fields of its own. ``--data tasks`` (the default) means the checkable tasks
+of ``tinyllm.data.tasks`` named by ``--tasks``; anything else is a JSONL file or
+``hf:<dataset>`` in the shape the run reads.
 """
 
 import json
