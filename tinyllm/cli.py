@@ -6,7 +6,8 @@ tinyllm grade [DIR]              grade the exercises (--solutions, --json result
 tinyllm tokenizer train|encode   train a byte-level BPE (writes tokenizer.json), encode text
 tinyllm pretrain                 train a model on a corpus (flags map onto TrainConfig etc.)
 tinyllm sft | reward | dpo       post-training: fine-tune on chats, a reward model, DPO
-tinyllm eval                     measure a chat model on held-out tasks
+tinyllm eval                     measure a chat model on held-out tasks, any model on a corpus
+tinyllm quantize DIR             a quantized model folder: int8, Q8_0, Q4_0, Q4_1, f16, bf16
 tinyllm generate DIR             stream text from a trained model folder (alias: sample)
 tinyllm chat DIR                 chat with a model folder in the terminal
 tinyllm speedrun                 the main job: tokenizer, pretraining, SFT, DPO and a report
@@ -297,7 +298,8 @@ def configure_eval(parser):
         "Measure a chat model folder on held-out data: on the checkable tasks, the exact-match "
         "accuracy of greedy answers (overall and per task), the share of right sampled "
         "answers and the answers' perplexity; on a JSONL file of messages, the perplexity of "
-        "its assistant turns. Prints them and writes eval.json."
+        "its assistant turns; on corpus:<name>, any model folder's (quantized ones too) "
+        "perplexity on the corpus's validation text. Prints them and writes eval.json."
     )
     add_dataclass_flags(parser, EvalConfig, "model, data and output")
 
@@ -309,6 +311,39 @@ def run_eval(args):
     for name, value in evaluate(config).items():
         print(f"{name}: {value:.4g}")
     print(f"wrote {config.out or config.model}/eval.json")
+    return 0
+
+
+# --- tinyllm quantize ---------------------------------------------------------------------------
+def configure_quantize(parser):
+    from tinyllm.quant import SCHEMES
+
+    parser.description = (
+        "Store a model folder's linear layers in fewer bits (llama.cpp's Q8_0, Q4_0, Q4_1, "
+        "per-channel int8, or float16 / bfloat16) and write a quantized model folder, with "
+        "the tokenizer, that tinyllm eval reads (--data corpus:tinyshakespeare for its "
+        "validation perplexity)."
+    )
+    parser.add_argument("directory", metavar="MODEL_DIR", help="the model folder to quantize")
+    parser.add_argument("--scheme", required=True, choices=list(SCHEMES), help="the format")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the quantized model folder")
+    parser.add_argument(
+        "--include-output",
+        action="store_true",
+        help="quantize the output layer (lm_head) too; by default it stays float32",
+    )
+
+
+def run_quantize(args):
+    from tinyllm.quant import quantize_folder
+
+    include = ("lm_head",) if args.include_output else ()
+    sizes = quantize_folder(args.directory, args.scheme, args.out, include=include)
+    before, after = sizes["before"], sizes["after"]
+    print(
+        f"{args.scheme}: linear weights {before['linear']:,} -> {after['linear']:,} bytes; "
+        f"the whole model {before['total']:,} -> {after['total']:,} bytes; wrote {args.out}"
+    )
     return 0
 
 
@@ -660,7 +695,8 @@ COMMANDS = {  # name: (one-line help, configure, run)
     "sft": ("fine-tune a pretrained model to answer in chats (SFT)", *post_training_command("sft")),
     "reward": ("train a reward model on preference pairs", *post_training_command("reward")),
     "dpo": ("tune a chat model on preference pairs (DPO)", *post_training_command("dpo")),
-    "eval": ("measure a chat model on held-out tasks", configure_eval, run_eval),
+    "eval": ("measure a chat model on held-out tasks, or any model on a corpus", configure_eval, run_eval),
+    "quantize": ("store a model folder's weights in 8 or 4 bits (llama.cpp's formats)", configure_quantize, run_quantize),
     "generate": ("stream text from a trained model folder (alias: sample)", configure_sample, run_sample),
     "chat": ("chat with a model folder in the terminal, replies streamed", configure_chat, run_chat),
     "speedrun": ("the whole pipeline in one go: tokenizer, training, samples, report", configure_speedrun, run_speedrun),

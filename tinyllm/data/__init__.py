@@ -21,6 +21,7 @@ from .tokens import (
     load_tokenizer,
     resolve_cache_dir,
     train_bpe_cached,
+    validation_tokens,
 )
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "resolve_cache_dir",
     "train_bpe_cached",
     "train_val_split",
+    "validation_tokens",
 ]

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..files import atomic_open
 from ..tokenizer import Tokenizer
+from .batches import train_val_split
 from .char_vocab import CharVocab
 from .corpus import load_corpus
 
@@ -92,7 +93,7 @@ def corpus_tokens(
     or ``view="bpe"`` (a byte-level BPE of ``vocab_size`` tokens, trained on the first
     ``1 - val_fraction`` of the text only, so the validation text stays unseen)."""
     text = load_corpus(name)
-    key = Path(name).stem if Path(name).is_file() else name.replace("/", "_").replace(":", "_")
+    key = _cache_name(name)
     if view == "char":
         tokenizer = CharVocab.from_text(text)
     elif view == "bpe":
@@ -101,6 +102,21 @@ def corpus_tokens(
     else:
         raise ValueError(f"unknown corpus view {view!r}: expected 'char' or 'bpe'")
     return CorpusTokens(encode_corpus(text, tokenizer, name=key, cache_dir=cache_dir), tokenizer)
+
+
+def _cache_name(corpus):
+    """The name a corpus's cached files carry."""
+    return (
+        Path(corpus).stem if Path(corpus).is_file() else corpus.replace("/", "_").replace(":", "_")
+    )
+
+
+def validation_tokens(name, tokenizer, *, val_fraction=0.1, cache_dir=None):
+    """The validation split (the last ``val_fraction``) of corpus ``name`` under
+    ``tokenizer``: the text pretraining held out, as pretraining split it."""
+    text = load_corpus(name)
+    tokens = encode_corpus(text, tokenizer, name=_cache_name(name), cache_dir=cache_dir)
+    return train_val_split(tokens, val_fraction)[1]
 
 
 def load_tokenizer(directory):

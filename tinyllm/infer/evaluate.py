@@ -6,6 +6,8 @@
   preference tuning moves, since it reshapes the whole distribution, not only its top;
 - ``response_perplexity``: exp of the mean loss on the assistant's tokens of conversations
   the model did not train on;
+- ``text_perplexity``: exp of the mean next-token loss on plain text (a corpus's
+  validation split), the measure a language model - quantized or not - is compared by;
 - ``preference_accuracy``: the share of preference pairs whose right response the model
   finds more likely than the wrong one;
 - ``task_measures``: all that a chat model's run reports before and after training, and
@@ -112,6 +114,36 @@ def response_perplexity(model, tokenizer, conversations, *, batch_size=8):
             loss, _ = sft_loss(model, batch)
             total, count = total + loss.item() * scored, count + scored
     return math.exp(total / count) if count else float("nan")
+
+
+def text_perplexity(model, tokens, *, batch_size=8, max_windows=None):
+    """exp(mean next-token cross-entropy) over ``tokens`` (1-D ids), read in consecutive
+    windows of the model's context, each predicting its own next tokens: every token after
+    a window's first is scored once, with no randomness. ``max_windows`` keeps the first
+    windows only (a quicker, rougher figure).
+
+    >>> from tinyllm.models import Transformer, get_preset
+    >>> model = Transformer(get_preset("tiny", vocab_size=10, n_layer=1), seed=0)
+    >>> ppl = text_perplexity(model, np.arange(200) % 10)
+    >>> abs(math.log(ppl) - math.log(10)) < 0.5     # about 10 (the vocabulary) untrained
+    True
+    """
+    context = model.config.context_length
+    n_windows = (len(tokens) - 1) // context
+    if max_windows is not None:
+        n_windows = min(n_windows, max_windows)
+    if n_windows < 1:
+        raise ValueError(f"text_perplexity: {len(tokens)} tokens fill no window of {context} + 1")
+    ids = np.asarray(tokens[: n_windows * context + 1], np.int64)
+    inputs = ids[:-1].reshape(n_windows, context)  # (windows, context)
+    targets = ids[1:].reshape(n_windows, context)
+    total = 0.0
+    with inference(model):
+        for start in range(0, n_windows, batch_size):
+            end = start + batch_size
+            _, loss = model(inputs[start:end], targets=targets[start:end])
+            total += loss.item() * len(inputs[start:end])
+    return math.exp(total / n_windows)
 
 
 def response_logps(model, tokenizer, prompts, responses, *, batch_size=32):

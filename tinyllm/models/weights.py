@@ -37,7 +37,7 @@ from ..files import atomic_open
 
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U16": np.uint16,
     "U8": np.uint8, "BOOL": np.bool_,
 }  # fmt: skip
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}

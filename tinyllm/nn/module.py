@@ -135,6 +135,31 @@ class Module:
     def parameters(self):
         return [p for _, p in self.named_parameters()]
 
+    def set_submodule(self, path, module):
+        """Put ``module`` at ``path`` (a name from ``named_modules``) in place of the module
+        there: how a layer is swapped for another after the model is built (a quantized
+        layer for a Linear).
+
+        >>> class Old(Module): pass
+        >>> class New(Module): pass
+        >>> class Pair(Module):
+        ...     def __init__(self):
+        ...         self.items = [Old(), Old()]
+        >>> pair = Pair()
+        >>> pair.set_submodule("items.1", New())
+        >>> [type(m).__name__ for m in pair.items]
+        ['Old', 'New']
+        """
+        for prefix, parent in self.named_modules():
+            for container, key, slot, item in _items(parent):
+                full = f"{prefix}.{slot}" if prefix else slot
+                if isinstance(item, Module) and full == path:
+                    if isinstance(container, tuple):
+                        raise TypeError(f"{type(self).__name__}: {path} sits in a tuple")
+                    _assign(container, key, module)
+                    return
+        raise KeyError(f"{type(self).__name__}.set_submodule: no module at {path!r}")
+
     def num_parameters(self):
         return sum(p.size for p in self.parameters())
 

@@ -19,8 +19,8 @@ from ..config import Config
 from ..data import load_tokenizer
 from ..data.tasks import TASKS, preference_pairs, task_examples
 from ..files import atomic_open
-from ..models import Transformer
 from ..tokenizer.chat import CHAT_SPECIAL_TOKENS
+from ..train.checkpoint import load_model_folder
 
 
 def data_field(records):
@@ -77,7 +77,8 @@ class PostTrainConfig(ChatRunConfig):
 
 
 def load_chat_model(directory):
-    """A model folder's ``Transformer`` and tokenizer, checked for the chat tokens."""
+    """A model folder's model (either form, quantized too) and tokenizer, checked for the
+    chat tokens."""
     tokenizer = load_tokenizer(directory)
     missing = [t for t in CHAT_SPECIAL_TOKENS if t not in getattr(tokenizer, "special_tokens", {})]
     if missing:
@@ -85,7 +86,7 @@ def load_chat_model(directory):
             f"{directory}: its tokenizer lacks the chat tokens {missing}; fine-tune a model "
             "pretrained with a BPE tokenizer (tinyllm pretrain --tokenizer bpe, or speedrun)"
         )
-    return Transformer.from_pretrained(directory), tokenizer
+    return load_model_folder(directory), tokenizer
 
 
 class HeldOut(NamedTuple):

@@ -142,29 +142,45 @@ def _set_aside(path):
 
 def describe_model(model):
     """What a checkpoint says its model is: ``{"class": "module.Class", ...}`` plus what the
-    model's own ``describe()`` adds (a Transformer its config)."""
+    model's own ``describe()`` adds (a Transformer its config), and under ``"layers"`` the
+    layers swapped in after it was built (a class with ``swapped_in = True``, such as
+    ``QuantizedLinear``), each described the same way, by path."""
     cls = type(model)
-    return {"class": f"{cls.__module__}.{cls.__qualname__}", **model.describe()}
+    description = {"class": f"{cls.__module__}.{cls.__qualname__}", **model.describe()}
+    swapped = {
+        path: describe_model(m)
+        for path, m in model.named_modules()
+        if path and getattr(m, "swapped_in", False)
+    }
+    return {**description, "layers": swapped} if swapped else description
+
+
+def save_model(directory, model, tokenizer=None):
+    """Write a model folder that ``load_model`` rebuilds: ``model.json``, ``model.safetensors``
+    (the state dict, in the dtypes it holds) and the tokenizer if given; returns the folder.
+
+    This is the form of a model with no Hugging Face form (a quantized one)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_safetensors(directory / "model.safetensors", model.state_dict())
+    with atomic_open(directory / "model.json", "w") as file:
+        json.dump(describe_model(model), file, indent=1)
+    if tokenizer is not None:
+        tokenizer.save(directory)
+    return directory
 
 
 def load_model(path):
-    """Rebuild the model of a checkpoint folder from its ``model.json`` and weights.
+    """Rebuild the model of a checkpoint or model folder from its ``model.json`` and weights.
 
     Only tinyllm's own classes that know how to rebuild themselves (``from_description``)
     are rebuilt; for any other model, build it and call ``load_checkpoint``.
     """
     path = Path(path)
     description = _read_description(path)
-    module_name, _, class_name = description["class"].rpartition(".")
-    cls = None
-    if module_name.split(".")[0] == "tinyllm":
-        cls = getattr(importlib.import_module(module_name), class_name, None)
-    if not hasattr(cls, "from_description"):
-        raise ValueError(
-            f"{path}: cannot rebuild a {description['class']} by itself; build the model "
-            "and load the checkpoint into it with load_checkpoint(path, model=...)"
-        )
-    model = cls.from_description(description)
+    model = _rebuild(path, description)
+    for layer_path, layer in description.get("layers", {}).items():
+        model.set_submodule(layer_path, _rebuild(path, layer))
     weights = read_safetensors(path / "model.safetensors")
     try:
         _check_same_tensors(path, weights, model)
@@ -174,6 +190,17 @@ def load_model(path):
             "it and load the checkpoint into it with load_checkpoint(path, model=...)"
         ) from None
     return model.load_state_dict(weights)
+
+
+def load_model_folder(directory):
+    """The model of a model folder in either form, in eval mode: tinyllm's own
+    (``model.json``, as ``save_model`` writes it) or Hugging Face's (``config.json``)."""
+    directory = Path(directory)
+    if (directory / "model.json").is_file():
+        return load_model(directory).eval()
+    from ..models import Transformer  # the model classes sit above this module's helpers
+
+    return Transformer.from_pretrained(directory)
 
 
 def load_checkpoint(path, *, model, optimizer):
@@ -206,6 +233,20 @@ def load_checkpoint(path, *, model, optimizer):
     optimizer.load_state_dict(optimizer_state)
     model.load_state_dict(weights)
     return state
+
+
+def _rebuild(path, description):
+    """A fresh module of a ``describe_model`` dict (without its swapped-in layers)."""
+    module_name, _, class_name = description["class"].rpartition(".")
+    cls = None
+    if module_name.split(".")[0] == "tinyllm":
+        cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not hasattr(cls, "from_description"):
+        raise ValueError(
+            f"{path}: cannot rebuild a {description['class']} by itself; build the model "
+            "and load the checkpoint into it with load_checkpoint(path, model=...)"
+        )
+    return cls.from_description(description)
 
 
 def _read_description(path):

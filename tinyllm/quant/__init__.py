@@ -1,0 +1,38 @@
+"""Quantization: weights in fewer bits, and the layers and folders that hold them.
+
+| file         | what it holds                                                           |
+|--------------|-------------------------------------------------------------------------|
+| `formats.py` | f16, bf16, per-channel int8 and llama.cpp's Q8_0, Q4_0, Q4_1 block layouts |
+| `linear.py`  | `QuantizedLinear`, the schemes, `quantize(model, scheme)`, `weight_bytes` |
+| `folder.py`  | `quantize_folder`: a model folder in, a quantized model folder out        |
+"""
+
+from .folder import quantize_folder
+from .formats import BLOCK, FORMATS, dequantize, from_ggml, to_ggml
+from .linear import (
+    SCHEMES,
+    QuantizedLinear,
+    Scheme,
+    get_scheme,
+    is_quantized,
+    quantize,
+    register_scheme,
+    weight_bytes,
+)
+
+__all__ = [
+    "BLOCK",
+    "FORMATS",
+    "SCHEMES",
+    "QuantizedLinear",
+    "Scheme",
+    "dequantize",
+    "from_ggml",
+    "get_scheme",
+    "is_quantized",
+    "quantize",
+    "quantize_folder",
+    "register_scheme",
+    "to_ggml",
+    "weight_bytes",
+]

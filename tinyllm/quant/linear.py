@@ -1,0 +1,188 @@
+"""``QuantizedLinear`` and ``quantize(model, scheme)``: a model whose linear layers keep
+their weights in a few bits.
+
+A ``QuantizedLinear`` holds a format's parts (``formats.py``) as Buffers - saved and moved
+with the model, never trained - and dequantizes them to float32 on every forward pass, as
+llama.cpp's reference CPU path does block by block. The bias stays a float Parameter.
+Gradients reach the input and the bias, never the packed weight: so a small trainable
+adapter can sit on a frozen quantized layer (QLoRA's idea).
+
+A *scheme* says how a layer's parts are chosen and in which format. The schemes here round
+each weight to the nearest representable value (RTN); a scheme that first looks at
+activations (AWQ) or corrects the rounding error as it goes (GPTQ) joins ``SCHEMES`` with
+``register_scheme``, storing into the same formats and the same layer.
+
+What gets quantized: every ``Linear`` of the blocks (attention and MLP). The output layer
+(``lm_head``) stays in float32 unless named in ``include``: llama.cpp's ``llama-quantize``
+also treats it apart, storing ``output.weight`` in a higher-precision type (Q6_K for the
+4-bit types) unless asked for a ``--pure`` file, since every logit passes through it. The
+token embedding is a lookup table, not a Linear, and stays float (with tied embeddings it is
+also the output layer). A row length that a block format cannot hold (not a multiple of 32)
+keeps that layer in per-channel int8, with a warning naming the layer.
+
+>>> import numpy as np
+>>> from tinyllm.nn import Linear
+>>> layer = Linear(64, 3, seed=0)
+>>> small = QuantizedLinear.from_linear(layer, "q4_0")
+>>> sorted(name for name, _ in small.named_buffers())
+['weight.packed', 'weight.scales']
+>>> x = np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32)
+>>> np.allclose(small(x).numpy(), x @ small.dequantized() + layer.bias.numpy())
+True
+>>> eight_bits = QuantizedLinear.from_linear(layer, "q8_0")
+>>> bool(np.abs(eight_bits(x).numpy() - layer(x).numpy()).max() < 1e-3)
+True
+"""
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..autograd import Tensor, to_numpy
+from ..nn import Buffer, Linear, Module, Parameter
+from . import formats
+
+FALLBACK = "int8"  # for rows a block format cannot hold
+OUTPUT_LAYERS = ("lm_head",)  # kept in float unless included
+
+
+class QuantizedLinear(Module):
+    """``y = x @ dequantize(weight).T + bias``; ``weight`` holds a format's parts of the
+    (out_features, in_features) matrix, as Buffers."""
+
+    swapped_in = True  # put in after a model is built: checkpoints record it (describe_model)
+
+    def __init__(self, in_features, out_features, format, bias=True):
+        self.in_features, self.out_features = in_features, out_features
+        self.format = formats.check_format(format)
+        empty = formats.quantize(np.zeros((out_features, in_features), np.float32), format)
+        self.weight = {name: Buffer(part) for name, part in empty.items()}
+        self.bias = Parameter(np.zeros(out_features, np.float32)) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear, format, fill=None):
+        """A quantized copy of ``linear``; ``fill(weight (out, in), format) -> parts`` chooses
+        the parts (default: round to nearest)."""
+        in_features, out_features = linear.weight.shape
+        layer = cls(in_features, out_features, format, bias=linear.bias is not None)
+        parts = (fill or formats.quantize)(to_numpy(linear.weight.data).T, format)
+        for name, part in parts.items():
+            layer.weight[name].data = linear.weight.backend.asarray(part)
+        if linear.bias is not None:
+            layer.bias.data = linear.bias.data
+        return layer
+
+    def dequantized(self):
+        """The float32 weight (in_features, out_features) on the layer's backend."""
+        parts = {name: buffer.data for name, buffer in self.weight.items()}
+        xp = next(iter(self.weight.values())).backend.xp
+        return formats.dequantize(parts, self.format, xp).T  # (in, out)
+
+    def forward(self, x):
+        y = x @ Tensor(self.dequantized())  # (..., out_features); no gradient to the weight
+        return y if self.bias is None else y + self.bias
+
+    def describe(self):
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "format": self.format,
+            "bias": self.bias is not None,
+        }
+
+    @classmethod
+    def from_description(cls, description):
+        return cls(**{k: description[k] for k in ("in_features", "out_features", "format", "bias")})
+
+
+# --- schemes ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scheme:
+    """A way to quantize a layer: the ``format`` it stores and ``fill(weight, format) ->
+    parts``, which picks the stored values (round to nearest by default)."""
+
+    name: str
+    format: str
+    fill: Callable = formats.quantize
+
+
+SCHEMES = {}
+
+
+def register_scheme(scheme):
+    """Add ``scheme`` to ``SCHEMES`` (an error if its name is taken); returns it."""
+    if scheme.name in SCHEMES:
+        raise ValueError(f"a quantization scheme named {scheme.name!r} exists already")
+    formats.check_format(scheme.format)
+    SCHEMES[scheme.name] = scheme
+    return scheme
+
+
+for _name in ("f16", "bf16", "int8", "q8_0", "q4_1", "q4_0"):
+    register_scheme(Scheme(_name, _name))
+
+
+def get_scheme(name):
+    """The registered scheme called ``name``, or a ValueError listing the known ones."""
+    if name not in SCHEMES:
+        raise ValueError(
+            f"unknown quantization scheme {name!r}: expected one of {', '.join(SCHEMES)}"
+        )
+    return SCHEMES[name]
+
+
+def is_quantized(model):
+    return any(isinstance(m, QuantizedLinear) for _, m in model.named_modules())
+
+
+def quantize(model, scheme, *, include=()):
+    """Replace the ``Linear`` layers of ``model`` by ``QuantizedLinear`` ones in place (see
+    the module docstring for which); returns the model.
+
+    ``scheme`` is a name in ``SCHEMES`` or a ``Scheme``; ``include`` names output layers to
+    quantize too (``("lm_head",)``).
+    """
+    scheme = scheme if isinstance(scheme, Scheme) else get_scheme(scheme)
+    if is_quantized(model):
+        raise ValueError(
+            f"{type(model).__name__} is quantized already; quantize the float model instead"
+        )
+    linears = [
+        (path, m)
+        for path, m in model.named_modules()
+        if isinstance(m, Linear) and (_name(path) not in OUTPUT_LAYERS or _name(path) in include)
+    ]
+    for path, linear in linears:
+        model.set_submodule(path, _quantized(path, linear, scheme))
+    return model
+
+
+def _name(path):
+    return path.rpartition(".")[2]
+
+
+def _quantized(path, linear, scheme):
+    in_features = linear.weight.shape[0]
+    if formats.fits(scheme.format, in_features):
+        return QuantizedLinear.from_linear(linear, scheme.format, scheme.fill)
+    warnings.warn(
+        f"quantize: {path} has rows of {in_features} weights, not a multiple of "
+        f"{formats.BLOCK}, which {scheme.format} needs; it is stored as {FALLBACK} per channel",
+        stacklevel=3,
+    )
+    return QuantizedLinear.from_linear(linear, FALLBACK)
+
+
+def weight_bytes(model):
+    """Bytes of every parameter and buffer of ``model`` as stored, and of the linear layers'
+    weights alone: ``{"total": .., "linear": ..}``."""
+    linear = 0
+    for _, m in model.named_modules():
+        if isinstance(m, QuantizedLinear):
+            linear += sum(b.size * b.dtype.itemsize for b in m.weight.values())
+        elif isinstance(m, Linear):
+            linear += m.weight.size * m.weight.dtype.itemsize
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return {"total": sum(t.size * t.dtype.itemsize for _, t in tensors), "linear": linear}
