@@ -23,6 +23,7 @@ PEER = {
     "bench_speedrun.py": "busy",
     "bench_generate.py": "transformers",
     "bench_serve.py": "static",
+    "bench_quant.py": "fp32",
 }
 
 

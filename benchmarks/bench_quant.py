@@ -1,0 +1,71 @@
+"""Weight bytes and validation perplexity of one model in every round-to-nearest format.
+
+Each format quantizes the linear layers of the blocks (``tinyllm.quant.quantize``; the
+token embedding, which is also the output layer of a tied model, stays float32) and the
+model is scored on the validation text of the corpus it was trained on (the last 10%, read
+in consecutive context windows). The peer is the fp32 model: the literature's target is
+int8 and Q8_0 within 1% of its perplexity.
+
+    python benchmarks/bench_quant.py --model runs/speedrun    # a model folder, e.g. the
+                                                              # speedrun's pretrained model
+    python benchmarks/bench_quant.py --quick                  # an untrained tiny model: seconds
+"""
+
+import argparse
+
+from common import machine, table_head, table_row, timed
+
+from tinyllm.data import CharVocab, load_corpus, load_tokenizer
+from tinyllm.models import Transformer, get_preset
+from tinyllm.quant import quantize, weight_bytes
+from tinyllm.recipes.evaluation import corpus_measures
+from tinyllm.train.checkpoint import load_model_folder
+
+FORMATS = ("fp32", "f16", "bf16", "int8", "q8_0", "q4_1", "q4_0")
+TARGET = 0.01  # int8 and Q8_0: perplexity within 1% of fp32
+
+
+def quick_model(corpus):
+    """An untrained tiny model over the corpus's characters (no training: seconds)."""
+    tokenizer = CharVocab.from_text(load_corpus(corpus))
+    config = get_preset("tiny", vocab_size=tokenizer.vocab_size, n_layer=2, d_model=64, n_head=2)
+    return (lambda: Transformer(config.replace(context_length=64), seed=0).eval()), tokenizer
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a model folder (required unless --quick)")
+    parser.add_argument("--corpus", default="tinyshakespeare", help="the corpus it learned")
+    parser.add_argument("--windows", type=int, default=None, help="context windows scored")
+    parser.add_argument("--quick", action="store_true", help="an untrained tiny model, 8 windows")
+    args = parser.parse_args()
+    if args.quick:
+        fresh, tokenizer = quick_model(args.corpus)
+        windows = 8
+    elif args.model:
+        fresh, tokenizer = (lambda: load_model_folder(args.model)), load_tokenizer(args.model)
+        windows = args.windows
+    else:
+        parser.error("give --model DIR, or --quick")
+    print(f"machine: {machine()}")
+    print(f"model: {args.model or 'untrained tiny (--quick)'}; corpus: {args.corpus}")
+    table_head(
+        "Weight bytes and validation perplexity by format (peer: fp32)",
+        ["format", "linear bytes", "model bytes", "val loss", "val ppl", "vs fp32", "seconds"],
+    )
+    reference = None
+    for name in FORMATS:
+        model = fresh() if name == "fp32" else quantize(fresh(), name)
+        sizes = weight_bytes(model)
+        measures, seconds = timed(corpus_measures, model, tokenizer, args.corpus, windows)
+        reference = reference or measures["val_ppl"]
+        change = measures["val_ppl"] / reference - 1
+        flag = " (over 1%)" if name in ("int8", "q8_0") and abs(change) > TARGET else ""
+        table_row([
+            name, f"{sizes['linear']:,}", f"{sizes['total']:,}", f"{measures['val_loss']:.4f}",
+            f"{measures['val_ppl']:.3f}", f"{change:+.2%}{flag}", f"{seconds:.1f}",
+        ])  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
