@@ -293,7 +293,7 @@ def test_sampled_pairs_reject_the_models_own_first_wrong_answer(monkeypatch):
         1: ["1 0", "8 8", examples[2].answer],
     }
     monkeypatch.setattr(dpo, "answers", lambda model, tok, prompts, temperature, seed: draws[seed])
-    monkeypatch.setattr(dpo, "_fits", lambda model, tok, prompt, answer: answer != "9 9")
+    monkeypatch.setattr(dpo, "fits_context", lambda model, tok, prompt, answer: answer != "9 9")
     pairs = dpo.sampled_pairs(None, None, examples, samples=2, seed=0)
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [
         (examples[0].answer, "1 0"),  # right at first, wrong in the second sample

@@ -6,6 +6,7 @@ tinyllm grade [DIR]              grade the exercises (--solutions, --json result
 tinyllm tokenizer train|encode   train a byte-level BPE (writes tokenizer.json), encode text
 tinyllm pretrain                 train a model on a corpus (flags map onto TrainConfig etc.)
 tinyllm sft | reward | dpo       post-training: fine-tune on chats, a reward model, DPO
+tinyllm distill                  a smaller student learns from a chat model (distillation)
 tinyllm eval                     measure a chat model on held-out tasks, any model on a corpus
 tinyllm quantize DIR             a quantized model folder: int8, Q8_0, Q4_0, Q4_1, f16, bf16
 tinyllm generate DIR             stream text from a trained model folder (alias: sample)
@@ -228,7 +229,7 @@ def run_pretrain(args):
     return 0
 
 
-# --- tinyllm sft / reward / dpo / eval ----------------------------------------------------------
+# --- tinyllm sft / reward / dpo / distill / eval -------------------------------------------------
 POST_TRAINING = {  # command (and its recipe's module and function): config class, description
     "sft": (
         "SFTConfig",
@@ -249,6 +250,15 @@ POST_TRAINING = {  # command (and its recipe's module and function): config clas
         "answer to a checkable task against the model's own wrong one, by default), against "
         "the same model frozen as the reference. Writes the run folder --out like pretrain "
         "does, plus dpo.json with the held-out measures before and after.",
+    ),
+    "distill": (
+        "DistillConfig",
+        "Knowledge distillation: train a smaller student - a fresh model sharing the teacher's "
+        "tokenizer - on conversations (the checkable tasks by default), from the teacher's "
+        "next-token distributions (--mode logits: KL at --temperature mixed with the labels' "
+        "cross-entropy by --alpha) or from its generated answers (--mode generations). Writes "
+        "the run folder --out like pretrain does, plus distill.json with the held-out measures "
+        "of teacher and student: validation loss and task measures.",
     ),
 }
 
@@ -282,11 +292,12 @@ def _print_run(run):
     """A post-training run's held-out measures before and after, and where it went."""
     from tinyllm.recipes.pretrain import show
 
+    first, second = getattr(run, "compared", ("before", "after"))
     if run.before:
         print("on held-out test data:")
     for name in run.before:
         after = show(run.after.get(name), ".4g")  # nothing after a stop
-        print(f"  {name}: {run.before[name]:.4g} before, {after} after")
+        print(f"  {name}: {run.before[name]:.4g} {first}, {after} {second}")
     print(f"step {run.result.step}: train loss {run.result.train_loss:.4f}; model in {run.out}")
     return 0
 
@@ -695,6 +706,7 @@ COMMANDS = {  # name: (one-line help, configure, run)
     "sft": ("fine-tune a pretrained model to answer in chats (SFT)", *post_training_command("sft")),
     "reward": ("train a reward model on preference pairs", *post_training_command("reward")),
     "dpo": ("tune a chat model on preference pairs (DPO)", *post_training_command("dpo")),
+    "distill": ("train a smaller student on a chat model's outputs", *post_training_command("distill")),
     "eval": ("measure a chat model on held-out tasks, or any model on a corpus", configure_eval, run_eval),
     "quantize": ("store a model folder's weights in 8 or 4 bits (llama.cpp's formats)", configure_quantize, run_quantize),
     "generate": ("stream text from a trained model folder (alias: sample)", configure_sample, run_sample),

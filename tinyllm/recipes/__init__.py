@@ -7,6 +7,7 @@
 | `sft.py`      | `tinyllm sft`: supervised fine-tuning of a pretrained model on chats   |
 | `reward.py`   | `tinyllm reward`: a reward model trained on preference pairs           |
 | `dpo.py`      | `tinyllm dpo`: preference tuning of an SFT model against itself frozen |
+| `distill.py`  | `tinyllm distill`: a smaller student trained on a chat model's outputs |
 | `evaluation.py` | `tinyllm eval`: a chat model measured on held-out tasks              |
 | `speedrun.py` | `tinyllm speedrun`: the main job, end to end, with a report            |
 | `scaling.py`  | a family of small models at fixed compute budgets, and a power-law fit |

@@ -23,13 +23,13 @@ from ..data import RowBatches
 from ..data.preferences import load_preferences, preference_rows
 from ..data.tasks import preference_pairs, task_examples
 from ..infer.evaluate import answers, is_right, preference_accuracy, task_measures
-from ..tokenizer.chat import format_chat
 from ..train import TrainConfig, Trainer
 from ..train.preference import dpo_loss, reference_logps
 from .posttrain import (
     HeldOut,
     PostTrainConfig,
     data_field,
+    fits_context,
     held_out,
     load_chat_model,
     training_threads_for,
@@ -114,18 +114,11 @@ def sampled_pairs(model, tokenizer, examples, *, samples=2, seed=0):
         got = answers(model, tokenizer, prompts, temperature=1.0, seed=seed + k)
         for i, answer in enumerate(got):
             if wrong[i] is None and not is_right(examples[i], answer):
-                wrong[i] = answer if _fits(model, tokenizer, prompts[i], answer) else None
+                wrong[i] = answer if fits_context(model, tokenizer, prompts[i], answer) else None
     return [
         {"prompt": e.messages[:1], "chosen": e.answer, "rejected": w}
         for e, w in zip(examples, wrong) if w is not None
     ]  # fmt: skip
-
-
-def _fits(model, tokenizer, prompt, answer):
-    """Whether the conversation of ``prompt`` and ``answer`` fits the model's context (a
-    sampled answer, decoded and encoded again, may take more tokens than it was drawn in)."""
-    messages = [*prompt, {"role": "assistant", "content": answer}]
-    return len(format_chat(tokenizer, messages).ids) <= model.config.context_length
 
 
 def load_reference(directory, policy, tokenizer):

@@ -19,7 +19,7 @@ from ..config import Config
 from ..data import load_tokenizer
 from ..data.tasks import TASKS, preference_pairs, task_examples
 from ..files import atomic_open
-from ..tokenizer.chat import CHAT_SPECIAL_TOKENS
+from ..tokenizer.chat import CHAT_SPECIAL_TOKENS, format_chat
 from ..train.checkpoint import load_model_folder
 
 
@@ -87,6 +87,14 @@ def load_chat_model(directory):
             "pretrained with a BPE tokenizer (tinyllm pretrain --tokenizer bpe, or speedrun)"
         )
     return load_model_folder(directory), tokenizer
+
+
+def fits_context(model, tokenizer, prompt, answer):
+    """Whether the conversation of ``prompt`` (messages) and ``answer`` fits the model's
+    context (a generated answer, decoded and encoded again, may take more tokens than it
+    was drawn in, and a cut one gains its ``<|end|>``)."""
+    messages = [*prompt, {"role": "assistant", "content": answer}]
+    return len(format_chat(tokenizer, messages).ids) <= model.config.context_length
 
 
 class HeldOut(NamedTuple):

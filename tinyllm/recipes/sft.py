@@ -14,6 +14,7 @@
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from ..backend import use_backend
 from ..data import RowBatches
@@ -24,6 +25,7 @@ from ..infer.evaluate import exact_match, response_perplexity, task_measures
 from ..train import TrainConfig, Trainer
 from ..train.sft import sft_loss
 from .posttrain import (
+    HeldOut,
     PostTrainConfig,
     data_field,
     held_out,
@@ -73,45 +75,68 @@ def sft(config, train=None):
 
 def _sft(config, train):
     model, tokenizer = load_chat_model(config.model)
-    context = model.config.context_length
+    data = chat_data(config, train.seed)
+    rows = packed_rows(tokenizer, data.train, model.config.context_length)
+    with training_threads_for(model):
+        before = held_out_measures(model, tokenizer, data)
+        trainer = Trainer(
+            model, train, RowBatches(tuple(rows), train.micro_batch_size, seed=train.seed),
+            loss_fn=sft_loss, eval_fn=lambda model: validation_scores(model, tokenizer, data),
+            out_dir=config.out, tokenizer=tokenizer, title="sft",
+        )  # fmt: skip
+        result = trainer.fit(resume=config.resume)
+        stopped = result.stopped_by is not None
+        after = {} if stopped else held_out_measures(model, tokenizer, data)  # a stop is quick
+    out = write_summary(config, "sft", before=before, after=after,
+                        conversations=len(data.train), rows=len(rows.ids))  # fmt: skip
+    return SFTRun(model, tokenizer, result, train.steps, out, before, after)
+
+
+class ChatData(NamedTuple):
+    """A chat run's conversations: ``train``, ``val_conversations`` held out for the response
+    perplexity, and on the tasks the held-out validation and test examples with their
+    preference pairs (``HeldOut``; None for data without checkable answers)."""
+
+    train: list
+    val_conversations: list
+    val: HeldOut | None
+    test: HeldOut | None
+
+
+def chat_data(config, seed):
+    """The conversations of ``config`` (an ``SFTConfig``): ``examples`` training tasks and
+    ``eval_examples`` held out per split, or a file's conversations with 5% held out."""
     if config.data == "tasks":
-        train_examples = task_examples(
-            config.task_names, config.examples, split="train", seed=train.seed
-        )
-        conversations = [e.messages for e in train_examples]
-        val, test = (held_out(config, s, config.eval_examples, train.seed) for s in ("val", "test"))
-        val_conversations = [e.messages for e in val.examples]
-    else:
-        conversations = load_conversations(config.data)
-        cut = max(1, len(conversations) // 20)  # 5% held out for the perplexity
-        conversations, val_conversations = conversations[cut:], conversations[:cut]
-        val = test = None
+        examples = task_examples(config.task_names, config.examples, split="train", seed=seed)
+        val, test = (held_out(config, s, config.eval_examples, seed) for s in ("val", "test"))
+        return ChatData([e.messages for e in examples], [e.messages for e in val.examples],
+                        val, test)  # fmt: skip
+    conversations = load_conversations(config.data)
+    cut = max(1, len(conversations) // 20)  # 5% held out for the perplexity
+    return ChatData(conversations[cut:], conversations[:cut], None, None)
+
+
+def packed_rows(tokenizer, conversations, context):
+    """``conversations`` encoded with the chat template (the loss on the assistant's tokens)
+    and packed into rows of ``context`` tokens (``PackedRows``)."""
     examples = [
         sft_tokens(tokenizer, c, context_length=context, index=i)
         for i, c in enumerate(conversations)
     ]
-    rows = pack(examples, context)
+    return pack(examples, context)
 
-    def evaluate(model):
-        scores = {"response_ppl": response_perplexity(model, tokenizer, val_conversations)}
-        if val is not None:
-            scores["accuracy"] = exact_match(model, tokenizer, val.examples)[0]
-        return scores
 
-    def measures(model):
-        if test is None:
-            return {}
-        return task_measures(model, tokenizer, test.examples, pairs=test.pairs)
+def validation_scores(model, tokenizer, data):
+    """What a chat run logs at each evaluation: the perplexity of the held-out responses
+    and, on the tasks, the accuracy of greedy answers to the validation prompts."""
+    scores = {"response_ppl": response_perplexity(model, tokenizer, data.val_conversations)}
+    if data.val is not None:
+        scores["accuracy"] = exact_match(model, tokenizer, data.val.examples)[0]
+    return scores
 
-    with training_threads_for(model):
-        before = measures(model)
-        trainer = Trainer(
-            model, train, RowBatches(tuple(rows), train.micro_batch_size, seed=train.seed),
-            loss_fn=sft_loss, eval_fn=evaluate, out_dir=config.out, tokenizer=tokenizer,
-            title="sft",
-        )  # fmt: skip
-        result = trainer.fit(resume=config.resume)
-        after = {} if result.stopped_by else measures(model)  # a stop is quick
-    out = write_summary(config, "sft", before=before, after=after,
-                        conversations=len(conversations), rows=len(rows.ids))  # fmt: skip
-    return SFTRun(model, tokenizer, result, train.steps, out, before, after)
+
+def held_out_measures(model, tokenizer, data):
+    """``task_measures`` on the held-out test prompts and pairs (tasks only; else empty)."""
+    if data.test is None:
+        return {}
+    return task_measures(model, tokenizer, data.test.examples, pairs=data.test.pairs)

@@ -6,6 +6,9 @@
 | `trainer.py`    | `Trainer`: steps, evaluation, logging, checkpoints, signals, NaN stop |
 | `checkpoint.py` | atomic checkpoint folders that resume exactly                        |
 | `metrics.py`    | the metrics JSONL log and the loss-curve PNG                          |
+| `sft.py`        | supervised fine-tuning's loss on packed conversations                 |
+| `preference.py` | the Bradley-Terry (reward model) and DPO losses                       |
+| `distill.py`    | knowledge distillation's loss: KL to a teacher, mixed with the labels |
 """
 
 from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
