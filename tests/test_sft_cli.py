@@ -1,5 +1,6 @@
 """`tinyllm sft`: a BPE-pretrained model folder in, a fine-tuned chat model folder out, with the
-test accuracy before and after, exact resume through the Trainer, and named refusals."""
+test accuracy before and after, exact resume through the Trainer, and named refusals; `tinyllm
+lora` the same with adapters, written in PEFT's format."""
 
 import json
 
@@ -10,9 +11,12 @@ from tinyllm.cli import main
 from tinyllm.data.preferences import preference_rows
 from tinyllm.data.tasks import preference_pairs, task_examples
 from tinyllm.infer.evaluate import exact_match, task_measures
+from tinyllm.models import Transformer
+from tinyllm.models.adapters import load_adapter
 from tinyllm.models.reward import RewardModel
 from tinyllm.recipes.dpo import DPOConfig, load_reference
 from tinyllm.recipes.evaluation import EvalConfig
+from tinyllm.recipes.lora import LoRAConfig
 from tinyllm.recipes.posttrain import load_chat_model
 from tinyllm.recipes.reward import RewardConfig, ranking_accuracy, scores
 from tinyllm.recipes.sft import SFTConfig
@@ -66,6 +70,39 @@ def test_sft_writes_a_chat_model_with_its_accuracy(base, tmp_path, capsys):
         == 0
     )
     assert [row["step"] for row in read_metrics(out / "metrics.jsonl")][-2:] == [5, 6]
+
+
+def test_lora_trains_adapters_alone_and_writes_them_in_peft_format(base, tmp_path, capsys):
+    out = tmp_path / "lora"
+    args = ["lora", "--model", str(base), "--out", str(out), "--r", "2", "--alpha", "4",
+            "--targets", "q_proj,v_proj,mlp.*", "--merge"]  # fmt: skip
+    assert main([*args, *SFT]) == 0
+    assert "on held-out test data:\n  accuracy: " in capsys.readouterr().out
+    report = json.loads((out / "lora.json").read_text())
+    assert report["adapter_bytes"] == 4 * report["adapter_parameters"]
+    assert report["adapter_parameters"] == report["trainable_parameters"]
+    assert 0 < report["trainable_fraction"] < 0.1 and report["merged"] == str(out / "merged")
+    model, tokenizer = load_chat_model(base)
+    load_adapter(model, out)  # the adapter on its base gives the measures after
+    test = task_examples(["add", "sort"], 5, split="test", seed=SEED)
+    pairs = preference_pairs(["add", "sort"], 5, split="test", seed=SEED)
+    assert report["after"] == task_measures(model, tokenizer, test, pairs=pairs)
+    ids = np.random.default_rng(0).integers(0, 300, (1, 16))
+    merged = Transformer.from_pretrained(out / "merged")
+    np.testing.assert_allclose(merged(ids)[0].numpy(), model(ids)[0].numpy(), atol=1e-4, rtol=0)
+    rebuilt = load_model(latest_checkpoint(out))  # the whole adapted model, base untouched
+    state = {name.replace(".base.", "."): array for name, array in rebuilt.state_dict().items()}
+    for name, array in Transformer.from_pretrained(base).state_dict().items():
+        assert state[name].tobytes() == array.tobytes(), name
+    assert main([*args, "--resume", *SFT[2:], "--steps", "6"]) == 0
+    assert [row["step"] for row in read_metrics(out / "metrics.jsonl")][-2:] == [5, 6]
+    with pytest.raises(ValueError, match="r=0: expected an integer >= 1"):
+        LoRAConfig(r=0)
+    with pytest.raises(ValueError, match="tokens='all': expected one of none, chat, data"):
+        LoRAConfig(tokens="all")
+    args = ["lora", "--model", str(base), "--out", str(tmp_path / "x"), "--targets", "query"]
+    assert main(args) == 2
+    assert "target 'query' names no Linear layer" in capsys.readouterr().err
 
 
 def test_dpo_after_sft_records_its_measures_before_and_after(base, tmp_path, capsys):
@@ -153,7 +190,9 @@ def test_eval_measures_a_chat_model_and_writes_them(base, tmp_path, capsys):
     assert "invalid choice 'dev'; expected one of train, val, test" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("config", [SFTConfig(), RewardConfig(), DPOConfig(), EvalConfig()])
+@pytest.mark.parametrize(
+    "config", [SFTConfig(), LoRAConfig(), RewardConfig(), DPOConfig(), EvalConfig()]
+)
 def test_the_default_runs_find_their_task_data(config):
     count = getattr(config, "examples", None) or config.pairs
     for split, n in (("train", count), ("val", 100), ("test", 100)):

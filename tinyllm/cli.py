@@ -6,6 +6,7 @@ tinyllm grade [DIR]              grade the exercises (--solutions, --json result
 tinyllm tokenizer train|encode   train a byte-level BPE (writes tokenizer.json), encode text
 tinyllm pretrain                 train a model on a corpus (flags map onto TrainConfig etc.)
 tinyllm sft | reward | dpo       post-training: fine-tune on chats, a reward model, DPO
+tinyllm lora                     fine-tune LoRA adapters on a frozen model (PEFT's format)
 tinyllm distill                  a smaller student learns from a chat model (distillation)
 tinyllm eval                     measure a chat model on held-out tasks, any model on a corpus
 tinyllm quantize DIR             a quantized model folder: int8, Q8_0, Q4_0, Q4_1, f16, bf16
@@ -229,13 +230,21 @@ def run_pretrain(args):
     return 0
 
 
-# --- tinyllm sft / reward / dpo / distill / eval -------------------------------------------------
+# --- tinyllm sft / lora / reward / dpo / distill / eval ------------------------------------------
 POST_TRAINING = {  # command (and its recipe's module and function): config class, description
     "sft": (
         "SFTConfig",
         "Supervised fine-tuning of a pretrained model folder on conversations (the checkable "
         "tasks by default), the loss on the assistant's tokens only. Writes the run folder "
         "--out like pretrain does, plus sft.json with the held-out measures before and after.",
+    ),
+    "lora": (
+        "LoRAConfig",
+        "Supervised fine-tuning as sft does, with the pretrained model frozen and low-rank "
+        "adapters (LoRA) trained on some of its layers. Writes the adapter into --out in "
+        "PEFT's format (adapter_config.json, adapter_model.safetensors), with --merge the "
+        "model with the adapter merged in (--out/merged), and lora.json with the held-out "
+        "measures before and after and the adapter's size.",
     ),
     "reward": (
         "RewardConfig",
@@ -704,6 +713,7 @@ COMMANDS = {  # name: (one-line help, configure, run)
     "tokenizer": ("train a byte-level BPE tokenizer, or encode text with one", configure_tokenizer, run_tokenizer),
     "pretrain": ("train a language model on a corpus", configure_pretrain, run_pretrain),
     "sft": ("fine-tune a pretrained model to answer in chats (SFT)", *post_training_command("sft")),
+    "lora": ("fine-tune low-rank adapters on a frozen model (LoRA)", *post_training_command("lora")),
     "reward": ("train a reward model on preference pairs", *post_training_command("reward")),
     "dpo": ("tune a chat model on preference pairs (DPO)", *post_training_command("dpo")),
     "distill": ("train a smaller student on a chat model's outputs", *post_training_command("distill")),

@@ -1,4 +1,5 @@
-"""Models: the config dataclass, the decoder-only Transformer, Hugging Face load/save."""
+"""Models: the config dataclass, the decoder-only Transformer, Hugging Face load/save, and
+LoRA adapters in PEFT's format (``adapters.py``)."""
 
 from .config import PRESETS, ModelConfig, get_preset
 from .transformer import Block, Transformer

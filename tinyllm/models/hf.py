@@ -221,7 +221,7 @@ def config_to_hf(config):
 
 
 # --- weight names ---------------------------------------------------------------------------
-def _hf_module(family, ours):
+def hf_module_name(family, ours):
     """The checkpoint name of our module ``ours`` (a dotted path in :class:`Transformer`)."""
     names, moe = family.weights, family.moe
     if ours == "lm_head":
@@ -258,7 +258,7 @@ def weight_map(model, family):
         module, kind = ours.rsplit(".", 1)
         transposed = kind == "weight" and module in linears
         transposed = transposed and (family.weights.out_in or module == "lm_head")
-        hf_name = f"{_hf_module(family, module)}.{kind}"
+        hf_name = f"{hf_module_name(family, module)}.{kind}"
         entries.setdefault(hf_name, (hf_name, [], transposed))[1].append(ours)
     return list(entries.values())
 

@@ -25,11 +25,12 @@ from .. import functional as F
 from ..autograd import Tensor
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, RMSNorm
 from ..nn.attention import CausalSelfAttention
+from ..nn.lora import describe_lora, rebuild_lora
 from ..nn.mlp import MLP, SwiGLU
 from ..nn.moe import MoE
 from ..nn.rope import RotaryEmbedding
 from .config import ModelConfig
-from .hf import family_of, load_pretrained, save_pretrained, weight_map
+from .hf import family_of, hf_module_name, load_pretrained, save_pretrained, weight_map
 
 
 def _norm(config):
@@ -228,13 +229,24 @@ class Transformer(Module):
 
     # --- describing, and the Hugging Face format ----------------------------------------------
     def describe(self):
-        """The config, which with the class rebuilds this model (checkpoints save it)."""
-        return {"config": self.config.to_dict()}
+        """The config and any LoRA adapters' settings, which with the class rebuild this
+        model (checkpoints save it)."""
+        lora = describe_lora(self)
+        return {"config": self.config.to_dict(), **({"lora": lora} if lora else {})}
 
     @classmethod
     def from_description(cls, description):
         """A fresh model of a ``describe()`` dict (load weights into it next)."""
-        return cls(ModelConfig.from_dict(description["config"]))
+        model = cls(ModelConfig.from_dict(description["config"]))
+        return rebuild_lora(model, description["lora"]) if "lora" in description else model
+
+    def hf_module_name(self, path):
+        """The Hugging Face (and PEFT) name of our module ``path`` (``blocks.0.mlp.gate`` is
+        Llama's ``model.layers.0.mlp.gate_proj``), or None where there is none."""
+        try:
+            return hf_module_name(family_of(self.config), path)
+        except (ValueError, KeyError):
+            return None
 
     def has_hf_form(self):
         """Whether ``save_pretrained`` writes this model as it is: its config has a Hugging

@@ -34,6 +34,14 @@ class Linear(Module):
         self.weight = Parameter(normal(seed, (in_features, out_features), std))
         self.bias = Parameter(np.zeros(out_features, np.float32)) if bias else None
 
+    @property
+    def in_features(self):
+        return self.weight.shape[0]
+
+    @property
+    def out_features(self):
+        return self.weight.shape[1]
+
     def forward(self, x):
         y = x @ self.weight  # (..., out_features)
         return y if self.bias is None else y + self.bias

@@ -5,6 +5,7 @@
 | `pretrain.py` | `tinyllm pretrain`: tokenize a corpus, train a model, sample from it   |
 | `posttrain.py`| what the post-training runs share: configs, the chat model, held out   |
 | `sft.py`      | `tinyllm sft`: supervised fine-tuning of a pretrained model on chats   |
+| `lora.py`     | `tinyllm lora`: the same with LoRA adapters, written in PEFT's format  |
 | `reward.py`   | `tinyllm reward`: a reward model trained on preference pairs           |
 | `dpo.py`      | `tinyllm dpo`: preference tuning of an SFT model against itself frozen |
 | `distill.py`  | `tinyllm distill`: a smaller student trained on a chat model's outputs |

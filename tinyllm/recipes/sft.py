@@ -10,6 +10,10 @@
 4. Before and after, on held-out test prompts (tasks): the accuracy of greedy answers, the
    share of right sampled answers and of preference pairs whose right answer the model
    finds more likely (``task_measures``), in the run's ``sft.json``.
+
+``fine_tune`` is this run with an optional step around the training that changes what
+trains and what is written: LoRA (``lora.py``) freezes the model, adds adapters and writes
+them in PEFT's format.
 """
 
 from dataclasses import dataclass, field
@@ -68,27 +72,38 @@ class SFTRun:
 
 def sft(config, train=None):
     """Run the recipe in the module docstring; returns an ``SFTRun``."""
-    train = TrainConfig(**TRAIN_DEFAULTS) if train is None else train
+    return fine_tune(config, TrainConfig(**TRAIN_DEFAULTS) if train is None else train)
+
+
+def fine_tune(config, train, name="sft", step=None):
+    """The SFT run, written to ``<out>/<name>.json``. ``step`` (optional) works around the
+    training: ``step.prepare(model, tokenizer, rows)`` changes the loaded model before it
+    (LoRA adds its adapters; ``rows`` are the packed training rows) and
+    ``step.finish(model, tokenizer)`` writes what it adds after; each returns a dict of
+    facts for the summary."""
     with use_backend(config.backend):
-        return _sft(config, train)
+        return _fine_tune(config, train, name, step)
 
 
-def _sft(config, train):
+def _fine_tune(config, train, name, step):
     model, tokenizer = load_chat_model(config.model)
     data = chat_data(config, train.seed)
     rows = packed_rows(tokenizer, data.train, model.config.context_length)
+    facts = {} if step is None else step.prepare(model, tokenizer, rows)
     with training_threads_for(model):
         before = held_out_measures(model, tokenizer, data)
         trainer = Trainer(
             model, train, RowBatches(tuple(rows), train.micro_batch_size, seed=train.seed),
             loss_fn=sft_loss, eval_fn=lambda model: validation_scores(model, tokenizer, data),
-            out_dir=config.out, tokenizer=tokenizer, title="sft",
+            out_dir=config.out, tokenizer=tokenizer, title=name,
         )  # fmt: skip
         result = trainer.fit(resume=config.resume)
         stopped = result.stopped_by is not None
         after = {} if stopped else held_out_measures(model, tokenizer, data)  # a stop is quick
-    out = write_summary(config, "sft", before=before, after=after,
-                        conversations=len(data.train), rows=len(rows.ids))  # fmt: skip
+    if step is not None:
+        facts |= step.finish(model, tokenizer)
+    out = write_summary(config, name, before=before, after=after,
+                        conversations=len(data.train), rows=len(rows.ids), **facts)  # fmt: skip
     return SFTRun(model, tokenizer, result, train.steps, out, before, after)
 
 
