@@ -11,6 +11,7 @@ from tinyllm.data.preferences import preference_rows
 from tinyllm.data.tasks import preference_pairs, task_examples
 from tinyllm.infer.evaluate import exact_match, task_measures
 from tinyllm.models.reward import RewardModel
+from tinyllm.recipes.distill import DistillConfig
 from tinyllm.recipes.dpo import DPOConfig, load_reference
 from tinyllm.recipes.evaluation import EvalConfig
 from tinyllm.recipes.posttrain import load_chat_model
@@ -153,7 +154,9 @@ def test_eval_measures_a_chat_model_and_writes_them(base, tmp_path, capsys):
     assert "invalid choice 'dev'; expected one of train, val, test" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("config", [SFTConfig(), RewardConfig(), DPOConfig(), EvalConfig()])
+@pytest.mark.parametrize(
+    "config", [SFTConfig(), RewardConfig(), DPOConfig(), EvalConfig(), DistillConfig()]
+)
 def test_the_default_runs_find_their_task_data(config):
     count = getattr(config, "examples", None) or config.pairs
     for split, n in (("train", count), ("val", 100), ("test", 100)):
