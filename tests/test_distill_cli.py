@@ -44,7 +44,7 @@ def test_distill_writes_a_smaller_student_with_both_models_measures(
     teacher, tmp_path, capsys, top_k
 ):
     out = tmp_path / "student"
-    flags = [] if top_k is None else ["--top-k", str(top_k)]
+    flags = ["--top-k", "none" if top_k is None else str(top_k)]
     assert distill(teacher, out, "--alpha", "0.7", "--temperature", "1.5", *flags) == 0
     printed = capsys.readouterr().out
     assert "on held-out test data:\n  val_loss: " in printed and " teacher, " in printed

@@ -14,6 +14,7 @@ from tinyllm.infer.evaluate import exact_match, task_measures
 from tinyllm.models import Transformer
 from tinyllm.models.adapters import load_adapter
 from tinyllm.models.reward import RewardModel
+from tinyllm.recipes.distill import DistillConfig
 from tinyllm.recipes.dpo import DPOConfig, load_reference
 from tinyllm.recipes.evaluation import EvalConfig
 from tinyllm.recipes.lora import LoRAConfig
@@ -191,7 +192,8 @@ def test_eval_measures_a_chat_model_and_writes_them(base, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "config", [SFTConfig(), LoRAConfig(), RewardConfig(), DPOConfig(), EvalConfig()]
+    "config",
+    [SFTConfig(), LoRAConfig(), RewardConfig(), DPOConfig(), EvalConfig(), DistillConfig()],
 )
 def test_the_default_runs_find_their_task_data(config):
     count = getattr(config, "examples", None) or config.pairs

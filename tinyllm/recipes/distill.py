@@ -14,9 +14,10 @@ model (the student) out, sharing the teacher's tokenizer.
 
    - ``logits`` (white box): ``distill_loss``, the KL divergence to the teacher's softened
      next-token distribution on the assistant's tokens mixed with the cross-entropy on the
-     labels (``alpha``, ``temperature``). With ``top_k`` the teacher's k largest logits per
-     position are computed once and travel with the rows (``teacher_topk``); without, the
-     teacher runs on every batch and the KL covers its whole vocabulary.
+     labels (``alpha``, ``temperature``). With ``top_k`` (20 by default) the teacher's k
+     largest logits per position are computed once and travel with the rows
+     (``teacher_topk``); without, the teacher runs on every batch and the KL covers its
+     whole vocabulary.
    - ``generations`` (black box): the teacher answers the training prompts through the
      generation API (greedy, or sampled at ``generation_temperature``) and the student is
      fine-tuned on those answers with the SFT loss (``teacher_generations``): all that is
@@ -43,9 +44,10 @@ from ..train.sft import sft_loss
 from .posttrain import fits_context, load_chat_model, training_threads_for, write_summary
 from .sft import SFTConfig, chat_data, held_out_measures, packed_rows, validation_scores
 
-# Distillation's training defaults (the other TrainConfig fields keep theirs): SFT's, and a
-# fresh student's higher learning rate
-TRAIN_DEFAULTS = dict(steps=400, batch_size=8, lr=3e-3, min_lr=3e-4, eval_interval=100)
+# Distillation's training defaults (the other TrainConfig fields keep theirs): a fresh
+# student needs more steps than fine-tuning; at 400 it had not learned the labels yet and the
+# teacher's soft targets slowed it further (benchmarks/README.md, Distillation)
+TRAIN_DEFAULTS = dict(steps=1600, batch_size=8, lr=3e-3, min_lr=3e-4, eval_interval=400)
 MODES = ("logits", "generations")
 
 
@@ -84,14 +86,14 @@ class DistillConfig(SFTConfig):
         default=2.0, metadata={"help": "with --mode logits: the softening temperature T"}
     )
     alpha: float = field(
-        default=0.5,
+        default=0.2,
         metadata={"help": "with --mode logits: the KL term's weight (0: the labels alone)"},
     )
     top_k: int | None = field(
-        default=None,
+        default=20,
         metadata={
             "help": "with --mode logits: keep the teacher's k largest logits per position, "
-            "computed once; none: its whole distribution, at every step"
+            "computed once; none: its whole distribution, the teacher run at every step"
         },
     )
     generation_temperature: float = field(
