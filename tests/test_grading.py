@@ -343,6 +343,21 @@ TRICKS = [
         "from tinyllm.recipes.dpo import dpo_loss",
         "imports tinyllm.recipes.dpo",
     ),
+    (
+        "ex10_lora",
+        "from tinyllm.nn import LoRALinear\nmerge = LoRALinear.merge",
+        "(that is tinyllm.nn.lora.LoRALinear)",
+    ),
+    (
+        "ex10_lora",
+        "import tinyllm.nn.lora as L\nsummary = L.lora_summary",
+        "imports tinyllm.nn.lora",
+    ),
+    (
+        "ex10_lora",
+        "from tinyllm.models import adapters\nf = adapters.lora_tensors",
+        "tinyllm.models.adapters",
+    ),
     ("ex02_attention", "exec(open('answers.py').read())", "runs code from a string (exec)"),
     (
         "ex02_attention",
@@ -416,6 +431,7 @@ FAIR = [
         "import numpy as np\nfrom tinyllm import Tensor\nfrom tinyllm import functional as F\ne = F.exp",
     ),
     ("ex09_preference_tuning", "from tinyllm.models import Transformer, get_preset"),
+    ("ex10_lora", "import numpy as np\nfrom tinyllm.nn import Linear, Module, Parameter"),
 ]
 
 
