@@ -344,6 +344,21 @@ TRICKS = [
         "imports tinyllm.recipes.dpo",
     ),
     (
+        "ex10_lora",
+        "from tinyllm.nn import LoRALinear\nmerge = LoRALinear.merge",
+        "(that is tinyllm.nn.lora.LoRALinear)",
+    ),
+    (
+        "ex10_lora",
+        "import tinyllm.nn.lora as L\nsummary = L.lora_summary",
+        "imports tinyllm.nn.lora",
+    ),
+    (
+        "ex10_lora",
+        "from tinyllm.models import adapters\nf = adapters.lora_tensors",
+        "tinyllm.models.adapters",
+    ),
+    (
         "ex11_distillation",
         "from tinyllm.train.distill import kl_loss",
         "imports tinyllm.train.distill.kl_loss",
@@ -436,6 +451,7 @@ FAIR = [
         "import numpy as np\nfrom tinyllm import Tensor\nfrom tinyllm import functional as F\ne = F.exp",
     ),
     ("ex09_preference_tuning", "from tinyllm.models import Transformer, get_preset"),
+    ("ex10_lora", "import numpy as np\nfrom tinyllm.nn import Linear, Module, Parameter"),
     (
         "ex11_distillation",
         "import numpy as np\nfrom tinyllm import Tensor\nfrom tinyllm import functional as F\nz = F.exp",

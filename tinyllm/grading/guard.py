@@ -151,6 +151,20 @@ RULES = {
             "tinyllm.functional.softmax",  # log-softmax and cross-entropy
         ),
     ),
+    "ex10_lora": Rules(
+        writes=(
+            "lora_forward",
+            "lora_merge",
+            "lora_unmerge",
+            "lora_parameter_count",
+            "trainable_fraction",
+        ),
+        off_limits=(
+            "tinyllm.nn.lora",
+            "tinyllm.models.adapters",  # PEFT's format, built on it
+            "tinyllm.recipes.lora",
+        ),
+    ),
     "ex11_distillation": Rules(
         writes=(
             "soften",
