@@ -42,10 +42,21 @@ active, and only the active one adds its update and trains. Tokens the base mode
 learned (a chat template's) can train their embedding rows beside the adapters:
 ``add_trainable_tokens`` (``trainable_tokens.py``). The base layer is any module
 with ``forward``, ``in_features`` and ``out_features``; merging also needs its ``weight`` as
-a dense (in, out) Parameter - a layer that keeps a quantized weight and dequantizes it on
-the fly can carry adapters, but not merge them.
+a dense (in, out) Parameter, or a quantized one.
+
+QLoRA (Dettmers et al., 2023) is LoRA on a quantized base: the frozen weights stay packed
+in 4 bits (``tinyllm.quant``: ``quantize(model, "q4_0")`` before ``apply_lora``), each
+forward and backward pass dequantizes them for its own product, and the gradient reaches
+the input through that float copy, never the packed bytes. Only the adapters are float32
+and trained. A quantized layer here is one with ``dequantized()``, its float (in, out)
+weight, and ``requantize(weight)`` (``QuantizedLinear``). ``merge`` into such a base does
+what PEFT does for a 4-bit base: dequantize, add the update, quantize again - the rounding
+changes the function a little, and a warning says so. ``merge_and_unload`` gives float
+layers instead (the dequantized weight plus the update, unrounded): the adapted model's
+function exactly, in a form the Hugging Face format holds.
 """
 
+import warnings
 from fnmatch import fnmatchcase
 
 import numpy as np
@@ -113,7 +124,7 @@ class LoRALinear(Module):
         check_rank(r, self.in_features, self.out_features)
         check_alpha(alpha)
         adapter = LowRank(self.in_features, self.out_features, r, alpha, dropout=dropout, seed=seed)
-        self.adapters[name] = adapter.to(self.base.weight.backend)
+        self.adapters[name] = adapter.to(_backend(self.base))
         adapter.freeze(name != self.active)
         return adapter
 
@@ -133,19 +144,18 @@ class LoRALinear(Module):
         return y + self.adapters[self.active](x)
 
     def merge(self):
-        """Fold the active adapter into the base weight: ``W += (B A)^T * alpha / r``."""
+        """Fold the active adapter into the base weight: ``W += (B A)^T * alpha / r`` (a
+        quantized base is dequantized, changed and quantized again; see the module docstring)."""
         if self.merged:
             raise ValueError(f"LoRA: adapter {self.active!r} is already merged; unmerge it first")
-        weight = self._dense_weight()
-        weight.data = weight.data + self._active_adapter().delta()
+        self._store(self._weight() + self._active_adapter().delta())
         self.merged = True
 
     def unmerge(self):
         """Take the merged adapter back out of the base weight."""
         if not self.merged:
             raise ValueError(f"LoRA: adapter {self.active!r} is not merged")
-        weight = self._dense_weight()
-        weight.data = weight.data - self._active_adapter().delta()
+        self._store(self._weight() - self._active_adapter().delta())
         self.merged = False
 
     def _active_adapter(self):
@@ -153,15 +163,60 @@ class LoRALinear(Module):
             raise ValueError(f"LoRA: this layer has no adapter {self.active!r} to merge")
         return self.adapters[self.active]
 
+    def _weight(self):
+        """The base's weight as a float (in, out) array."""
+        return (
+            self.base.dequantized() if is_quantized_layer(self.base) else self._dense_weight().data
+        )
+
+    def _store(self, weight):
+        if not is_quantized_layer(self.base):
+            self._dense_weight().data = weight
+            return
+        warnings.warn(
+            f"LoRA: merging into (or out of) a quantized {getattr(self.base, 'format', '')} "
+            "base rounds the merged weight to its format again, so the merged model computes "
+            "close to the adapted one, not exactly (as PEFT's merge into a 4-bit base); "
+            "merge_and_unload gives float layers instead",
+            stacklevel=3,
+        )
+        self.base.requantize(weight)
+
     def _dense_weight(self):
         weight = getattr(self.base, "weight", None)
         shape = (self.in_features, self.out_features)
         if not isinstance(weight, Parameter) or weight.shape != shape:
             raise TypeError(
-                f"LoRA: merging needs a base with a dense (in, out) weight Parameter; "
-                f"{type(self.base).__name__} has none"
+                f"LoRA: merging needs a base with a dense (in, out) weight Parameter or a "
+                f"quantized one (dequantized, requantize); {type(self.base).__name__} has neither"
             )
         return weight
+
+
+def is_quantized_layer(layer):
+    """Whether ``layer`` keeps its weight packed and gives it as floats with ``dequantized()``
+    (``tinyllm.quant.QuantizedLinear``)."""
+    return callable(getattr(layer, "dequantized", None))
+
+
+def float_linear(layer, delta=None):
+    """A frozen float ``Linear`` computing what the quantized ``layer`` does, its weight
+    dequantized and ``delta`` (an (in, out) update) added in float, on its backend."""
+    bias = getattr(layer, "bias", None)
+    linear = Linear(layer.in_features, layer.out_features, bias=bias is not None, seed=0)
+    weight = layer.dequantized()  # (in, out)
+    linear.weight.data = weight if delta is None else weight + delta
+    if bias is not None:
+        linear.bias.data = bias.data
+    return linear.freeze()
+
+
+def _backend(module):
+    """The backend ``module``'s first parameter or buffer lives on."""
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    if not tensors:
+        raise TypeError(f"LoRA: the base {type(module).__name__} holds no weights")
+    return tensors[0][1].backend
 
 
 def check_rank(r, in_features, out_features, where="a layer"):
@@ -254,13 +309,16 @@ def trainable_tokens(model):
 
 
 def adaptable_layers(model):
-    """The paths of the Linear layers of ``model`` (and of those already adapted)."""
+    """The paths of the Linear layers of ``model``, quantized ones too (and of those
+    already adapted)."""
     paths, inside = [], set()
     for path, module in model.named_modules():
         if isinstance(module, LoRALinear):
             inside.add(id(module.base))
             paths.append(path)
-        elif isinstance(module, Linear) and id(module) not in inside:
+        elif (isinstance(module, Linear) or is_quantized_layer(module)) and id(
+            module
+        ) not in inside:
             paths.append(path)
     return paths
 
@@ -312,11 +370,20 @@ def unmerge(model):
 
 def merge_and_unload(model):
     """Fold the active adapters in and put the bare base layers back: a plain model (its
-    Hugging Face form, where it has one, then saves as usual); returns ``model``."""
+    Hugging Face form, where it has one, then saves as usual); returns ``model``. On a
+    quantized base every quantized layer comes back as a float ``Linear``, the update added
+    to its dequantized weight unrounded: the adapted model's function exactly."""
     for path, layer in lora_layers(model):
-        if layer.active in layer.adapters and not layer.merged:
+        update = layer.active in layer.adapters and not layer.merged
+        if is_quantized_layer(layer.base):
+            delta = layer.adapters[layer.active].delta() if update else None
+            _set(model, path, float_linear(layer.base, delta))
+            continue
+        if update:
             layer.merge()
         _set(model, path, layer.base)
+    for path, module in [(p, m) for p, m in model.named_modules() if is_quantized_layer(m)]:
+        _set(model, path, float_linear(module))
     for path, table in trainable_tokens(model):
         _set(model, path, table.unload())
     return model
