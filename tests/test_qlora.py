@@ -296,3 +296,16 @@ def test_cli_lora_quantize_trains_on_a_4_bit_base_rebuilds_resumes_and_reports_m
         ValueError, match="quantize='q3_k': expected none or a quantization scheme: f16"
     ):
         LoRAConfig(quantize="q3_k")
+
+
+def test_qlora_trains_the_same_under_compiled_jax():
+    pytest.importorskip("jax")
+    from tinyllm.backend import use_backend
+
+    trained = {}
+    for backend in ("numpy", "jax"):
+        with use_backend(backend):
+            m = qlora(n_layer=1).to(backend)
+            train(m, steps=3)
+            trained[backend] = logits(m)
+    np.testing.assert_allclose(trained["jax"], trained["numpy"], atol=1e-5, rtol=0)

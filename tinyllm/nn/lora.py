@@ -23,19 +23,8 @@ no cost at inference; ``unmerge`` takes it back out.
 True
 
 Which layers: ``apply_lora(model, r, alpha, target_modules)`` wraps every ``Linear`` whose
-path ends with one of the targets. A Transformer's Linear layers are
-
-    blocks.N.attention.q_proj, k_proj, v_proj, o_proj        attention
-    blocks.N.mlp.up, mlp.down (GELU) or gate, up, down (SwiGLU)
-    blocks.N.mlp.router, blocks.N.mlp.experts.E.gate, ...    a mixture of experts
-    lm_head                                                   the output layer, when untied
-
-A target is the end of such a path (``q_proj``, ``mlp.down``), with shell wildcards
-allowed (``mlp.*``: every Linear in the MLPs; ``blocks.0.*``: the first block's). Where the
-model has a Hugging Face form, a target may also be the end of the module's name there,
-PEFT's names: ``gate_proj`` is ``mlp.gate``, ``c_attn`` (GPT-2's fused query, key and
-value) is ``q_proj``, ``k_proj`` and ``v_proj``, ``c_proj`` is both of GPT-2's output
-projections, as in PEFT.
+path ends with one of the targets (``q_proj``, ``mlp.*``, or PEFT's names such as
+``gate_proj``; ``lora_targets.py`` matches them).
 
 One base can carry several named adapters (``add_adapter``, ``set_adapter``): one is
 active, and only the active one adds its update and trains. Tokens the base model never
@@ -57,11 +46,11 @@ function exactly, in a form the Hugging Face format holds.
 """
 
 import warnings
-from fnmatch import fnmatchcase
 
 import numpy as np
 
 from .layers import Dropout, Embedding, Linear
+from .lora_targets import get_module, match_targets, set_module
 from .module import Module, Parameter
 from .trainable_tokens import TrainableTokens
 
@@ -252,7 +241,7 @@ def apply_lora(model, r=8, alpha=16, target_modules=("q_proj", "v_proj"), *, dro
     """
     chosen = find_targets(model, target_modules)
     for path in chosen:  # every layer checked before any is changed
-        layer = _get(model, path)
+        layer = get_module(model, path)
         check_rank(r, layer.in_features, layer.out_features, path)
         if name in getattr(layer, "adapters", {}):
             raise ValueError(f"apply_lora: {path} already has an adapter named {name!r}")
@@ -267,39 +256,28 @@ def apply_lora(model, r=8, alpha=16, target_modules=("q_proj", "v_proj"), *, dro
 def find_targets(model, target_modules):
     """The paths of the Linear layers ``target_modules`` (a name or several) name, in the
     model's order; a target that names none is an error that lists the model's layers."""
-    targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
-    layers = adaptable_layers(model)
     aliases = getattr(model, "hf_module_name", lambda path: None)
-    chosen = set()
-    for target in targets:
-        found = {path for path in layers if _matches(target, path, aliases(path))}
-        if not found:
-            raise ValueError(
-                f"apply_lora: target {target!r} names no Linear layer; the model's are "
-                f"{_summarize(layers, aliases)}"
-            )
-        chosen |= found
-    return [path for path in layers if path in chosen]
+    return match_targets(adaptable_layers(model), target_modules, aliases)
 
 
 def add_lora(model, path, r, alpha, *, dropout=0.0, name="default", seed=None):
     """Give the Linear (or LoRALinear) at ``path`` an adapter ``name``; returns the layer."""
-    layer = _get(model, path)
+    layer = get_module(model, path)
     if isinstance(layer, LoRALinear):
         layer.add_adapter(name, r, alpha, dropout=dropout, seed=seed)
         return layer
     layer = LoRALinear(layer, r, alpha, dropout=dropout, name=name, seed=seed)
-    _set(model, path, layer)
+    set_module(model, path, layer)
     return layer
 
 
 def add_trainable_tokens(model, token_ids, path="token_embedding"):
     """Let the rows ``token_ids`` of the Embedding at ``path`` train, the rest frozen
     (``TrainableTokens``: new chat tokens under LoRA); returns ``model``."""
-    table = _get(model, path)
+    table = get_module(model, path)
     if not isinstance(table, Embedding):
         raise ValueError(f"LoRA: {path} is a {type(table).__name__}, not an Embedding")
-    _set(model, path, TrainableTokens(table, token_ids))
+    set_module(model, path, TrainableTokens(table, token_ids))
     return model
 
 
@@ -377,15 +355,15 @@ def merge_and_unload(model):
         update = layer.active in layer.adapters and not layer.merged
         if is_quantized_layer(layer.base):
             delta = layer.adapters[layer.active].delta() if update else None
-            _set(model, path, float_linear(layer.base, delta))
+            set_module(model, path, float_linear(layer.base, delta))
             continue
         if update:
             layer.merge()
-        _set(model, path, layer.base)
+        set_module(model, path, layer.base)
     for path, module in [(p, m) for p, m in model.named_modules() if is_quantized_layer(m)]:
-        _set(model, path, float_linear(module))
+        set_module(model, path, float_linear(module))
     for path, table in trainable_tokens(model):
-        _set(model, path, table.unload())
+        set_module(model, path, table.unload())
     return model
 
 
@@ -451,48 +429,3 @@ def rebuild_lora(model, description):
     for _, layer in lora_layers(model, description["active"]):
         layer.merged = description["merged"]  # the weights loaded next hold the update
     return model
-
-
-# --- paths ------------------------------------------------------------------------------------
-def _matches(target, path, alias):
-    return any(
-        name is not None and (fnmatchcase(name, target) or fnmatchcase(name, f"*.{target}"))
-        for name in (path, alias)
-    )
-
-
-def _summarize(paths, aliases):
-    """The layer paths with block and expert numbers as N, and their Hugging Face names."""
-
-    def general(name):
-        return ".".join("N" if part.isdigit() else part for part in name.split("."))
-
-    ours = list(dict.fromkeys(general(p) for p in paths))
-    theirs = list(dict.fromkeys(general(a) for a in map(aliases, paths) if a is not None))
-    return ", ".join(ours) + (f" (Hugging Face names: {', '.join(theirs)})" if theirs else "")
-
-
-def _parent(model, path):
-    """(the container holding ``path``'s module, its key or attribute name)."""
-    *outer, last = path.split(".")
-    node = model
-    for part in outer:
-        node = node[int(part)] if isinstance(node, (list, tuple)) else _child(node, part)
-    return node, int(last) if isinstance(node, (list, tuple)) else last
-
-
-def _child(node, key):
-    return node[key] if isinstance(node, dict) else getattr(node, key)
-
-
-def _get(model, path):
-    node, key = _parent(model, path)
-    return node[key] if isinstance(node, (list, tuple, dict)) else getattr(node, key)
-
-
-def _set(model, path, module):
-    node, key = _parent(model, path)
-    if isinstance(node, (list, dict)):
-        node[key] = module
-    else:
-        setattr(node, key, module)
