@@ -14,7 +14,7 @@ from tinyllm.autograd import Tensor, gradcheck
 from tinyllm.cli import main
 from tinyllm.data import RandomBatches
 from tinyllm.models import Transformer, get_preset
-from tinyllm.nn import Linear
+from tinyllm.nn import Linear, Module, Parameter
 from tinyllm.nn.lora import (
     LoRALinear,
     add_trainable_tokens,
@@ -142,6 +142,23 @@ def test_merging_into_a_quantized_base_requantizes_with_a_warning():
     with pytest.warns(UserWarning, match="rounds"):
         unmerge(m)
     np.testing.assert_allclose(logits(m), adapted, atol=0.25, rtol=0)
+
+
+def test_a_base_neither_dense_nor_quantized_carries_adapters_but_cannot_merge():
+    class Scaled(Module):
+        in_features = out_features = 8
+
+        def __init__(self):
+            self.scale = Parameter(np.full(8, 2, np.float32))
+
+        def forward(self, x):
+            return x * self.scale
+
+    layer = randomize_layer(LoRALinear(Scaled(), r=2, alpha=4, seed=0), np.random.default_rng(0))
+    x = np.ones((1, 8), np.float32)
+    np.testing.assert_allclose(layer(x).numpy(), 2 * x + layer.adapters["default"](x).numpy())
+    with pytest.raises(TypeError, match="Scaled has neither"):
+        layer.merge()
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])

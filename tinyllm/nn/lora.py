@@ -154,9 +154,9 @@ class LoRALinear(Module):
 
     def _weight(self):
         """The base's weight as a float (in, out) array."""
-        return (
-            self.base.dequantized() if is_quantized_layer(self.base) else self._dense_weight().data
-        )
+        if is_quantized_layer(self.base):
+            return self.base.dequantized()
+        return self._dense_weight().data
 
     def _store(self, weight):
         if not is_quantized_layer(self.base):
