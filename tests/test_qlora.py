@@ -20,6 +20,7 @@ from tinyllm.nn.lora import (
     add_trainable_tokens,
     apply_lora,
     lora_layers,
+    lora_summary,
     merge,
     merge_and_unload,
     unmerge,
@@ -239,6 +240,7 @@ def test_the_memory_report_adds_up_the_models_own_arrays(preset):
     frozen, trained, parts, ids = arrays(float_twin)
     assert parts == 0 and report["lora"] == row(frozen, trained + ids, *one_step(float_twin))
     assert memory_report(float_twin) == {"lora": report["lora"], "full": report["full"]}
+    assert lora_summary(small) == lora_summary(float_twin)  # quantized weights count too
     full = model(preset)  # full fine-tuning: every weight trains
     frozen, trained, parts, ids = arrays(full)
     assert report["full"] == row(trained, 0, *one_step(full))

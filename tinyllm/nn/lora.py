@@ -384,9 +384,10 @@ def lora_state_dict(model, name=None):
 
 def lora_summary(model, name=None):
     """What an adapter costs beside its model: its parameters and bytes, and the share of
-    the model's parameters that train."""
+    the model's parameters that train (a quantized layer's weights count as parameters)."""
     adapter = lora_state_dict(model, name)
-    total = model.num_parameters()
+    packed = [m for _, m in model.named_modules() if is_quantized_layer(m)]  # weights as Buffers
+    total = model.num_parameters() + sum(m.in_features * m.out_features for m in packed)
     trainable = sum(p.size for p in model.parameters() if p.requires_grad)
     return {
         "adapter_parameters": sum(a.size for a in adapter.values()),
