@@ -1,7 +1,8 @@
 """LoRA adapters in PEFT's format, with ``peft`` itself as the oracle: a tinyllm adapter
 loads with ``PeftModel.from_pretrained`` on the ``transformers`` form of its base and gives
 the same logits, and an adapter PEFT made and trained loads into tinyllm with PEFT's logits -
-GPT-2's fused c_attn and a Llama shape both ways."""
+GPT-2's fused c_attn and a Llama shape both ways; an adapter trained on a quantized base (QLoRA)
+loads in PEFT on the float base all the same."""
 
 import json
 
@@ -12,6 +13,7 @@ from tinyllm.data import RandomBatches
 from tinyllm.models import Transformer, get_preset
 from tinyllm.models.adapters import load_adapter, save_adapter
 from tinyllm.nn.lora import add_trainable_tokens, apply_lora, lora_layers
+from tinyllm.quant import quantize
 from tinyllm.train import TrainConfig, Trainer
 
 torch = pytest.importorskip("torch")
@@ -97,3 +99,17 @@ def test_an_adapter_peft_made_and_trained_loads_into_tinyllm_with_its_logits(pre
     np.testing.assert_allclose(ours(IDS)[0].numpy(), expected, atol=1e-4, rtol=0)
     before = Transformer.from_pretrained(tmp_path / "base")(IDS)[0].numpy()
     assert np.abs(expected - before).max() > 1e-3  # the adapter changes the logits
+
+
+@pytest.mark.parametrize("preset", OURS)
+def test_an_adapter_trained_on_a_quantized_base_loads_in_peft_on_the_float_base(preset, tmp_path):
+    base = quantize(base_folder(preset, tmp_path / "base"), "q4_0")  # QLoRA: a 4-bit base
+    model = apply_lora(base, 4, 8, OURS[preset])
+    config = TrainConfig(steps=3, batch_size=4, lr=3e-2, eval_interval=0, progress=False)
+    Trainer(model, config, RandomBatches(np.tile(np.arange(20), 50), 4, 16, seed=0)).fit()
+    save_adapter(model, tmp_path / "adapter", base_model=tmp_path / "base")
+    ours = load_adapter(Transformer.from_pretrained(tmp_path / "base"), tmp_path / "adapter")
+    theirs = peft_logits(peft_model(tmp_path / "base", tmp_path / "adapter"))
+    np.testing.assert_allclose(theirs, ours(IDS)[0].numpy(), atol=1e-4, rtol=0)
+    before = Transformer.from_pretrained(tmp_path / "base")(IDS)[0].numpy()
+    assert np.abs(theirs - before).max() > 1e-3  # the adapter changes the logits

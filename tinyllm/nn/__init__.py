@@ -9,6 +9,7 @@
 | `attention.py`        | CausalSelfAttention: multi-head, grouped-query, multi-query |
 | `moe.py`              | MoE: top-k routing, load-balancing loss, expert counts      |
 | `lora.py`             | LoRALinear, apply_lora: low-rank adapters, merge, switch    |
+| `lora_targets.py`     | which layers LoRA adapts: targets matched against paths     |
 | `trainable_tokens.py` | TrainableTokens: some embedding rows train, the rest frozen |
 | `kv_cache.py`         | KVCache: per-layer keys/values of the n_kv_head heads       |
 """

@@ -23,34 +23,34 @@ no cost at inference; ``unmerge`` takes it back out.
 True
 
 Which layers: ``apply_lora(model, r, alpha, target_modules)`` wraps every ``Linear`` whose
-path ends with one of the targets. A Transformer's Linear layers are
-
-    blocks.N.attention.q_proj, k_proj, v_proj, o_proj        attention
-    blocks.N.mlp.up, mlp.down (GELU) or gate, up, down (SwiGLU)
-    blocks.N.mlp.router, blocks.N.mlp.experts.E.gate, ...    a mixture of experts
-    lm_head                                                   the output layer, when untied
-
-A target is the end of such a path (``q_proj``, ``mlp.down``), with shell wildcards
-allowed (``mlp.*``: every Linear in the MLPs; ``blocks.0.*``: the first block's). Where the
-model has a Hugging Face form, a target may also be the end of the module's name there,
-PEFT's names: ``gate_proj`` is ``mlp.gate``, ``c_attn`` (GPT-2's fused query, key and
-value) is ``q_proj``, ``k_proj`` and ``v_proj``, ``c_proj`` is both of GPT-2's output
-projections, as in PEFT.
+path ends with one of the targets (``q_proj``, ``mlp.*``, or PEFT's names such as
+``gate_proj``; ``lora_targets.py`` matches them).
 
 One base can carry several named adapters (``add_adapter``, ``set_adapter``): one is
 active, and only the active one adds its update and trains. Tokens the base model never
 learned (a chat template's) can train their embedding rows beside the adapters:
 ``add_trainable_tokens`` (``trainable_tokens.py``). The base layer is any module
 with ``forward``, ``in_features`` and ``out_features``; merging also needs its ``weight`` as
-a dense (in, out) Parameter - a layer that keeps a quantized weight and dequantizes it on
-the fly can carry adapters, but not merge them.
+a dense (in, out) Parameter, or a quantized one.
+
+QLoRA (Dettmers et al., 2023) is LoRA on a quantized base: the frozen weights stay packed
+in 4 bits (``tinyllm.quant``: ``quantize(model, "q4_0")`` before ``apply_lora``), each
+forward and backward pass dequantizes them for its own product, and the gradient reaches
+the input through that float copy, never the packed bytes. Only the adapters are float32
+and trained. A quantized layer here is one with ``dequantized()``, its float (in, out)
+weight, and ``requantize(weight)`` (``QuantizedLinear``). ``merge`` into such a base does
+what PEFT does for a 4-bit base: dequantize, add the update, quantize again - the rounding
+changes the function a little, and a warning says so. ``merge_and_unload`` gives float
+layers instead (the dequantized weight plus the update, unrounded): the adapted model's
+function exactly, in a form the Hugging Face format holds.
 """
 
-from fnmatch import fnmatchcase
+import warnings
 
 import numpy as np
 
 from .layers import Dropout, Embedding, Linear
+from .lora_targets import get_module, match_targets, set_module
 from .module import Module, Parameter
 from .trainable_tokens import TrainableTokens
 
@@ -113,7 +113,7 @@ class LoRALinear(Module):
         check_rank(r, self.in_features, self.out_features)
         check_alpha(alpha)
         adapter = LowRank(self.in_features, self.out_features, r, alpha, dropout=dropout, seed=seed)
-        self.adapters[name] = adapter.to(self.base.weight.backend)
+        self.adapters[name] = adapter.to(_backend(self.base))
         adapter.freeze(name != self.active)
         return adapter
 
@@ -133,19 +133,18 @@ class LoRALinear(Module):
         return y + self.adapters[self.active](x)
 
     def merge(self):
-        """Fold the active adapter into the base weight: ``W += (B A)^T * alpha / r``."""
+        """Fold the active adapter into the base weight: ``W += (B A)^T * alpha / r`` (a
+        quantized base is dequantized, changed and quantized again; see the module docstring)."""
         if self.merged:
             raise ValueError(f"LoRA: adapter {self.active!r} is already merged; unmerge it first")
-        weight = self._dense_weight()
-        weight.data = weight.data + self._active_adapter().delta()
+        self._store(self._weight() + self._active_adapter().delta())
         self.merged = True
 
     def unmerge(self):
         """Take the merged adapter back out of the base weight."""
         if not self.merged:
             raise ValueError(f"LoRA: adapter {self.active!r} is not merged")
-        weight = self._dense_weight()
-        weight.data = weight.data - self._active_adapter().delta()
+        self._store(self._weight() - self._active_adapter().delta())
         self.merged = False
 
     def _active_adapter(self):
@@ -153,15 +152,60 @@ class LoRALinear(Module):
             raise ValueError(f"LoRA: this layer has no adapter {self.active!r} to merge")
         return self.adapters[self.active]
 
+    def _weight(self):
+        """The base's weight as a float (in, out) array."""
+        if is_quantized_layer(self.base):
+            return self.base.dequantized()
+        return self._dense_weight().data
+
+    def _store(self, weight):
+        if not is_quantized_layer(self.base):
+            self._dense_weight().data = weight
+            return
+        warnings.warn(
+            f"LoRA: merging into (or out of) a quantized {getattr(self.base, 'format', '')} "
+            "base rounds the merged weight to its format again, so the merged model computes "
+            "close to the adapted one, not exactly (as PEFT's merge into a 4-bit base); "
+            "merge_and_unload gives float layers instead",
+            stacklevel=3,
+        )
+        self.base.requantize(weight)
+
     def _dense_weight(self):
         weight = getattr(self.base, "weight", None)
         shape = (self.in_features, self.out_features)
         if not isinstance(weight, Parameter) or weight.shape != shape:
             raise TypeError(
-                f"LoRA: merging needs a base with a dense (in, out) weight Parameter; "
-                f"{type(self.base).__name__} has none"
+                f"LoRA: merging needs a base with a dense (in, out) weight Parameter or a "
+                f"quantized one (dequantized, requantize); {type(self.base).__name__} has neither"
             )
         return weight
+
+
+def is_quantized_layer(layer):
+    """Whether ``layer`` keeps its weight packed and gives it as floats with ``dequantized()``
+    (``tinyllm.quant.QuantizedLinear``)."""
+    return callable(getattr(layer, "dequantized", None))
+
+
+def float_linear(layer, delta=None):
+    """A frozen float ``Linear`` computing what the quantized ``layer`` does, its weight
+    dequantized and ``delta`` (an (in, out) update) added in float, on its backend."""
+    bias = getattr(layer, "bias", None)
+    linear = Linear(layer.in_features, layer.out_features, bias=bias is not None, seed=0)
+    weight = layer.dequantized()  # (in, out)
+    linear.weight.data = weight if delta is None else weight + delta
+    if bias is not None:
+        linear.bias.data = bias.data
+    return linear.freeze()
+
+
+def _backend(module):
+    """The backend ``module``'s first parameter or buffer lives on."""
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    if not tensors:
+        raise TypeError(f"LoRA: the base {type(module).__name__} holds no weights")
+    return tensors[0][1].backend
 
 
 def check_rank(r, in_features, out_features, where="a layer"):
@@ -197,7 +241,7 @@ def apply_lora(model, r=8, alpha=16, target_modules=("q_proj", "v_proj"), *, dro
     """
     chosen = find_targets(model, target_modules)
     for path in chosen:  # every layer checked before any is changed
-        layer = _get(model, path)
+        layer = get_module(model, path)
         check_rank(r, layer.in_features, layer.out_features, path)
         if name in getattr(layer, "adapters", {}):
             raise ValueError(f"apply_lora: {path} already has an adapter named {name!r}")
@@ -212,39 +256,28 @@ def apply_lora(model, r=8, alpha=16, target_modules=("q_proj", "v_proj"), *, dro
 def find_targets(model, target_modules):
     """The paths of the Linear layers ``target_modules`` (a name or several) name, in the
     model's order; a target that names none is an error that lists the model's layers."""
-    targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
-    layers = adaptable_layers(model)
     aliases = getattr(model, "hf_module_name", lambda path: None)
-    chosen = set()
-    for target in targets:
-        found = {path for path in layers if _matches(target, path, aliases(path))}
-        if not found:
-            raise ValueError(
-                f"apply_lora: target {target!r} names no Linear layer; the model's are "
-                f"{_summarize(layers, aliases)}"
-            )
-        chosen |= found
-    return [path for path in layers if path in chosen]
+    return match_targets(adaptable_layers(model), target_modules, aliases)
 
 
 def add_lora(model, path, r, alpha, *, dropout=0.0, name="default", seed=None):
     """Give the Linear (or LoRALinear) at ``path`` an adapter ``name``; returns the layer."""
-    layer = _get(model, path)
+    layer = get_module(model, path)
     if isinstance(layer, LoRALinear):
         layer.add_adapter(name, r, alpha, dropout=dropout, seed=seed)
         return layer
     layer = LoRALinear(layer, r, alpha, dropout=dropout, name=name, seed=seed)
-    _set(model, path, layer)
+    set_module(model, path, layer)
     return layer
 
 
 def add_trainable_tokens(model, token_ids, path="token_embedding"):
     """Let the rows ``token_ids`` of the Embedding at ``path`` train, the rest frozen
     (``TrainableTokens``: new chat tokens under LoRA); returns ``model``."""
-    table = _get(model, path)
+    table = get_module(model, path)
     if not isinstance(table, Embedding):
         raise ValueError(f"LoRA: {path} is a {type(table).__name__}, not an Embedding")
-    _set(model, path, TrainableTokens(table, token_ids))
+    set_module(model, path, TrainableTokens(table, token_ids))
     return model
 
 
@@ -254,13 +287,16 @@ def trainable_tokens(model):
 
 
 def adaptable_layers(model):
-    """The paths of the Linear layers of ``model`` (and of those already adapted)."""
+    """The paths of the Linear layers of ``model``, quantized ones too (and of those
+    already adapted)."""
     paths, inside = [], set()
     for path, module in model.named_modules():
         if isinstance(module, LoRALinear):
             inside.add(id(module.base))
             paths.append(path)
-        elif isinstance(module, Linear) and id(module) not in inside:
+        elif (isinstance(module, Linear) or is_quantized_layer(module)) and id(
+            module
+        ) not in inside:
             paths.append(path)
     return paths
 
@@ -312,13 +348,22 @@ def unmerge(model):
 
 def merge_and_unload(model):
     """Fold the active adapters in and put the bare base layers back: a plain model (its
-    Hugging Face form, where it has one, then saves as usual); returns ``model``."""
+    Hugging Face form, where it has one, then saves as usual); returns ``model``. On a
+    quantized base every quantized layer comes back as a float ``Linear``, the update added
+    to its dequantized weight unrounded: the adapted model's function exactly."""
     for path, layer in lora_layers(model):
-        if layer.active in layer.adapters and not layer.merged:
+        update = layer.active in layer.adapters and not layer.merged
+        if is_quantized_layer(layer.base):
+            delta = layer.adapters[layer.active].delta() if update else None
+            set_module(model, path, float_linear(layer.base, delta))
+            continue
+        if update:
             layer.merge()
-        _set(model, path, layer.base)
+        set_module(model, path, layer.base)
+    for path, module in [(p, m) for p, m in model.named_modules() if is_quantized_layer(m)]:
+        set_module(model, path, float_linear(module))
     for path, table in trainable_tokens(model):
-        _set(model, path, table.unload())
+        set_module(model, path, table.unload())
     return model
 
 
@@ -339,9 +384,10 @@ def lora_state_dict(model, name=None):
 
 def lora_summary(model, name=None):
     """What an adapter costs beside its model: its parameters and bytes, and the share of
-    the model's parameters that train."""
+    the model's parameters that train (a quantized layer's weights count as parameters)."""
     adapter = lora_state_dict(model, name)
-    total = model.num_parameters()
+    packed = [m for _, m in model.named_modules() if is_quantized_layer(m)]  # weights as Buffers
+    total = model.num_parameters() + sum(m.in_features * m.out_features for m in packed)
     trainable = sum(p.size for p in model.parameters() if p.requires_grad)
     return {
         "adapter_parameters": sum(a.size for a in adapter.values()),
@@ -384,48 +430,3 @@ def rebuild_lora(model, description):
     for _, layer in lora_layers(model, description["active"]):
         layer.merged = description["merged"]  # the weights loaded next hold the update
     return model
-
-
-# --- paths ------------------------------------------------------------------------------------
-def _matches(target, path, alias):
-    return any(
-        name is not None and (fnmatchcase(name, target) or fnmatchcase(name, f"*.{target}"))
-        for name in (path, alias)
-    )
-
-
-def _summarize(paths, aliases):
-    """The layer paths with block and expert numbers as N, and their Hugging Face names."""
-
-    def general(name):
-        return ".".join("N" if part.isdigit() else part for part in name.split("."))
-
-    ours = list(dict.fromkeys(general(p) for p in paths))
-    theirs = list(dict.fromkeys(general(a) for a in map(aliases, paths) if a is not None))
-    return ", ".join(ours) + (f" (Hugging Face names: {', '.join(theirs)})" if theirs else "")
-
-
-def _parent(model, path):
-    """(the container holding ``path``'s module, its key or attribute name)."""
-    *outer, last = path.split(".")
-    node = model
-    for part in outer:
-        node = node[int(part)] if isinstance(node, (list, tuple)) else _child(node, part)
-    return node, int(last) if isinstance(node, (list, tuple)) else last
-
-
-def _child(node, key):
-    return node[key] if isinstance(node, dict) else getattr(node, key)
-
-
-def _get(model, path):
-    node, key = _parent(model, path)
-    return node[key] if isinstance(node, (list, tuple, dict)) else getattr(node, key)
-
-
-def _set(model, path, module):
-    node, key = _parent(model, path)
-    if isinstance(node, (list, dict)):
-        node[key] = module
-    else:
-        setattr(node, key, module)

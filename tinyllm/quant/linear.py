@@ -5,7 +5,10 @@ A ``QuantizedLinear`` holds a format's parts (``formats.py``) as Buffers - saved
 with the model, never trained - and dequantizes them to float32 on every forward pass, as
 llama.cpp's reference CPU path does block by block. The bias stays a float Parameter.
 Gradients reach the input and the bias, never the packed weight: so a small trainable
-adapter can sit on a frozen quantized layer (QLoRA's idea).
+adapter can sit on a frozen quantized layer (QLoRA's idea, ``tinyllm.nn.lora``). The float
+weight lives only inside one op (``QuantizedMatmul``): made in the forward pass, dropped,
+and made again in the backward pass for the input's gradient, so between the two a training
+step keeps the packed bytes alone.
 
 A *scheme* says how a layer's parts are chosen and in which format. The schemes here round
 each weight to the nearest representable value (RTN); a scheme that first looks at
@@ -40,7 +43,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..autograd import Tensor, to_numpy
+from ..autograd import to_numpy
+from ..autograd.function import Function
 from ..nn import Buffer, Linear, Module, Parameter
 from . import formats
 
@@ -80,8 +84,18 @@ class QuantizedLinear(Module):
         xp = next(iter(self.weight.values())).backend.xp
         return formats.dequantize(parts, self.format, xp).T  # (in, out)
 
+    def requantize(self, weight):
+        """Store the float ``weight`` (in_features, out_features) in the layer's format,
+        rounding to nearest (how a merged adapter goes into a quantized base)."""
+        backend = next(iter(self.weight.values())).backend
+        parts = formats.quantize(np.asarray(to_numpy(weight), np.float32).T, self.format)
+        for name, part in parts.items():
+            self.weight[name].data = backend.asarray(part)
+
     def forward(self, x):
-        y = x @ Tensor(self.dequantized())  # (..., out_features); no gradient to the weight
+        names = tuple(self.weight)
+        parts = [self.weight[name] for name in names]
+        y = QuantizedMatmul.apply(x, *parts, format=self.format, names=names)  # (..., out)
         return y if self.bias is None else y + self.bias
 
     def describe(self):
@@ -95,6 +109,31 @@ class QuantizedLinear(Module):
     @classmethod
     def from_description(cls, description):
         return cls(**{k: description[k] for k in ("in_features", "out_features", "format", "bias")})
+
+
+class QuantizedMatmul(Function):
+    """``x @ W`` for the ``W`` (in, out) that packed ``parts`` stand for. The forward and the
+    backward each dequantize ``W`` for themselves: the tape keeps the parts, not the float
+    matrix. The gradient goes to ``x`` alone; the parts are frozen."""
+
+    @staticmethod
+    def forward(ctx, x, *parts, format, names):
+        ctx.save_for_backward(*parts)
+        ctx.format, ctx.names = format, names
+        weight = _weight(ctx, parts)  # (out, in)
+        rows = x.reshape(-1, x.shape[-1])  # (N, in): one product, whatever the batch axes
+        return (rows @ weight.T).reshape(*x.shape[:-1], weight.shape[0])  # (..., out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight = _weight(ctx, ctx.saved)  # (out, in), made again
+        rows = grad.reshape(-1, grad.shape[-1])  # (N, out)
+        grad_x = (rows @ weight).reshape(*grad.shape[:-1], weight.shape[1])  # (..., in)
+        return (grad_x, *(None for _ in ctx.saved))
+
+
+def _weight(ctx, parts):
+    return formats.dequantize(dict(zip(ctx.names, parts)), ctx.format, ctx.xp)
 
 
 # --- schemes ------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@ frozen and only low-rank adapters trained (``tinyllm.nn.lora``).
 
 1. Load the model and its tokenizer, freeze it and give the ``--targets`` layers adapters
    of rank ``--r``: a few percent of the parameters train, and AdamW keeps moments for
-   those alone.
+   those alone. With ``--quantize q4_0`` (QLoRA) the frozen model's linear layers are first
+   stored in that format (``tinyllm.quant``) and dequantized on the fly in every forward
+   and backward pass; the adapters stay float32.
 2. Let the embedding rows of some tokens train too (``--tokens``, PEFT's trainable
    tokens): the chat template's, and by default every token of the training data. A
    model pretrained on prose has never read the chat tokens, hardly ever a digit, and
@@ -15,13 +17,17 @@ frozen and only low-rank adapters trained (``tinyllm.nn.lora``).
 4. Write the adapter into the run folder in PEFT's format (``adapter_config.json``,
    ``adapter_model.safetensors``; ``peft.PeftModel.from_pretrained`` reads it on top of the
    model folder in ``transformers``), and with ``--merge`` the model with the adapter
-   folded in, a plain model folder, in ``<out>/merged``. ``lora.json`` holds SFT's measures
-   and what the adapter costs: its parameters and bytes, and the share of the model's
-   parameters that trained.
+   folded in, a plain model folder, in ``<out>/merged`` (float32 on a quantized base: the
+   dequantized weights plus the update). ``lora.json`` holds SFT's measures and what the
+   adapter costs: its parameters and bytes, the share of the model's parameters that
+   trained, and the memory the run's weights, gradients and AdamW's moments take against
+   LoRA on the float model and full fine-tuning (``memory_report``; printed at the end).
 
-The checkpoints hold the whole adapted model and say which adapters it has, so
-``load_model`` rebuilds it from one; ``--resume`` builds the same adapters on ``--model``
-(they depend on the flags alone) and loads the latest checkpoint into them.
+The adapter is the same whether the base was quantized or not: PEFT loads it on the float
+model folder. The checkpoints hold the whole adapted model, quantized layers included, and
+say which adapters and quantized layers it has, so ``load_model`` rebuilds it from one;
+``--resume`` quantizes ``--model`` and builds the same adapters on it (they depend on the
+flags alone) and loads the latest checkpoint into them.
 """
 
 from dataclasses import dataclass, field
@@ -30,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..models.adapters import save_adapter
+from ..nn import Linear
 from ..nn.lora import (
     add_trainable_tokens,
     apply_lora,
@@ -37,6 +44,7 @@ from ..nn.lora import (
     lora_summary,
     merge_and_unload,
 )
+from ..quant import SCHEMES, QuantizedLinear, quantize
 from ..tokenizer.chat import CHAT_SPECIAL_TOKENS
 from ..train import TrainConfig
 from .sft import SFTConfig, fine_tune
@@ -81,6 +89,14 @@ class LoRAConfig(SFTConfig):
     merge: bool = field(
         default=False, metadata={"help": "also write the model with the adapter merged in"}
     )
+    quantize: str = field(
+        default="none",
+        metadata={
+            "help": "store the frozen model's linear layers in this format before adding the "
+            "adapters (QLoRA: q4_0), dequantized on the fly; the output layer stays float32",
+            "choices": ("none", *SCHEMES),
+        },
+    )
 
     COUNTS = (*SFTConfig.COUNTS, "r")
 
@@ -94,6 +110,11 @@ class LoRAConfig(SFTConfig):
         if self.tokens not in TOKEN_CHOICES:
             raise ValueError(
                 f"LoRAConfig: tokens={self.tokens!r}: expected one of {', '.join(TOKEN_CHOICES)}"
+            )
+        if self.quantize != "none" and self.quantize not in SCHEMES:
+            raise ValueError(
+                f"LoRAConfig: quantize={self.quantize!r}: expected none or a quantization "
+                f"scheme: {', '.join(SCHEMES)}"
             )
 
     @property
@@ -110,22 +131,93 @@ class LoRAStep:
 
     def prepare(self, model, tokenizer, rows):
         c = self.config
+        facts = {} if c.quantize == "none" else {"quantized": quantize_base(model, c.quantize)}
         apply_lora(model, c.r, c.alpha, c.target_names, dropout=c.dropout)
         if c.tokens != "none":
             chat = [tokenizer.special_tokens[t] for t in CHAT_SPECIAL_TOKENS]
             data = np.unique(rows.ids[rows.documents >= 0]).tolist()  # the padding left out
             add_trainable_tokens(model, chat if c.tokens == "chat" else chat + data)
-        return lora_summary(model)
+        return facts | lora_summary(model)
 
     def finish(self, model, tokenizer):
         out = Path(self.config.out)
+        memory = memory_report(model)
+        print(memory_table(memory))
         save_adapter(model, out, base_model=Path(self.config.model).resolve())
         if not self.config.merge:
-            return {}
+            return {"memory": memory}
         merged = out / "merged"
         merge_and_unload(model).save_pretrained(merged)
         tokenizer.save(merged, model_max_length=model.config.context_length)
-        return {"merged": str(merged)}
+        return {"memory": memory, "merged": str(merged)}
+
+
+def quantize_base(model, scheme):
+    """Quantize ``model``'s linear layers with ``scheme`` in place and say what became of
+    each: ``{"scheme": .., "layers": {format: count}, "float": [paths]}``, printed too. A layer
+    whose rows a block format cannot hold falls back to int8 (``quantize`` warns); the
+    output layer stays float32."""
+    quantize(model, scheme)
+    counts, kept = {}, []
+    for path, layer in model.named_modules():
+        if isinstance(layer, QuantizedLinear):
+            counts[layer.format] = counts.get(layer.format, 0) + 1
+        elif isinstance(layer, Linear):
+            kept.append(path)
+    told = ", ".join(f"{n} in {f}" for f, n in counts.items())
+    print(f"quantized the frozen model's linear layers: {told}; in float32: {kept or 'none'}")
+    return {"scheme": scheme, "layers": counts, "float": kept}
+
+
+def memory_report(model):
+    """Bytes a fine-tuning run keeps for ``model`` (adapted, its base quantized or not),
+    activations aside: ``{run: {"base", "adapter", "gradients", "optimizer", "total"}}``.
+
+    ``base`` is the model's own weights as stored, ``adapter`` what was added to train
+    (adapters, trainable token rows and their ids), ``gradients`` one float per trained number and
+    ``optimizer`` AdamW's two moments per trained number. The runs: ``qlora`` (this model,
+    where its base is quantized), ``lora`` (the same adapters on the float base: each
+    quantized weight as float32) and ``full`` (the float model, every weight trained).
+
+    >>> from tinyllm.models import Transformer, get_preset
+    >>> model = apply_lora(Transformer(get_preset("tiny", n_layer=1, d_model=32, n_head=2)), r=2)
+    >>> report = memory_report(model)
+    >>> report["lora"]["optimizer"] == 2 * report["lora"]["adapter"]    # m and v per number
+    True
+    >>> report["full"]["adapter"], report["full"]["gradients"] == report["full"]["base"]
+    (0, True)
+    """
+    trained = sum(_bytes(p) for p in model.parameters() if p.requires_grad)
+    frozen = sum(_bytes(p) for p in model.parameters() if not p.requires_grad)
+    packed = unpacked = 0  # the quantized weights: as stored, and as float32
+    for _, layer in model.named_modules():
+        if isinstance(layer, QuantizedLinear):
+            packed += sum(_bytes(part) for part in layer.weight.values())
+            unpacked += layer.in_features * layer.out_features * np.dtype(np.float32).itemsize
+    added = sum(_bytes(b) for _, b in model.named_buffers()) - packed  # trainable token ids
+    runs = {"qlora": (frozen + packed, trained + added)} if packed else {}  # (base, adapter)
+    runs["lora"] = (frozen + unpacked, trained + added)
+    runs["full"] = (frozen + unpacked, 0)
+    report = {}
+    for run, (base, adapter) in runs.items():
+        learned = base if run == "full" else trained  # full: every weight trains
+        row = {"base": base, "adapter": adapter, "gradients": learned, "optimizer": 2 * learned}
+        report[run] = {**row, "total": sum(row.values())}
+    return report
+
+
+def memory_table(report):
+    """``memory_report`` as a table, in MB."""
+    columns = ("base", "adapter", "gradients", "optimizer", "total")
+    lines = ["memory to fine-tune, MB (weights, gradients, AdamW's moments; activations aside):",
+             f"  {'':6}" + "".join(f"{c:>11}" for c in columns)]  # fmt: skip
+    for run, row in report.items():
+        lines.append(f"  {run:6}" + "".join(f"{row[c] / 1e6:>11.3f}" for c in columns))
+    return "\n".join(lines)
+
+
+def _bytes(tensor):
+    return tensor.size * tensor.dtype.itemsize
 
 
 def lora(config, train=None):
