@@ -186,6 +186,8 @@ def test_a_checkpoint_rebuilds_the_qlora_model_and_the_run_resumes(tmp_path):
     assert all(isinstance(layer.base, QuantizedLinear) for _, layer in lora_layers(rebuilt))
     assert isinstance(rebuilt.blocks[0].attention.k_proj, QuantizedLinear)  # not adapted
     np.testing.assert_array_equal(logits(rebuilt), logits(first))
+    trainable = lambda m: [n for n, p in m.named_parameters() if p.requires_grad]  # noqa: E731
+    assert trainable(rebuilt) == trainable(first)  # a swapped-in layer stays frozen
     resumed = qlora("tiny")
     train(resumed, steps=4, out=tmp_path, resume=True)
     for name, array in whole.state_dict().items():

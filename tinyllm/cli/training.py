@@ -49,7 +49,8 @@ POST_TRAINING = {  # command (and its recipe's module and function): config clas
         "adapters (LoRA) trained on some of its layers. Writes the adapter into --out in "
         "PEFT's format (adapter_config.json, adapter_model.safetensors), with --merge the "
         "model with the adapter merged in (--out/merged), and lora.json with the held-out "
-        "measures before and after and the adapter's size.",
+        "measures before and after, the adapter's size and the memory a run keeps against "
+        "full fine-tuning. --quantize q4_0 stores the frozen model in 4 bits (QLoRA).",
     ),
     "reward": (
         "RewardConfig",

@@ -180,7 +180,9 @@ def load_model(path):
     description = _read_description(path)
     model = _rebuild(path, description)
     for layer_path, layer in description.get("layers", {}).items():
-        model.set_submodule(layer_path, _rebuild(path, layer))
+        old, new = dict(model.named_modules())[layer_path], _rebuild(path, layer)
+        new.freeze(not any(p.requires_grad for p in old.parameters()))  # as frozen as before
+        model.set_submodule(layer_path, new)
     weights = read_safetensors(path / "model.safetensors")
     try:
         _check_same_tensors(path, weights, model)
