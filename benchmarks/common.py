@@ -164,14 +164,14 @@ class TrainerSteps:
     loop users run: under JAX the whole step is one compiled program, on NumPy and CuPy it runs
     eagerly. Each call extends the run by ``n`` steps and calls ``fit`` (no evaluation, nothing
     written). AdamW as nanoGPT's recipe (lr 1e-3, betas 0.9 / 0.99, decay 0.1 on matrices);
-    ``grad_clip`` 0 leaves out the clipping."""
+    ``grad_clip`` 0 leaves out the clipping; ``changes`` are further ``TrainConfig`` fields."""
 
-    def __init__(self, model, batch_size, batches, grad_clip=1.0):
+    def __init__(self, model, batch_size, batches, grad_clip=1.0, **changes):
         from tinyllm.train import TrainConfig, Trainer
 
         config = TrainConfig(
             steps=1, batch_size=batch_size, warmup_steps=0, grad_clip=grad_clip,
-            eval_interval=0, progress=False,
+            eval_interval=0, progress=False, **changes,
         )  # fmt: skip
         self.trainer = Trainer(model, config, itertools.cycle(batches))
         self.backend = self.trainer.backend
