@@ -313,8 +313,8 @@ def train_column(label, library, dtype, setup, rates, args, limit=None):
     row = dict(column=label, dtype=dtype)
     try:
         with time_limit(limit or args.column_limit):
-            memory = Memory(library)
             runner = train_runner(library, dtype, config, batch_size, batches, args)
+            memory = Memory(library)  # after the runner: its reason first, where one is missing
             per_step, steps, compile_seconds = time_steps(
                 runner, args.warmup, args.max_steps, args.seconds
             )
@@ -341,8 +341,8 @@ def generate_column(label, library, config, prompt, n, args, limit=None):
     row = dict(column=label, batch=int(prompt.shape[0]), new_tokens=n)
     try:
         with time_limit(limit or args.column_limit):
-            memory = Memory(library)
             run = generate_runner(library, config, prompt, n)
+            memory = Memory(library)
             start = time.perf_counter()
             run()
             first = time.perf_counter() - start
