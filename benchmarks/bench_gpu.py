@@ -218,10 +218,10 @@ def matmul_rates(n, repeat):
             make = lambda d=dtype: [torch.from_numpy(x).to(device, getattr(torch, d)) for x in host]  # noqa: E731
             measure(f"torch {dtype}", make, torch.matmul, torch_sync)
         if device == "cuda":
-            before = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = True
+            before = torch.get_float32_matmul_precision()
+            torch.set_float32_matmul_precision("high")  # TF32
             measure("torch float32 (TF32)", make, torch.matmul, torch_sync)
-            torch.backends.cuda.matmul.allow_tf32 = before
+            torch.set_float32_matmul_precision(before)
     except ImportError as err:
         rates["torch bfloat16"] = reason(err)
     try:
