@@ -107,3 +107,14 @@ def test_the_json_holds_every_row_as_soon_as_it_is_measured(bench_gpu, tmp_path)
     report.add("generate", {"column": "b", "status": "unavailable: no GPU"})
     saved = json.loads(path.read_text())
     assert saved["device"] == "cpu" and len(saved["train"]) == len(saved["generate"]) == 1
+
+
+def test_columns_past_the_budget_are_skipped_and_reported(bench_gpu, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # main sets it; restored after
+    out = tmp_path / "figures.json"
+    bench_gpu.main(["--quick", "--budget", "0", "--out", str(out)])
+    figures = json.loads(out.read_text())
+    rows = figures["train"] + figures["generate"]
+    assert len(figures["train"]) >= len(bench_gpu.TRAIN_COLUMNS) and figures["generate"]
+    assert all(row["status"] == "skipped: the run's --budget of 0 s is spent" for row in rows)
+    assert "skipped: the run's --budget" in capsys.readouterr().out
