@@ -214,13 +214,15 @@ def matmul_rates(n, repeat):
             if device == "cuda":
                 torch.cuda.synchronize()
 
+        def torch_pair(dtype):
+            return [torch.from_numpy(x).to(device, getattr(torch, dtype)) for x in host]
+
         for dtype in ("bfloat16", "float32"):
-            make = lambda d=dtype: [torch.from_numpy(x).to(device, getattr(torch, d)) for x in host]  # noqa: E731
-            measure(f"torch {dtype}", make, torch.matmul, torch_sync)
+            measure(f"torch {dtype}", lambda d=dtype: torch_pair(d), torch.matmul, torch_sync)
         if device == "cuda":
             before = torch.get_float32_matmul_precision()
             torch.set_float32_matmul_precision("high")  # TF32
-            measure("torch float32 (TF32)", make, torch.matmul, torch_sync)
+            measure("torch float32 (TF32)", lambda: torch_pair("float32"), torch.matmul, torch_sync)
             torch.set_float32_matmul_precision(before)
     except ImportError as err:
         rates["torch bfloat16"] = reason(err)
@@ -228,8 +230,10 @@ def matmul_rates(n, repeat):
         import jax.numpy as jnp
 
         for dtype in ("bfloat16", "float32"):
-            make = lambda d=dtype: [jnp.asarray(x, dtype=d) for x in host]  # noqa: E731
-            measure(f"jax {dtype}", make, jnp.matmul, lambda out: out.block_until_ready())
+            measure(
+                f"jax {dtype}", lambda d=dtype: [jnp.asarray(x, dtype=d) for x in host],
+                jnp.matmul, lambda out: out.block_until_ready(),
+            )  # fmt: skip
     except ImportError as err:
         rates["jax float32"] = reason(err)
     try:
