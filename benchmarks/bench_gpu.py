@@ -524,6 +524,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX shares the card
+    from tinyllm.backend import available_backends
     from tinyllm.models import get_preset
 
     args = parse_args(argv)
@@ -533,10 +534,17 @@ def main(argv=None):
     if device == "cuda":
         import torch
 
-        print(f"GPU: {torch.cuda.get_device_name()} (torch {torch.__version__})")
+        device = f"cuda: {torch.cuda.get_device_name()} (torch {torch.__version__})"
+    print(f"torch device: {device}")
+    backends = {name: detail for name, (_, detail) in available_backends().items()}
+    for name, detail in backends.items():  # where tinyllm's columns run (JAX: GPU or CPU?)
+        print(f"tinyllm backend {name}: {detail}")
     rates = matmul_rates(args.matmul_size, repeat=3 if args.quick else 10)
     settings = vars(args) | {"out": str(args.out)}
-    report = Report(args.out, machine=machine(), device=device, args=settings, matmul_tflops=rates)
+    report = Report(
+        args.out, machine=machine(), device=device, tinyllm_backends=backends, args=settings,
+        matmul_tflops=rates,
+    )  # fmt: skip
     n = args.matmul_size
     print(f"\nMatrix product {n} x {n} x {n}, TFLOP/s (the peaks MFU is read against):")
     for name, rate in rates.items():
