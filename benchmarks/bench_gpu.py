@@ -21,11 +21,12 @@ Generation: greedy tokens/s with the KV cache at the nanoGPT shape, batch 1 and 
 tinyllm-JAX (compiled decoding over a ``StaticKVCache``), tinyllm-CuPy (eager, ``KVCache``)
 and ``transformers``' GPT-2 ``generate`` (its dynamic cache, eager), all float32.
 
-Every column runs under a time limit and a try/except: a failure or a missing library
-prints its reason in the table ("unavailable: ...") instead of ending the run. With ``--out``
-the figures are also written as JSON, after every row.
+Every column runs under a time limit (``--column-limit``, or what is left of ``--budget``) and
+a try/except: a failure or a missing library prints its reason in the table ("unavailable:
+...", "error: ...", "stopped: ...") instead of ending the run. With ``--out`` the figures are
+also written as JSON, after every row, so a run cut short keeps what it measured.
 
-    python benchmarks/bench_gpu.py --out bench_gpu.json   # on a GPU: about 6 minutes
+    python benchmarks/bench_gpu.py --out bench_gpu.json   # on a GPU: at most --budget, 7 min
     python benchmarks/bench_gpu.py --quick                # seconds, anywhere: checks the script
 """
 
