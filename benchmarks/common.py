@@ -1,5 +1,6 @@
 """What the benchmark scripts share: the timing loop and a line describing the machine."""
 
+import itertools
 import os
 import platform
 import statistics
@@ -113,7 +114,7 @@ def torch_gpt(config, seed=0):
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * config.n_layer) if small else 0.02)
 
         def forward(self, ids, targets):
-            h = self.tok(ids) + self.pos(torch.arange(ids.shape[1]))
+            h = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
             for block in self.blocks:
                 h = block(h)
             logits = self.ln_f(h) @ self.tok.weight.T  # tied output layer
@@ -121,3 +122,108 @@ def torch_gpt(config, seed=0):
 
     torch.manual_seed(seed)
     return GPT()
+
+
+# --- training steps, as the model benchmarks run them -----------------------------------------
+def random_batches(config, batch_size, count=4, seed=0):
+    """``count`` pairs ``(ids, targets)`` of random token ids (batch_size, context_length): the
+    data every library of a benchmark trains on, each pair in turn."""
+    rng = np.random.default_rng(seed)
+    shape = (batch_size, config.context_length)
+    return [
+        (rng.integers(0, config.vocab_size, shape), rng.integers(0, config.vocab_size, shape))
+        for _ in range(count)
+    ]
+
+
+def flops_per_token(config, n_params):
+    """Model FLOPs per trained token, nanoGPT's ``estimate_mfu`` (PaLM's appendix B): 6 N for
+    the matrix products forward and backward, plus 12 L H Q T for attention's scores and
+    weighted sums (Q the head size, T the context).
+
+    >>> from tinyllm.models import get_preset
+    >>> flops_per_token(get_preset("tiny"), n_params=1000)  # 6 * 1000 + 12 * 4 * 4 * 32 * 64
+    399216
+    """
+    L, H, T = config.n_layer, config.n_head, config.context_length
+    return 6 * n_params + 12 * L * H * (config.d_model // H) * T
+
+
+def non_embedding_params(model):
+    """nanoGPT's N: a tinyllm model's parameters less the position table (the token table
+    stays: tied, it is the output layer too)."""
+    return sum(
+        p.data.size
+        for name, p in model.named_parameters()
+        if not name.startswith("position_embedding")
+    )
+
+
+class TrainerSteps:
+    """``run(n)`` takes ``n`` more optimizer steps of tinyllm's ``Trainer`` on ``model``, the
+    loop users run: under JAX the whole step is one compiled program, on NumPy and CuPy it runs
+    eagerly. Each call extends the run by ``n`` steps and calls ``fit`` (no evaluation, nothing
+    written). AdamW as nanoGPT's recipe (lr 1e-3, betas 0.9 / 0.99, decay 0.1 on matrices);
+    ``grad_clip`` 0 leaves out the clipping; ``changes`` are further ``TrainConfig`` fields."""
+
+    def __init__(self, model, batch_size, batches, grad_clip=1.0, **changes):
+        from tinyllm.train import TrainConfig, Trainer
+
+        config = TrainConfig(
+            steps=1, batch_size=batch_size, warmup_steps=0, grad_clip=grad_clip,
+            eval_interval=0, progress=False, **changes,
+        )  # fmt: skip
+        self.trainer = Trainer(model, config, itertools.cycle(batches))
+        self.backend = self.trainer.backend
+
+    def run(self, n):
+        from tinyllm import use_backend
+
+        trainer = self.trainer
+        trainer.config = trainer.config.replace(steps=trainer.step + n)
+        with use_backend(self.backend):
+            return trainer.fit()
+
+    def sync(self):
+        self.backend.synchronize()
+
+
+class TorchSteps:
+    """``run(n)`` takes ``n`` training steps of ``torch_gpt(config)`` as nanoGPT's loop takes
+    them: the batch moved to ``device``, the forward (under ``torch.autocast`` to bfloat16 with
+    ``bf16``), backward, gradient clipping at ``grad_clip`` (0: none), AdamW with decay on the
+    matrices only (fused on a GPU). ``compile`` names a ``torch.compile`` backend
+    ("inductor"), or None for eager."""
+
+    def __init__(self, config, batches, device="cpu", bf16=False, compile=None, grad_clip=1.0):
+        import torch
+
+        self.torch, self.device, self.bf16, self.grad_clip = torch, device, bf16, grad_clip
+        model = torch_gpt(config, seed=0).to(device)
+        self.params = list(model.parameters())
+        groups = [
+            {"params": [p for p in self.params if p.dim() >= 2], "weight_decay": 0.1},
+            {"params": [p for p in self.params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = True if device == "cuda" else None
+        self.optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), fused=fused)
+        self.model = model if compile is None else torch.compile(model, backend=compile)
+        self.batches = itertools.cycle(
+            [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
+        )
+
+    def run(self, n):
+        torch = self.torch
+        for _ in range(n):
+            ids, targets = (t.to(self.device, non_blocking=True) for t in next(self.batches))
+            with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16):
+                loss = self.model(ids, targets)
+            loss.backward()
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def sync(self):
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()

@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # The checks that need an NVIDIA GPU, as one script for one run on a GPU machine, from the
-# repository root:  bash benchmarks/gpu_checks.sh [OUT_DIR]
+# repository root:  bash benchmarks/gpu_checks.sh [OUT_DIR [PART...]]
 #
-# 1. the backend, generation and KV-cache tests, with CuPy and JAX on the GPU;
-# 2. bench_generate.py's backend table: compiled JAX and CuPy decoding against NumPy's;
-# 3. the speedrun's pretraining stage (the gpu preset, cut to 200 steps) on CuPy and on JAX.
-# Each part has a time limit of its own, so that one slow part cannot use up the run. What
-# each part prints goes to OUT_DIR (default: gpu-checks/) as well as to the screen.
+# 1. tests: the backend, generation and KV-cache tests, with CuPy and JAX on the GPU (180 s);
+# 2. bench_generate: bench_generate.py's backend table, compiled JAX and CuPy decoding
+#    against NumPy's (100 s);
+# 3. speedrun_cupy, speedrun_jax: the speedrun's pretraining stage (the gpu preset, cut to 200
+#    steps) on CuPy and on JAX (150 s, 110 s);
+# 4. bench_gpu: bench_gpu.py, training tokens/s and MFU of tinyllm-JAX, tinyllm-CuPy, torch
+#    eager and torch.compile at nanoGPT's GPU shape and GPT-2 small's, and generation tokens/s
+#    (its own --budget of 420 s, a limit of 480 s); its figures also in OUT_DIR/bench_gpu.json,
+#    written after every row, so a run cut short keeps what it measured.
+# Each part has a time limit of its own, so that one slow part cannot use up the run; all of
+# them take at most 17 minutes, so name the parts wanted after OUT_DIR to run fewer, e.g.
+#   bash benchmarks/gpu_checks.sh gpu-checks bench_gpu
+# What each part prints goes to OUT_DIR (default: gpu-checks/) as well as to the screen.
 set -u
 OUT=${1:-gpu-checks}
+PARTS=" ${*:2} "
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 export TINYLLM_CACHE=${TINYLLM_CACHE:-/tmp/tinyllm-cache}
@@ -16,8 +25,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c "import numpy, cupy, jax; print('numpy', numpy.__version__, '| cupy', cupy.__version__, '| jax', jax.__version__, jax.devices())" 2>&1 | tee -a "$OUT/machine.txt"
 python3 -m tinyllm.cli info 2>&1 | tee -a "$OUT/machine.txt"
 
-part() {  # part NAME SECONDS COMMAND...
+part() {  # part NAME SECONDS COMMAND...: run it, unless other parts were named
   local name=$1 seconds=$2; shift 2
+  if [ "$PARTS" != "  " ] && [[ "$PARTS" != *" $name "* ]]; then return; fi
   echo "=== $name (limit ${seconds} s)"
   local start=$SECONDS
   timeout "$seconds" "$@" > "$OUT/$name.txt" 2>&1
@@ -35,3 +45,4 @@ for backend in cupy jax; do  # the first also trains the BPE tokenizer (then cac
     --steps 200 --no-progress --out "/tmp/speedrun-$backend"
   cp "/tmp/speedrun-$backend/report.md" "$OUT/speedrun_$backend.md" 2>/dev/null
 done
+part bench_gpu 480 python3 benchmarks/bench_gpu.py --budget 420 --out "$OUT/bench_gpu.json"
