@@ -16,7 +16,8 @@ import pytest
 pytest.importorskip("torch", reason="the benchmarks compare against PyTorch (the 'dev' extra)")
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("bench_*.py"))
+# bench_gpu.py's --quick run is tests/test_bench_gpu.py's, with its figures checked
+SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("bench_*.py") if p.name != "bench_gpu.py")
 # the word each script's comparison names (the peer it is measured against); default torch
 PEER = {
     "bench_tokenizer.py": "HF",
