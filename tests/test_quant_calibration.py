@@ -62,6 +62,23 @@ def test_calibrated_schemes_need_fitting_calibration_and_rtn_ones_refuse_it():
         quantize(model, "awq", calibration=IDS)
 
 
+@pytest.mark.parametrize("scheme", ["awq", "gptq"])
+def test_an_included_output_layer_is_quantized_too(scheme):
+    config = get_preset("tiny-llama", vocab_size=40, n_layer=1, d_model=64, context_length=16)
+    model = Transformer(config, seed=0).eval()
+    quantize(model, scheme, include=("lm_head",), calibration=IDS)
+    assert isinstance(model.lm_head, QuantizedLinear) and model.lm_head.format == "q4_0"
+    if scheme == "awq":  # nothing folded into the final norm: other heads read its output
+        assert model.final_norm.weight.numpy().tolist() == [1.0] * 64
+
+
+def test_calibrated_schemes_need_a_transformer():
+    from tinyllm.nn.mlp import SwiGLU
+
+    with pytest.raises(ValueError, match="a SwiGLU has no blocks"):
+        quantize(SwiGLU(64, 128, seed=0), "gptq", calibration=IDS)
+
+
 gguf = pytest.importorskip("gguf", reason="the gguf package is the reference (the 'dev' extra)")
 
 

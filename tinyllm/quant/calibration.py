@@ -135,6 +135,11 @@ def linear_paths(module):
 def block_inputs(model, ids):
     """The first block's inputs (embeddings, + positions for GPT-2) for calibration ids
     (n, T): a list of arrays (batch, T, d_model), ``BATCH`` windows each."""
+    if not getattr(model, "blocks", None):
+        raise ValueError(
+            f"calibrated quantization runs a Transformer block by block; a "
+            f"{type(model).__name__} has no blocks"
+        )
     first = model.blocks[0]
     model.set_submodule("blocks.0", _Catcher())
     chunks = []
