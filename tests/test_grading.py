@@ -343,6 +343,26 @@ TRICKS = [
         "from tinyllm.recipes.dpo import dpo_loss",
         "imports tinyllm.recipes.dpo",
     ),
+    (
+        "ex11_distillation",
+        "from tinyllm.train.distill import kl_loss",
+        "imports tinyllm.train.distill.kl_loss",
+    ),
+    (
+        "ex11_distillation",
+        "from tinyllm.train import distill\nf = distill.distillation_loss",
+        "tinyllm.train.distill",
+    ),
+    (
+        "ex11_distillation",
+        "import tinyllm.functional as F\nq = F.softmax",
+        "uses tinyllm.functional.softmax",
+    ),
+    (
+        "ex11_distillation",
+        "from tinyllm.recipes.distill import distill_loss",
+        "imports tinyllm.recipes.distill",
+    ),
     ("ex02_attention", "exec(open('answers.py').read())", "runs code from a string (exec)"),
     (
         "ex02_attention",
@@ -416,6 +436,11 @@ FAIR = [
         "import numpy as np\nfrom tinyllm import Tensor\nfrom tinyllm import functional as F\ne = F.exp",
     ),
     ("ex09_preference_tuning", "from tinyllm.models import Transformer, get_preset"),
+    (
+        "ex11_distillation",
+        "import numpy as np\nfrom tinyllm import Tensor\nfrom tinyllm import functional as F\nz = F.exp",
+    ),
+    ("ex11_distillation", "from tinyllm.data.tasks import task_examples"),
 ]
 
 

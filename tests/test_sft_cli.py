@@ -18,7 +18,7 @@ from tinyllm.recipes.distill import DistillConfig
 from tinyllm.recipes.dpo import DPOConfig, load_reference
 from tinyllm.recipes.evaluation import EvalConfig
 from tinyllm.recipes.lora import LoRAConfig
-from tinyllm.recipes.posttrain import load_chat_model
+from tinyllm.recipes.posttrain import load_chat_model, split_off
 from tinyllm.recipes.reward import RewardConfig, ranking_accuracy, scores
 from tinyllm.recipes.sft import SFTConfig
 from tinyllm.tokenizer import Tokenizer
@@ -199,3 +199,12 @@ def test_the_default_runs_find_their_task_data(config):
     count = getattr(config, "examples", None) or config.pairs
     for split, n in (("train", count), ("val", 100), ("test", 100)):
         assert len(preference_pairs(config.task_names, n, split=split)) == n
+
+
+def test_a_files_items_are_split_into_held_out_slices_and_the_rest():
+    items = list(range(45))
+    val, test, rest = split_off(items, "pairs.jsonl", held=2)
+    assert (val, test, rest) == (items[:2], items[2:4], items[4:])  # 5% each, from the front
+    assert split_off(items[:3], "chats.jsonl") == ([0], [1, 2])  # one at least
+    with pytest.raises(ValueError, match=r"pairs.jsonl: 2 items are too few: expected at least 3"):
+        split_off(items[:2], "pairs.jsonl", held=2)

@@ -151,6 +151,20 @@ RULES = {
             "tinyllm.functional.softmax",  # log-softmax and cross-entropy
         ),
     ),
+    "ex11_distillation": Rules(
+        writes=(
+            "soften",
+            "log_soften",
+            "soft_target_loss",
+            "distillation_loss",
+            "distillation_grad",
+        ),
+        off_limits=(
+            "tinyllm.train.distill",
+            "tinyllm.recipes.distill",  # the losses, imported there
+            "tinyllm.functional.softmax",  # softmax, log-softmax and cross-entropy
+        ),
+    ),
 }
 
 IMPORTERS = {"__import__", "builtins.__import__", "importlib.__import__", "importlib.import_module"}

@@ -32,6 +32,7 @@ from .posttrain import (
     fits_context,
     held_out,
     load_chat_model,
+    split_off,
     training_threads_for,
     write_summary,
 )
@@ -176,10 +177,8 @@ def _dpo(config, train):
             held_out(config, split, config.eval_pairs, train.seed) for split in ("val", "test")
         )
     else:
-        pairs = load_preferences(config.data)
-        cut = max(1, len(pairs) // 20)
-        pairs, val = pairs[cut:], HeldOut(None, pairs[:cut])
-        test = val
+        held, pairs = split_off(load_preferences(config.data), config.data)
+        val = test = HeldOut(None, held)
     train_rows = _with_reference(reference, preference_rows(tokenizer, pairs, context))
 
     def measures(model, held):

@@ -115,6 +115,16 @@ def held_out(config, split, n, seed):
     )
 
 
+def split_off(items, source, held=1):
+    """``held`` slices of 5% each (one item at least) from the front of a file's ``items``
+    (conversations or preference pairs), then the rest, for training: ``(*held_out, rest)``."""
+    cut = max(1, len(items) // 20)
+    if len(items) <= held * cut:
+        raise ValueError(f"{source}: {len(items)} items are too few: expected at least "
+                         f"{held * cut + 1} ({held * cut} held out, the rest for training)")  # fmt: skip
+    return (*(items[i * cut : (i + 1) * cut] for i in range(held)), items[held * cut :])
+
+
 def training_threads_for(model):
     """The BLAS thread limit pretraining uses for a model this wide (one thread for a
     narrow model on NumPy: steady on a busy machine), as a ``with`` block."""

@@ -25,7 +25,9 @@ from ..train.preference import reward_loss
 from .posttrain import (
     PostTrainConfig,
     data_field,
+    held_out,
     load_chat_model,
+    split_off,
     training_threads_for,
     write_summary,
 )
@@ -91,17 +93,13 @@ def _reward(config, train):
     model = RewardModel.from_language_model(language_model, seed=train.seed)
     context = model.config.context_length
     if config.data == "tasks":
-        tasks, seed = config.task_names, train.seed
-        pairs = preference_pairs(tasks, config.pairs, split="train", seed=seed)
-        val = preference_pairs(tasks, config.eval_pairs, split="val", seed=seed)
-        test = preference_pairs(tasks, config.eval_pairs, split="test", seed=seed)
+        pairs = preference_pairs(config.task_names, config.pairs, split="train", seed=train.seed)
+        val, test = (
+            held_out(config, split, config.eval_pairs, train.seed).pairs
+            for split in ("val", "test")
+        )
     else:
-        pairs = load_preferences(config.data)
-        cut = max(1, len(pairs) // 20)  # 5% for validation, 5% for the test
-        val, test, pairs = pairs[:cut], pairs[cut : 2 * cut], pairs[2 * cut :]
-        if not pairs:
-            raise ValueError(f"{config.data}: {len(val) + len(test)} pairs are too few: "
-                             "expected at least 3 (validation, test and training)")  # fmt: skip
+        val, test, pairs = split_off(load_preferences(config.data), config.data, held=2)
     val_rows, test_rows = (preference_rows(tokenizer, p, context) for p in (val, test))
     with training_threads_for(model):
         before = {"pair_accuracy": ranking_accuracy(model, test_rows)}

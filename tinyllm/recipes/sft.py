@@ -34,6 +34,7 @@ from .posttrain import (
     data_field,
     held_out,
     load_chat_model,
+    split_off,
     training_threads_for,
     write_summary,
 )
@@ -126,9 +127,8 @@ def chat_data(config, seed):
         val, test = (held_out(config, s, config.eval_examples, seed) for s in ("val", "test"))
         return ChatData([e.messages for e in examples], [e.messages for e in val.examples],
                         val, test)  # fmt: skip
-    conversations = load_conversations(config.data)
-    cut = max(1, len(conversations) // 20)  # 5% held out for the perplexity
-    return ChatData(conversations[cut:], conversations[:cut], None, None)
+    val, train = split_off(load_conversations(config.data), config.data)  # val: perplexity
+    return ChatData(train, val, None, None)
 
 
 def packed_rows(tokenizer, conversations, context):
