@@ -378,6 +378,26 @@ TRICKS = [
         "from tinyllm.recipes.distill import distill_loss",
         "imports tinyllm.recipes.distill",
     ),
+    (
+        "ex12_quantization",
+        "from tinyllm.quant.formats import to_ggml",
+        "imports tinyllm.quant.formats.to_ggml",
+    ),
+    (
+        "ex12_quantization",
+        "from tinyllm.quant import dequantize",
+        "(that is tinyllm.quant.formats.dequantize)",
+    ),
+    (
+        "ex12_quantization",
+        "from tinyllm.quant import awq\nsearch = awq.search_scale",
+        "tinyllm.quant.awq",
+    ),
+    (
+        "ex12_quantization",
+        "import tinyllm.quant.linear as q\nf = q.QuantizedLinear",
+        "imports tinyllm.quant.linear",
+    ),
     ("ex02_attention", "exec(open('answers.py').read())", "runs code from a string (exec)"),
     (
         "ex02_attention",
@@ -457,6 +477,8 @@ FAIR = [
         "import numpy as np\nfrom tinyllm import Tensor\nfrom tinyllm import functional as F\nz = F.exp",
     ),
     ("ex11_distillation", "from tinyllm.data.tasks import task_examples"),
+    ("ex12_quantization", "import numpy as np\nfrom tinyllm import Tensor"),
+    ("ex12_quantization", "from tinyllm.nn import Linear"),
 ]
 
 

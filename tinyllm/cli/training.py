@@ -143,20 +143,48 @@ def run_eval(args):
 # --- tinyllm quantize ---------------------------------------------------------------------------
 def configure_quantize(parser):
     from tinyllm.quant import SCHEMES
+    from tinyllm.quant.calibration import N_SEQUENCES
+    from tinyllm.quant.folder import CALIBRATION_CORPUS
 
     parser.description = (
         "Store a model folder's linear layers in fewer bits (llama.cpp's Q8_0, Q4_0, Q4_1, "
-        "per-channel int8, or float16 / bfloat16) and write a quantized model folder, with "
-        "the tokenizer, that tinyllm eval reads (--data corpus:tinyshakespeare for its "
-        "validation perplexity)."
+        "per-channel int8, or float16 / bfloat16; awq and gptq choose Q4_0 values from "
+        "calibration text) and write a quantized model folder, with the tokenizer, that "
+        "tinyllm eval reads (--data corpus:tinyshakespeare for its validation perplexity)."
     )
     parser.add_argument("directory", metavar="MODEL_DIR", help="the model folder to quantize")
-    parser.add_argument("--scheme", required=True, choices=list(SCHEMES), help="the format")
+    parser.add_argument(
+        "--scheme",
+        required=True,
+        choices=list(SCHEMES),
+        help="the format; awq and gptq: 4-bit Q4_0 fitted on calibration text",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="the quantized model folder")
     parser.add_argument(
         "--include-output",
         action="store_true",
         help="quantize the output layer (lm_head) too; by default it stays float32",
+    )
+    parser.add_argument(
+        "--calibration",
+        default=CALIBRATION_CORPUS,
+        metavar="CORPUS",
+        help="awq/gptq: a shipped corpus or a text file; its training split (the first 90%%), "
+        "never the validation text, is read (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--calibration-sequences",
+        type=integer(1),
+        default=N_SEQUENCES,
+        metavar="N",
+        help="awq/gptq: calibration windows (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--calibration-length",
+        type=integer(1),
+        default=None,
+        metavar="T",
+        help="awq/gptq: tokens per window (default: the model's context length)",
     )
 
 
@@ -164,7 +192,15 @@ def run_quantize(args):
     from tinyllm.quant import quantize_folder
 
     include = ("lm_head",) if args.include_output else ()
-    sizes = quantize_folder(args.directory, args.scheme, args.out, include=include)
+    sizes = quantize_folder(
+        args.directory,
+        args.scheme,
+        args.out,
+        include=include,
+        calibration=args.calibration,
+        n_sequences=args.calibration_sequences,
+        length=args.calibration_length,
+    )
     before, after = sizes["before"], sizes["after"]
     print(
         f"{args.scheme}: linear weights {before['linear']:,} -> {after['linear']:,} bytes; "

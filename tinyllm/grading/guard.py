@@ -179,6 +179,17 @@ RULES = {
             "tinyllm.functional.softmax",  # softmax, log-softmax and cross-entropy
         ),
     ),
+    "ex12_quantization": Rules(
+        writes=(
+            "absmax_quantize",
+            "absmax_dequantize",
+            "q4_0_pack",
+            "q4_0_unpack",
+            "q4_0_matmul",
+            "awq_search",
+        ),
+        off_limits=("tinyllm.quant",),  # the formats, QuantizedLinear, AWQ's search, GPTQ
+    ),
 }
 
 IMPORTERS = {"__import__", "builtins.__import__", "importlib.__import__", "importlib.import_module"}

@@ -138,12 +138,24 @@ def _quantize_q8_0(w):
     return {"scales": scales[..., 0], "values": values.reshape(len(values), -1)}
 
 
+def q4_0_scale(blocks):
+    """Q4_0's float32 scale of each block (..., 32): d = max / -8, ``max`` the signed value
+    of largest magnitude (the first, on a tie); shape (..., 1)."""
+    largest = np.abs(blocks).argmax(axis=-1)[..., None]
+    return np.take_along_axis(blocks, largest, axis=-1) / np.float32(-8)
+
+
+def q4_0_round(x, d):
+    """Q4_0's stored values of float32 weights ``x`` at scale ``d`` (broadcastable):
+    round(x / d) + 8, halves up, clipped to 0..15, as uint8."""
+    q = np.trunc(x * _inverse(d) + np.float32(8.5))
+    return np.clip(q, 0, 15).astype(np.uint8)
+
+
 def _quantize_q4_0(w):
     blocks = _blocks(w)  # (rows, nb, 32)
-    largest = np.abs(blocks).argmax(axis=-1)[..., None]  # the first, on a tie
-    d = np.take_along_axis(blocks, largest, axis=-1) / np.float32(-8)  # (rows, nb, 1)
-    q = np.trunc(blocks * _inverse(d) + np.float32(8.5))  # round(x / d) + 8, halves up
-    q = np.clip(q, 0, 15).astype(np.uint8)
+    d = q4_0_scale(blocks)  # (rows, nb, 1)
+    q = q4_0_round(blocks, d)  # (rows, nb, 32)
     return {"scales": d[..., 0].astype(np.float16), "packed": pack_nibbles(q).reshape(len(q), -1)}
 
 

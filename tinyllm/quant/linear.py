@@ -11,9 +11,10 @@ and made again in the backward pass for the input's gradient, so between the two
 step keeps the packed bytes alone.
 
 A *scheme* says how a layer's parts are chosen and in which format. The schemes here round
-each weight to the nearest representable value (RTN); a scheme that first looks at
-activations (AWQ) or corrects the rounding error as it goes (GPTQ) joins ``SCHEMES`` with
-``register_scheme``, storing into the same formats and the same layer.
+each weight to the nearest representable value (RTN). A scheme that first looks at
+activations on calibration text - AWQ (``awq.py``) scales salient input channels, GPTQ
+(``gptq.py``) corrects the rounding error as it goes - has a ``calibrate`` step and needs
+``quantize(model, scheme, calibration=ids)``; it stores into the same formats and layer.
 
 What gets quantized: every ``Linear`` of the blocks (attention and MLP). The output layer
 (``lm_head``) stays in float32 unless named in ``include``: llama.cpp's ``llama-quantize``
@@ -140,11 +141,15 @@ def _weight(ctx, parts):
 @dataclass(frozen=True)
 class Scheme:
     """A way to quantize a layer: the ``format`` it stores and ``fill(weight, format) ->
-    parts``, which picks the stored values (round to nearest by default)."""
+    parts``, which picks the stored values (round to nearest by default); or, for a scheme
+    that looks at activations, ``calibrate(model, ids, paths)``, which returns the parts of
+    the layers at ``paths`` from calibration token ids (and may change the float model in
+    ways that keep its function, as AWQ's folded scales do)."""
 
     name: str
     format: str
     fill: Callable = formats.quantize
+    calibrate: Callable | None = None  # (model, ids, paths) -> {path: parts}, may change model
 
 
 SCHEMES = {}
@@ -176,12 +181,14 @@ def is_quantized(model):
     return any(isinstance(m, QuantizedLinear) for _, m in model.named_modules())
 
 
-def quantize(model, scheme, *, include=()):
+def quantize(model, scheme, *, include=(), calibration=None):
     """Replace the ``Linear`` layers of ``model`` by ``QuantizedLinear`` ones in place (see
     the module docstring for which); returns the model.
 
     ``scheme`` is a name in ``SCHEMES`` or a ``Scheme``; ``include`` names output layers to
-    quantize too (``("lm_head",)``).
+    quantize too (``("lm_head",)``). ``calibration``: token ids (n_sequences, length) for
+    the schemes that look at activations (awq, gptq; ``calibration.corpus_calibration``
+    cuts them from a corpus's training text), and only for them.
     """
     scheme = scheme if isinstance(scheme, Scheme) else get_scheme(scheme)
     if is_quantized(model):
@@ -193,17 +200,51 @@ def quantize(model, scheme, *, include=()):
         for path, m in model.named_modules()
         if isinstance(m, Linear) and (_name(path) not in OUTPUT_LAYERS or _name(path) in include)
     ]
+    calibrated = {}
+    if scheme.calibrate is not None:
+        ids = _calibration_ids(calibration, model, scheme)
+        fitting = [p for p, m in linears if formats.fits(scheme.format, m.weight.shape[0])]
+        calibrated = scheme.calibrate(model, ids, fitting)
+    elif calibration is not None:
+        raise ValueError(
+            f"scheme {scheme.name!r} rounds to nearest and takes no calibration; "
+            f"leave calibration out (awq and gptq take it)"
+        )
     for path, linear in linears:
-        model.set_submodule(path, _quantized(path, linear, scheme))
+        model.set_submodule(path, _quantized(path, linear, scheme, calibrated.get(path)))
     return model
+
+
+def _calibration_ids(calibration, model, scheme):
+    """``calibration`` as an int64 array (n_sequences, length), checked against the model."""
+    if calibration is None:
+        raise ValueError(
+            f"scheme {scheme.name!r} looks at activations: give calibration= token ids "
+            "(n_sequences, length), e.g. from tinyllm.quant.calibration.corpus_calibration"
+        )
+    ids = np.asarray(calibration)
+    context = getattr(getattr(model, "config", None), "context_length", ids.shape[-1])
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer) or 0 in ids.shape:
+        raise ValueError(
+            f"calibration: expected integer token ids of shape (n_sequences, length), got "
+            f"shape {ids.shape} and dtype {ids.dtype}"
+        )
+    if ids.shape[1] > context:
+        raise ValueError(
+            f"calibration: windows of {ids.shape[1]} tokens are longer than the model's "
+            f"context_length of {context}"
+        )
+    return ids.astype(np.int64)
 
 
 def _name(path):
     return path.rpartition(".")[2]
 
 
-def _quantized(path, linear, scheme):
+def _quantized(path, linear, scheme, parts=None):
     in_features = linear.weight.shape[0]
+    if parts is not None:  # chosen by the scheme's calibration
+        return QuantizedLinear.from_linear(linear, scheme.format, lambda *_: parts)
     if formats.fits(scheme.format, in_features):
         return QuantizedLinear.from_linear(linear, scheme.format, scheme.fill)
     warnings.warn(
