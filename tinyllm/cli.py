@@ -367,6 +367,47 @@ def run_quantize(args):
     return 0
 
 
+# --- tinyllm export-gguf ------------------------------------------------------------------------
+def configure_export_gguf(parser):
+    from tinyllm.quant.gguf_export import TYPES
+
+    parser.description = (
+        "Write a model folder (Llama- or GPT-2-shaped, with a BPE tokenizer) as one GGUF file "
+        "that llama.cpp runs: the weights in --type (norms and biases stay float32; with q4_0 "
+        "and q4_1 the output layer is stored in q8_0), the shapes and the tokenizer in its "
+        "metadata. Needs the gguf package: pip install 'tinyllm[gguf]'."
+    )
+    parser.add_argument("directory", metavar="MODEL_DIR", help="the model folder to export")
+    parser.add_argument("--type", required=True, choices=TYPES, help="the weights' GGUF type")
+    parser.add_argument(
+        "--out", metavar="FILE", help="the GGUF file (default: MODEL_DIR/model-TYPE.gguf)"
+    )
+
+
+def run_export_gguf(args):
+    import warnings
+    from pathlib import Path
+
+    from tinyllm.quant.gguf_export import export_gguf
+
+    out = args.out or Path(args.directory) / f"model-{args.type}.gguf"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the fallbacks are printed below
+            export = export_gguf(args.directory, out, args.type)
+    except ImportError as err:
+        print(f"tinyllm export-gguf: error: {err}", file=sys.stderr)
+        return 2
+    counts = {}
+    for fmt in export.formats.values():
+        counts[fmt] = counts.get(fmt, 0) + 1
+    stored = ", ".join(f"{n} {fmt}" for fmt, n in counts.items())
+    print(f"wrote {export.path} ({export.path.stat().st_size:,} bytes; tensors: {stored})")
+    for message in export.fallbacks:
+        print(f"fallback: {message}")
+    return 0
+
+
 # --- tinyllm generate (alias: sample) ----------------------------------------------------------
 def configure_sample(parser):
     parser.description = "Generate text from a model folder (one written by tinyllm pretrain)."
@@ -719,6 +760,7 @@ COMMANDS = {  # name: (one-line help, configure, run)
     "distill": ("train a smaller student on a chat model's outputs", *post_training_command("distill")),
     "eval": ("measure a chat model on held-out tasks, or any model on a corpus", configure_eval, run_eval),
     "quantize": ("store a model folder's weights in 8 or 4 bits (llama.cpp's formats)", configure_quantize, run_quantize),
+    "export-gguf": ("write a model folder as a GGUF file for llama.cpp", configure_export_gguf, run_export_gguf),
     "generate": ("stream text from a trained model folder (alias: sample)", configure_sample, run_sample),
     "chat": ("chat with a model folder in the terminal, replies streamed", configure_chat, run_chat),
     "speedrun": ("the whole pipeline in one go: tokenizer, training, samples, report", configure_speedrun, run_speedrun),
