@@ -105,7 +105,8 @@ def test_llama_cpp_runs_the_file_as_tinyllm_runs_its_weights(arch, file_type, to
     if file_type in ("f32", "f16", "q8_0"):
         assert their_greedy == ours_greedy
     # llama.cpp rounds activations to f16 (f16 weights) or to Q8_0 blocks (block weights)
-    # before multiplying, so the log-likelihoods agree to a few thousandths, not exactly
-    tolerance = 1e-3 if file_type == "f32" else 2e-2
+    # before multiplying, so the log-likelihoods agree closely, not exactly (measured: below
+    # 4e-5 relative at f32 and f16, 2e-3 at the block types; without the RoPE reordering 4e-2)
+    tolerance = 2e-4 if file_type in ("f32", "f16") else 5e-3
     assert abs(their_nll.mean() - ours_nll.mean()) < tolerance * ours_nll.mean()
     assert np.corrcoef(their_nll, ours_nll)[0, 1] > 0.999
