@@ -374,3 +374,28 @@ def test_the_command_refuses_a_quantized_folder_and_a_char_vocab(tokenizer, tmp_
         == 2
     )
     assert "--tokenizer bpe" in capsys.readouterr().err and not (tmp_path / "c.gguf").exists()
+
+
+def test_options_llama_cpp_reads_are_in_the_metadata(tokenizer, tmp_path):
+    model = model_of("llama", tokenizer, d_head=32, rope_scaling={"type": "linear", "factor": 4.0})
+    values = fields(GGUFReader(write_gguf(model, tokenizer, tmp_path / "m.gguf", "f32").path))
+    assert values["llama.attention.key_length"] == values["llama.attention.value_length"] == 32
+    assert values["llama.rope.dimension_count"] == 32
+    assert values["llama.rope.scaling.type"] == "linear"
+    assert values["llama.rope.scaling.factor"] == 4.0
+    plain = fields(
+        GGUFReader(write_gguf(model_of("llama", tokenizer), tokenizer, tmp_path / "p.gguf").path)
+    )
+    assert "llama.attention.key_length" not in plain and "llama.rope.scaling.type" not in plain
+
+
+def test_without_the_gguf_package_the_command_says_what_to_install(
+    tokenizer, tmp_path, monkeypatch, capsys
+):
+    import sys
+
+    save_model(tmp_path / "run", model_of("gpt2", tokenizer), tokenizer)
+    monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf now raises ImportError
+    assert main(["export-gguf", str(tmp_path / "run"), "--type", "f16"]) == 2
+    assert "pip install 'tinyllm[gguf]'" in capsys.readouterr().err
+    assert not list((tmp_path / "run").glob("*.gguf"))

@@ -38,13 +38,13 @@ def tokenizer():
     return Tokenizer.train(TEXT, vocab_size=300)
 
 
-def confident_model(arch, tokenizer):
+def confident_model(arch, tokenizer, **changes):
     """A random model whose logits are spread wide (greedy picks are not near-ties)."""
     shapes = dict(context_length=CONTEXT, d_model=64, n_layer=2, n_head=4, vocab_size=300)
     if arch == "llama":
-        config = get_preset("tiny-llama", n_kv_head=2, d_ff=128, **shapes)
+        config = get_preset("tiny-llama", **{"n_kv_head": 2, "d_ff": 128, **shapes, **changes})
     else:
-        config = get_preset("tiny", **shapes)
+        config = get_preset("tiny", **{**shapes, **changes})
     model = Transformer(config, seed=0)
     rng = np.random.default_rng(0)
     state = {}
@@ -110,3 +110,44 @@ def test_llama_cpp_runs_the_file_as_tinyllm_runs_its_weights(arch, file_type, to
     tolerance = 2e-4 if file_type in ("f32", "f16") else 5e-3
     assert abs(their_nll.mean() - ours_nll.mean()) < tolerance * ours_nll.mean()
     assert np.corrcoef(their_nll, ours_nll)[0, 1] > 0.999
+
+
+@pytest.mark.parametrize(
+    "arch, changes",
+    [
+        ("llama", dict(rope_scaling={"type": "linear", "factor": 2.0})),  # rope.scaling.*
+        ("llama", dict(d_head=32)),  # heads wider than d_model / n_head: key_length
+        ("llama", dict(n_kv_head=1, rope_theta=1e6, norm_eps=1e-6)),
+        ("llama", dict(tie_embeddings=True)),  # no output.weight: llama.cpp reuses token_embd
+        ("gpt2", dict(tie_embeddings=False)),
+    ],
+)
+def test_llama_cpp_runs_each_option_the_export_writes(arch, changes, tokenizer, tmp_path):
+    model = confident_model(arch, tokenizer, **changes)
+    path = write_gguf(model, tokenizer, tmp_path / "m.gguf", "f32").path
+    window = tokenizer.encode(TEXT)[: CONTEXT + 1]
+    ours_greedy, ours_nll = tinyllm_run(model, tokenizer.encode(PROMPT), window)
+    _, their_greedy, their_nll = llama_cpp_run(path, window)
+    assert their_greedy == ours_greedy
+    assert abs(their_nll.mean() - ours_nll.mean()) < 2e-4 * ours_nll.mean()
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])  # llama.cpp's gpt-2 and dbrx
+def test_llama_cpp_tokenizes_as_tinyllm_does(pattern, tmp_path):
+    from tinyllm.data import load_corpus
+
+    shakespeare = load_corpus("tinyshakespeare")[:30_000]
+    tokenizer = Tokenizer.train(shakespeare, vocab_size=600, pattern=pattern)
+    model = confident_model("gpt2", tokenizer, vocab_size=600)
+    llm = llama_cpp.Llama(
+        model_path=str(write_gguf(model, tokenizer, tmp_path / "m.gguf", "f16").path),
+        n_ctx=CONTEXT,
+        verbose=False,
+    )
+    tricky = (
+        "It'S 2024!!  We'LL see...\n\n\n  Don't stop\t\tnow, café naïve 12345 — ok?\r\n"
+        "  \nEND<|endoftext|>x<|user|>"
+    )
+    for text in (tricky, shakespeare[1000:3000]):
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == tokenizer.encode(text)
+    llm.close()
