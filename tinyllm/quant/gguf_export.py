@@ -2,8 +2,9 @@
 
 A GGUF file holds key-value metadata (the architecture's shapes, the tokenizer) and then
 the tensors, each in a ggml type, under llama.cpp's names. It is written here with the
-``gguf`` package, as llama.cpp's ``convert_hf_to_gguf.py`` writes it, and read back with
-its ``GGUFReader`` in the tests. Three translations happen on the way:
+``gguf`` package, as llama.cpp's ``convert_hf_to_gguf.py`` writes it (the tokenizer's keys
+by ``gguf_tokenizer.py``), and read back with its ``GGUFReader`` in the tests. Three
+translations happen on the way:
 
 - **names**: ``blocks.0.attention.q_proj.weight`` is llama.cpp's ``blk.0.attn_q.weight``
   (the table below); GPT-2 keeps query, key and value in one ``attn_qkv`` matrix.
@@ -34,8 +35,8 @@ warning naming it, as both of llama.cpp's tools do.
 >>> w = np.arange(8).reshape(8, 1)          # one head of 8 query features
 >>> interleave_rope_rows(w, 1)[:, 0]        # pairs (0, 4), (1, 5), ... now side by side
 array([0, 4, 1, 5, 2, 6, 3, 7])
->>> (halve_rope_rows(interleave_rope_rows(w, 1), 1) == w).all()
-np.True_
+>>> bool((halve_rope_rows(interleave_rope_rows(w, 1), 1) == w).all())
+True
 """
 
 import dataclasses
@@ -46,8 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from ..nn import Linear
-from ..tokenizer.hf_format import to_tokenizer_config, token_to_text
 from . import formats
+from .gguf_tokenizer import pre_tokenizer_of, write_tokenizer
 
 TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
 WIDER_OUTPUT = {"q4_0": "q8_0", "q4_1": "q8_0"}  # the output layer's type, where it differs
@@ -88,8 +89,6 @@ WHY = {
     "qk_norm": "query/key norms are llama.cpp's qwen3 architecture, which this export does not write",
     "qkv_bias": "llama.cpp runs biased Llama projections as its qwen2 architecture, not written here",
 }
-# tinyllm's split patterns -> the llama.cpp pre-tokenizer that cuts text the same way
-PRE_TOKENIZERS = {"gpt2": "gpt-2", "gpt4": "dbrx"}  # dbrx: Llama 3's regex, merges replayed
 FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0",
               "q4_0": "MOSTLY_Q4_0", "q4_1": "MOSTLY_Q4_1"}  # fmt: skip
 
@@ -147,32 +146,6 @@ def architecture_of(config):
             "scaling, which llama.cpp reads as rope.scaling.type = linear)"
         )
     return arch
-
-
-def pre_tokenizer_of(tokenizer):
-    """llama.cpp's name for the pre-tokenizer (split regex) of ``tokenizer``.
-
-    llama.cpp has no regex engine for arbitrary patterns: it knows a list of named ones, so
-    a tokenizer's regex must be one of them. tinyllm's ``gpt2`` pattern is GPT-2's own
-    (llama.cpp's ``gpt-2``); its ``gpt4`` pattern cuts text as Llama 3's does, which llama.cpp
-    calls ``dbrx`` when merges are replayed on every piece and ``llama-bpe`` when a piece
-    that is itself a token is taken whole (``ignore_merges``, as in Llama 3's files).
-    """
-    name = getattr(tokenizer, "pattern_name", None)
-    if name is None:
-        raise ValueError(
-            f"GGUF export needs a byte-level BPE tokenizer (tokenizer.json); this model has "
-            f"{tokenizer!r}, which llama.cpp cannot tokenize with (pretrain with --tokenizer bpe)"
-        )
-    if name == "gpt4" and tokenizer.ignore_merges:
-        return "llama-bpe"
-    if name not in PRE_TOKENIZERS or tokenizer.ignore_merges:
-        raise ValueError(
-            f"GGUF export: the tokenizer's split pattern {name!r} (ignore_merges="
-            f"{tokenizer.ignore_merges}) has no llama.cpp pre-tokenizer; expected the gpt2 or "
-            "gpt4 pattern"
-        )
-    return PRE_TOKENIZERS[name]
 
 
 # --- the tensors, in GGUF names and layout ------------------------------------------------------
@@ -315,62 +288,6 @@ def _write_config(writer, gguf, config, arch, file_type, name):
         writer.add_rope_scaling_factor(config.rope_scaling["factor"])
 
 
-def tokenizer_tokens(tokenizer, vocab_size):
-    """``(tokens, token types)`` for ids 0 .. ``vocab_size`` - 1: a BPE token as its bytes
-    in GPT-2's printable form (as in ``tokenizer.json``), a special token as its text, and
-    ``[PAD{id}]`` for an id the model has but the tokenizer does not (convert_hf_to_gguf's
-    padding). Types are gguf's ``TokenType`` values: 1 normal, 3 control, 5 unused."""
-    if tokenizer.vocab_size > vocab_size:
-        raise ValueError(
-            f"GGUF export: the tokenizer has ids up to {tokenizer.vocab_size - 1}, past the "
-            f"model's vocab_size of {vocab_size}"
-        )
-    specials = {i: text for text, i in tokenizer.special_tokens.items()}
-    tokens, types = [], []
-    for i in range(vocab_size):
-        if i in tokenizer.vocab:
-            tokens.append(token_to_text(tokenizer.vocab[i]))
-            types.append(1)
-        elif i in specials:
-            tokens.append(specials[i])
-            types.append(3)
-        else:
-            tokens.append(f"[PAD{i}]")
-            types.append(5)
-    return tokens, types
-
-
-def tokenizer_merges(tokenizer):
-    """The merges in rank order, each as ``"left right"`` in the tokens' printable form.
-
-    >>> from tinyllm.tokenizer import Tokenizer
-    >>> tokenizer_merges(Tokenizer.train("a b " * 30, vocab_size=262))[:1]   # " " + "b"
-    ['Ġ b']
-    """
-    vocab = tokenizer.vocab
-    return [f"{token_to_text(vocab[a])} {token_to_text(vocab[b])}" for a, b in tokenizer.merges]
-
-
-def _write_tokenizer(writer, tokenizer, config):
-    """The tokenizer under ``tokenizer.ggml.*``: llama.cpp's "gpt2" (byte-level BPE) model."""
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre_tokenizer_of(tokenizer))
-    tokens, types = tokenizer_tokens(tokenizer, config.vocab_size)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(tokenizer_merges(tokenizer))
-    eos = config.eos_token_id
-    eos = eos[0] if isinstance(eos, list) else eos  # GGUF has one end-of-text id
-    if eos is not None:
-        writer.add_eos_token_id(eos)
-    if config.bos_token_id is not None:
-        writer.add_bos_token_id(config.bos_token_id)
-    writer.add_add_bos_token(False)  # tinyllm's encode adds no begin-of-text token
-    template = to_tokenizer_config(list(tokenizer.special_tokens)).get("chat_template")
-    if template:
-        writer.add_chat_template(template)
-
-
 # --- the file ------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class GGUFExport:
@@ -401,7 +318,7 @@ def write_gguf(model, tokenizer, path, file_type="f16", *, name="tinyllm"):
     try:
         writer = gguf.GGUFWriter(temporary, arch)
         _write_config(writer, gguf, model.config, arch, file_type, name)
-        _write_tokenizer(writer, tokenizer, model.config)
+        write_tokenizer(writer, tokenizer, model.config)
         for tensor in tensors:
             data, ggml_type = encode(tensor)
             writer.add_tensor(tensor.name, data, raw_dtype=gguf.GGMLQuantizationType[ggml_type])
