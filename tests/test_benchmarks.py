@@ -25,6 +25,7 @@ PEER = {
     "bench_generate.py": "transformers",
     "bench_serve.py": "static",
     "bench_quant.py": "fp32",
+    "bench_gguf.py": "llama.cpp",
 }
 
 

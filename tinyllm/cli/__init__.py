@@ -10,7 +10,8 @@ tinyllm sft | reward | dpo       post-training: fine-tune on chats, a reward mod
 tinyllm lora                     fine-tune LoRA adapters on a frozen model (PEFT's format)
 tinyllm distill                  a smaller student learns from a chat model (distillation)
 tinyllm eval                     measure a chat model on held-out tasks, any model on a corpus
-tinyllm quantize DIR             a quantized model folder: int8, Q8_0, Q4_0, Q4_1, f16, bf16
+tinyllm quantize DIR             a quantized model folder: int8, Q8_0, Q4_0, Q4_1, f16, bf16, AWQ, GPTQ
+tinyllm export-gguf DIR          a GGUF file for llama.cpp (f32, f16, q8_0, q4_0, q4_1)
 tinyllm generate DIR             stream text from a trained model folder (alias: sample)
 tinyllm chat DIR                 chat with a model folder in the terminal
 tinyllm speedrun                 the main job: tokenizer, pretraining, SFT, DPO and a report
@@ -39,6 +40,7 @@ COMMANDS = {  # name: (one-line help, configure, run)
     "distill": ("train a smaller student on a chat model's outputs", *training.post_training_command("distill")),
     "eval": ("measure a chat model on held-out tasks, or any model on a corpus", training.configure_eval, training.run_eval),
     "quantize": ("store a model folder's weights in 8 or 4 bits (llama.cpp's formats)", training.configure_quantize, training.run_quantize),
+    "export-gguf": ("write a model folder as a GGUF file for llama.cpp", tools.configure_export_gguf, tools.run_export_gguf),
     "generate": ("stream text from a trained model folder (alias: sample)", generation.configure_sample, generation.run_sample),
     "chat": ("chat with a model folder in the terminal, replies streamed", generation.configure_chat, generation.run_chat),
     "speedrun": ("the whole pipeline in one go: tokenizer, training, samples, report", training.configure_speedrun, training.run_speedrun),

@@ -1,4 +1,4 @@
-"""``tinyllm info``, ``tinyllm grade`` and ``tinyllm tokenizer``: the tools around the models."""
+"""``tinyllm info``, ``grade``, ``tokenizer`` and ``export-gguf``: the tools around the models."""
 
 import platform
 import sys
@@ -113,4 +113,45 @@ def run_tokenizer(args):
             print(f"{i:>7}  {tokenizer.decode([i])!r}")
     else:
         print(" ".join(map(str, ids)))
+    return 0
+
+
+# --- tinyllm export-gguf ------------------------------------------------------------------------
+def configure_export_gguf(parser):
+    from tinyllm.quant.gguf_export import TYPES
+
+    parser.description = (
+        "Write a model folder (Llama- or GPT-2-shaped, with a BPE tokenizer) as one GGUF file "
+        "that llama.cpp runs: the weights in --type (norms and biases stay float32; with q4_0 "
+        "and q4_1 the output layer is stored in q8_0), the shapes and the tokenizer in its "
+        "metadata. Needs the gguf package: pip install 'tinyllm[gguf]'."
+    )
+    parser.add_argument("directory", metavar="MODEL_DIR", help="the model folder to export")
+    parser.add_argument("--type", required=True, choices=TYPES, help="the weights' GGUF type")
+    parser.add_argument(
+        "--out", metavar="FILE", help="the GGUF file (default: MODEL_DIR/model-TYPE.gguf)"
+    )
+
+
+def run_export_gguf(args):
+    import warnings
+    from pathlib import Path
+
+    from tinyllm.quant.gguf_export import export_gguf
+
+    out = args.out or Path(args.directory) / f"model-{args.type}.gguf"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the fallbacks are printed below
+            export = export_gguf(args.directory, out, args.type)
+    except ImportError as err:
+        print(f"tinyllm export-gguf: error: {err}", file=sys.stderr)
+        return 2
+    counts = {}
+    for fmt in export.formats.values():
+        counts[fmt] = counts.get(fmt, 0) + 1
+    stored = ", ".join(f"{n} {fmt}" for fmt, n in counts.items())
+    print(f"wrote {export.path} ({export.path.stat().st_size:,} bytes; tensors: {stored})")
+    for message in export.fallbacks:
+        print(f"fallback: {message}")
     return 0

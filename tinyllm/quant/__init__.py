@@ -8,6 +8,8 @@
 | `awq.py`     | AWQ: per-channel scales that protect salient inputs, folded away; Q4_0   |
 | `gptq.py`    | GPTQ: column-by-column rounding with inverse-Hessian error compensation; Q4_0 |
 | `folder.py`  | `quantize_folder`: a model folder in, a quantized model folder out        |
+| `gguf_export.py` | GGUF files for llama.cpp: tensor names, types per tensor, the file      |
+| `gguf_tokenizer.py` | the tokenizer's GGUF keys (vocabulary, merges, pre-tokenizer)        |
 """
 
 from . import awq, gptq  # register the "awq" and "gptq" schemes
