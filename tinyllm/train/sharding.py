@@ -1,0 +1,216 @@
+"""Training on several devices with ``jax.sharding``: who holds which bytes.
+
+tinyllm builds no communication layer. It lays the arrays of a step out over a ``Mesh``
+of devices (one axis, ``"data"``), each with a ``PartitionSpec`` that says which of its
+axes is cut into pieces, and ``jax.jit`` compiles the step for that layout: XLA inserts
+the collectives (all-reduce, reduce-scatter, all-gather) the arithmetic needs.
+
+Take 4 devices and a model whose parameters take P bytes (AdamW's two moments: 2P more):
+
+============  ==================  ==================  =====================================
+mode          parameters          AdamW moments       what XLA adds to the step
+============  ==================  ==================  =====================================
+``dp``        all, on every one   all, on every one   an all-reduce (sum) of the gradients
+``zero1``     all, on every one   a quarter each      the update per shard, then an
+                                                      all-gather of the new parameters
+``fsdp``      a quarter each      a quarter each      all-gathers of the parameters in the
+                                                      forward and backward, reduce-scatters
+                                                      of the gradients
+============  ==================  ==================  =====================================
+
+In every mode the batch is cut along its first axis: each device runs forward and
+backward on its quarter of the sequences, so the step sees the gradient of the whole
+batch, exactly as one device would (up to the order float32 sums are added in). A device
+holds P + 2P bytes under ``dp``, P + 2P/4 under ``zero1`` (ZeRO stage 1: the optimizer
+state sharded) and 3P/4 under ``fsdp`` (fully sharded data parallel), paying for the saved
+memory with the all-gathers.
+
+An array is cut along its largest axis that the device count divides (``split_spec``);
+one that no axis divides (a (65,) bias over 4 devices) stays whole on every device.
+
+Several hosts are the same picture with more devices: ``initialize_processes`` (that is,
+``jax.distributed.initialize``) joins the processes, ``jax.devices()`` then lists every
+process's devices, and each process feeds its own rows of the batch
+(``jax.make_array_from_process_local_data``).
+
+>>> split_spec((65, 128), 4)   # the vocabulary (65) does not divide by 4, the width does
+PartitionSpec(None, 'data')
+>>> split_spec((65,), 4)       # nothing divides: replicated
+PartitionSpec()
+"""
+
+import numpy as np
+
+from ..backend import to_numpy
+
+SHARD_MODES = ("dp", "zero1", "fsdp")
+AXIS = "data"  # the mesh's one axis: data parallelism
+
+
+def split_spec(shape, n_devices):
+    """The ``PartitionSpec`` that cuts ``shape``'s largest axis divisible by ``n_devices``
+    (the first of equal ones) over the ``"data"`` axis; replicated when none divides."""
+    from jax.sharding import PartitionSpec
+
+    divisible = [axis for axis, size in enumerate(shape) if size % n_devices == 0]
+    if n_devices == 1 or not divisible:
+        return PartitionSpec()
+    axis = max(divisible, key=lambda a: (shape[a], -a))
+    return PartitionSpec(*[None] * axis, AXIS)
+
+
+def initialize_processes(coordinator_address, num_processes, process_id):
+    """Join this process to a multi-process (multi-host) run: ``jax.distributed.initialize``.
+
+    Call it in every process before JAX touches a device (before a model is built). On the
+    CPU the processes reach each other through gloo over TCP; ``coordinator_address`` is
+    ``"host:port"`` of process 0.
+    """
+    import jax
+
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+
+
+class ShardingPlan:
+    """Where each array of a training step lives, for ``mode`` over ``devices`` JAX devices
+    (None: all of them, every process's); see the module doc.
+
+    ``place_params`` / ``place_state`` / ``place_batch`` put arrays where the plan says;
+    ``constrain`` says the same inside the compiled step, so its outputs keep the layout
+    (and the donated buffers can be reused).
+    """
+
+    def __init__(self, mode="dp", devices=None):
+        if mode not in SHARD_MODES:
+            raise ValueError(f"shard={mode!r}: expected one of {', '.join(SHARD_MODES)}")
+        import jax
+        from jax.sharding import Mesh
+
+        available = jax.devices()
+        n = len(available) if devices is None else devices
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"devices={devices!r}: expected an integer >= 1")
+        if n > len(available):
+            raise ValueError(
+                f"devices={n}, but JAX sees {len(available)} device(s) here "
+                f"({available[0].platform.upper()}); on the CPU, set "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={n} before starting "
+                "Python to split it into that many devices"
+            )
+        if jax.process_count() > 1 and n != len(available):
+            raise ValueError(
+                f"devices={n}: a run over {jax.process_count()} processes uses all "
+                f"{len(available)} of their devices"
+            )
+        self.mode, self.jax = mode, jax
+        self.mesh = Mesh(np.array(available[:n]), (AXIS,))
+
+    @property
+    def n_devices(self):
+        return self.mesh.size
+
+    def describe(self):
+        processes = self.jax.process_count()
+        over = f" in {processes} processes" if processes > 1 else ""
+        return f"{self.mode} over {self.n_devices} devices{over}"
+
+    # --- the layout ---------------------------------------------------------------------
+    def param_spec(self, shape):
+        """Parameters: whole on every device, except under fsdp."""
+        return split_spec(shape, self.n_devices) if self.mode == "fsdp" else self._whole()
+
+    def state_spec(self, shape):
+        """Optimizer moments: whole under dp, cut under zero1 and fsdp."""
+        return self._whole() if self.mode == "dp" else split_spec(shape, self.n_devices)
+
+    def check_batch(self, batch_size):
+        """A (micro-)batch of ``batch_size`` sequences must split evenly over the devices."""
+        if batch_size % self.n_devices:
+            raise ValueError(
+                f"the micro-batch of {batch_size} sequences does not divide over "
+                f"{self.n_devices} devices; make --batch-size / --grad-accum a multiple of "
+                f"{self.n_devices}"
+            )
+
+    # --- putting arrays there -----------------------------------------------------------
+    def place_params(self, params):
+        """``{name: array}`` laid out as ``param_spec`` says."""
+        return {name: self._put(a, self.param_spec(a.shape)) for name, a in params.items()}
+
+    def place_state(self, state):
+        """An optimizer state ``{"step": {name: count}, key: {name: array}}`` laid out:
+        the moments as ``state_spec`` says, the step counts whole."""
+        placed = {}
+        for key, arrays in state.items():
+            if key == "step":
+                placed[key] = {n: self._put(np.int32(c), self._whole()) for n, c in arrays.items()}
+            else:
+                placed[key] = {n: self._put(a, self.state_spec(a.shape)) for n, a in arrays.items()}
+        return placed
+
+    def place_batch(self, batch):
+        """Every array in ``batch`` (a tuple, list or dict of them) cut along its first
+        axis. Every process passes the same global batch and keeps its own rows."""
+        if isinstance(batch, dict):
+            return {key: self.place_batch(value) for key, value in batch.items()}
+        if isinstance(batch, (tuple, list)):
+            return type(batch)(self.place_batch(value) for value in batch)
+        if np.ndim(batch) == 0:
+            return batch  # a number: traced as it is
+        host = to_numpy(batch)
+        self.check_batch(host.shape[0])
+        rows = host.shape[0] // self.jax.process_count()
+        start = self.jax.process_index() * rows
+        sharding = self._sharding(self._batch_spec(host.ndim))
+        return self.jax.make_array_from_process_local_data(
+            sharding, host[start : start + rows], host.shape
+        )
+
+    def constrain(self, params, state):
+        """Inside the compiled step: the new parameters and state keep the plan's layout."""
+        keep = self.jax.lax.with_sharding_constraint
+        params = {n: keep(a, self._sharding(self.param_spec(a.shape))) for n, a in params.items()}
+        state = {
+            key: {
+                n: keep(
+                    a, self._sharding(self._whole() if key == "step" else self.state_spec(a.shape))
+                )
+                for n, a in arrays.items()
+            }
+            for key, arrays in state.items()
+        }
+        return params, state
+
+    # --- helpers ------------------------------------------------------------------------
+    def _whole(self):
+        from jax.sharding import PartitionSpec
+
+        return PartitionSpec()
+
+    def _batch_spec(self, ndim):
+        from jax.sharding import PartitionSpec
+
+        return PartitionSpec(AXIS, *[None] * (ndim - 1))
+
+    def _sharding(self, spec):
+        from jax.sharding import NamedSharding
+
+        return NamedSharding(self.mesh, spec)
+
+    def _put(self, array, spec):
+        """``array`` (any backend's, or a number) on the mesh as ``spec`` says; an array
+        already laid out so is returned as it is."""
+        sharding = self._sharding(spec)
+        if isinstance(array, self.jax.Array) and array.sharding.is_equivalent_to(
+            sharding, array.ndim
+        ):
+            return array
+        host = to_numpy(array)
+        return self.jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+__all__ = ["SHARD_MODES", "ShardingPlan", "initialize_processes", "split_spec"]
