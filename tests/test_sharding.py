@@ -47,7 +47,8 @@ def run(out, **changes):
         model = Transformer(get_preset("tiny", **MODEL), seed=0)
         config = train_config(**changes)
         batches = RandomBatches(TOKENS, config.micro_batch_size, 16, seed=0)
-        val = [next(RandomBatches(TOKENS, 8, 16, seed=9))]
+        # (6 rows do not split over 4 devices: that batch is evaluated whole on each)
+        val = [next(RandomBatches(TOKENS, rows, 16, seed=9)) for rows in (8, 6)]
         trainer = Trainer(model, config, batches, val_batches=val, out_dir=out)
         result = trainer.fit()
     losses = [row["loss"] for row in read_metrics(Path(out) / "metrics.jsonl")]
@@ -70,8 +71,18 @@ def worker(spec):
             "losses": losses,
             "val_loss": val_loss,
             "plan": trainer.plan and trainer.plan.describe(),
+            "layout": layout(trainer),
         }
     print(json.dumps(out))
+
+
+def layout(trainer):
+    """Into how many pieces the trained token embedding (65, 32) and its first moment are
+    cut: 1 when each device holds all of it, 4 when each holds a quarter."""
+    name = "token_embedding.weight"
+    arrays = {"param": dict(trainer.model.named_parameters())[name].data}
+    arrays["moment"] = trainer.opt_state["exp_avg"][name]
+    return {key: a.size // a.addressable_shards[0].data.size for key, a in arrays.items()}
 
 
 def child(spec, devices, timeout=600):
@@ -107,6 +118,8 @@ def max_difference(a, b):
 def test_sharded_runs_equal_the_single_device_run(four_devices, mode):
     single, sharded = four_devices["single"], four_devices[mode]
     assert single["plan"] is None and sharded["plan"] == f"{mode} over 4 devices"
+    pieces = {"dp": (1, 1), "zero1": (1, 4), "fsdp": (4, 4)}[mode]  # (parameter, moment)
+    assert (sharded["layout"]["param"], sharded["layout"]["moment"]) == pieces
     assert max_difference(sharded["losses"], single["losses"]) < NOISE
     assert abs(sharded["val_loss"] - single["val_loss"]) < NOISE
     assert single["losses"][-1] < single["losses"][0]  # it learned something
@@ -190,17 +203,24 @@ def test_clear_errors_for_runs_over_devices():
             Trainer(model, train_config(batch_size=8 * (n + 7), devices=n + 7), batches)
 
 
-def test_split_spec_cuts_the_largest_divisible_axis():
-    from jax.sharding import PartitionSpec
+def test_split_axis_cuts_the_largest_divisible_axis():
+    from tinyllm.train.sharding import split_axis
 
-    from tinyllm.train.sharding import split_spec
+    assert split_axis((65, 128), 4) == 1
+    assert split_axis((128, 512), 4) == 1
+    assert split_axis((512, 128), 4) == 0
+    assert split_axis((64, 64), 4) == 0  # a tie: the first axis
+    assert split_axis((65, 3), 4) is None  # nothing divides: whole on every device
+    assert split_axis((64,), 1) is None
 
-    assert split_spec((65, 128), 4) == PartitionSpec(None, "data")
-    assert split_spec((128, 512), 4) == PartitionSpec(None, "data")
-    assert split_spec((512, 128), 4) == PartitionSpec("data")
-    assert split_spec((64, 64), 4) == PartitionSpec("data")  # a tie: the first axis
-    assert split_spec((65, 3), 4) == PartitionSpec()  # nothing divides: whole on every device
-    assert split_spec((64,), 1) == PartitionSpec()
+
+def test_each_mode_cuts_what_it_says():
+    from tinyllm.train.sharding import split_axes
+
+    assert split_axes("dp", (65, 32), 4) == (None, None)
+    assert split_axes("zero1", (65, 32), 4) == (None, 1)  # moments cut, the parameter whole
+    assert split_axes("fsdp", (65, 32), 4) == (1, 1)
+    assert split_axes("fsdp", (65,), 4) == (None, None)  # nothing divides: whole
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ holds P + 2P bytes under ``dp``, P + 2P/4 under ``zero1`` (ZeRO stage 1: the opt
 state sharded) and 3P/4 under ``fsdp`` (fully sharded data parallel), paying for the saved
 memory with the all-gathers.
 
-An array is cut along its largest axis that the device count divides (``split_spec``);
+An array is cut along its largest axis that the device count divides (``split_axis``);
 one that no axis divides (a (65,) bias over 4 devices) stays whole on every device.
 
 Several hosts are the same picture with more devices: ``initialize_processes`` (that is,
@@ -33,10 +33,15 @@ Several hosts are the same picture with more devices: ``initialize_processes`` (
 process's devices, and each process feeds its own rows of the batch
 (``jax.make_array_from_process_local_data``).
 
->>> split_spec((65, 128), 4)   # the vocabulary (65) does not divide by 4, the width does
-PartitionSpec(None, 'data')
->>> split_spec((65,), 4)       # nothing divides: replicated
-PartitionSpec()
+>>> split_axis((65, 128), 4)   # the vocabulary (65) does not divide by 4, the width does
+1
+>>> split_axis((65,), 4) is None  # nothing divides: whole on every device
+True
+>>> for mode in SHARD_MODES:      # (parameter's axis, its moments' axis); None: whole
+...     print(mode, split_axes(mode, (65, 128), 4))
+dp (None, None)
+zero1 (None, 1)
+fsdp (1, 1)
 """
 
 import numpy as np
@@ -47,16 +52,20 @@ SHARD_MODES = ("dp", "zero1", "fsdp")
 AXIS = "data"  # the mesh's one axis: data parallelism
 
 
-def split_spec(shape, n_devices):
-    """The ``PartitionSpec`` that cuts ``shape``'s largest axis divisible by ``n_devices``
-    (the first of equal ones) over the ``"data"`` axis; replicated when none divides."""
-    from jax.sharding import PartitionSpec
-
+def split_axis(shape, n_devices):
+    """The axis of ``shape`` to cut over ``n_devices``: the largest that they divide (the
+    first of equal ones); None when none does, or for one device (the array stays whole)."""
     divisible = [axis for axis, size in enumerate(shape) if size % n_devices == 0]
     if n_devices == 1 or not divisible:
-        return PartitionSpec()
-    axis = max(divisible, key=lambda a: (shape[a], -a))
-    return PartitionSpec(*[None] * axis, AXIS)
+        return None
+    return max(divisible, key=lambda axis: (shape[axis], -axis))
+
+
+def split_axes(mode, shape, n_devices):
+    """``(parameter axis, moments axis)``: where ``mode`` cuts a parameter of ``shape`` and
+    its AdamW moments over ``n_devices``; None: kept whole on every device."""
+    axis = split_axis(shape, n_devices)
+    return {"dp": (None, None), "zero1": (None, axis), "fsdp": (axis, axis)}[mode]
 
 
 def initialize_processes(coordinator_address, num_processes, process_id):
@@ -121,11 +130,11 @@ class ShardingPlan:
     # --- the layout ---------------------------------------------------------------------
     def param_spec(self, shape):
         """Parameters: whole on every device, except under fsdp."""
-        return split_spec(shape, self.n_devices) if self.mode == "fsdp" else self._whole()
+        return self._spec(split_axes(self.mode, shape, self.n_devices)[0])
 
     def state_spec(self, shape):
         """Optimizer moments: whole under dp, cut under zero1 and fsdp."""
-        return self._whole() if self.mode == "dp" else split_spec(shape, self.n_devices)
+        return self._spec(split_axes(self.mode, shape, self.n_devices)[1])
 
     def check_batch(self, batch_size):
         """A (micro-)batch of ``batch_size`` sequences must split evenly over the devices."""
@@ -152,16 +161,20 @@ class ShardingPlan:
                 placed[key] = {n: self._put(a, self.state_spec(a.shape)) for n, a in arrays.items()}
         return placed
 
-    def place_batch(self, batch):
+    def place_batch(self, batch, uneven="error"):
         """Every array in ``batch`` (a tuple, list or dict of them) cut along its first
-        axis. Every process passes the same global batch and keeps its own rows."""
+        axis. Every process passes the same global batch and keeps its own rows. An array
+        whose rows do not divide over the devices is an error, or with ``uneven="whole"``
+        (an evaluation batch, say) is placed whole on every device."""
         if isinstance(batch, dict):
-            return {key: self.place_batch(value) for key, value in batch.items()}
+            return {key: self.place_batch(value, uneven) for key, value in batch.items()}
         if isinstance(batch, (tuple, list)):
-            return type(batch)(self.place_batch(value) for value in batch)
+            return type(batch)(self.place_batch(value, uneven) for value in batch)
         if np.ndim(batch) == 0:
             return batch  # a number: traced as it is
         host = to_numpy(batch)
+        if uneven == "whole" and host.shape[0] % self.n_devices:
+            return self._put(host, self._whole())
         self.check_batch(host.shape[0])
         rows = host.shape[0] // self.jax.process_count()
         start = self.jax.process_index() * rows
@@ -191,6 +204,12 @@ class ShardingPlan:
 
         return PartitionSpec()
 
+    def _spec(self, axis):
+        """The ``PartitionSpec`` that cuts ``axis`` over the devices (None: whole)."""
+        from jax.sharding import PartitionSpec
+
+        return PartitionSpec() if axis is None else PartitionSpec(*[None] * axis, AXIS)
+
     def _batch_spec(self, ndim):
         from jax.sharding import PartitionSpec
 
@@ -213,4 +232,4 @@ class ShardingPlan:
         return self.jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-__all__ = ["SHARD_MODES", "ShardingPlan", "initialize_processes", "split_spec"]
+__all__ = ["SHARD_MODES", "ShardingPlan", "initialize_processes", "split_axes", "split_axis"]

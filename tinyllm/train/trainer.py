@@ -171,8 +171,8 @@ class Trainer:
             self.opt_state = self.optimizer.init_state(self._params())
         if self.compiled:  # step counts as int32 arrays, as the step returns them: one trace
             xp = self.backend.xp
-            counts = self.opt_state["step"]
-            self.opt_state["step"] = {n: xp.asarray(c, dtype=xp.int32) for n, c in counts.items()}
+            counts = {n: xp.asarray(c, dtype=xp.int32) for n, c in self.opt_state["step"].items()}
+            self.opt_state = {**self.opt_state, "step": counts}
         if self.plan is not None:
             self._place_on_devices()
         saved, samples, metrics = None, None, {}
@@ -206,7 +206,7 @@ class Trainer:
                 row["seconds"] = self.seconds + elapsed
                 if compiled_now:
                     row["compile_seconds"] = self.compile_seconds
-                    where = f" over {self.plan.describe()}" if self.plan else ""
+                    where = f" ({self.plan.describe()})" if self.plan else ""
                     self._say(
                         bar, f"compiled the training step{where} in {self.compile_seconds:.2f}s"
                     )
@@ -252,9 +252,12 @@ class Trainer:
         params = self._params()
         was_training = self.model.training
         self.model.eval()
-        place = self.plan.place_batch if self.plan is not None else lambda batch: batch
+        if self.plan is not None:  # split over the devices where the rows divide evenly
+            batches = [self.plan.place_batch(b, uneven="whole") for b in self.val_batches]
+        else:
+            batches = self.val_batches
         try:
-            results = [self._eval_loss(params, place(batch)) for batch in self.val_batches]
+            results = [self._eval_loss(params, batch) for batch in batches]
         finally:
             self.model.train(was_training)
         n = len(results)
