@@ -203,6 +203,19 @@ def test_clear_errors_for_runs_over_devices():
             Trainer(model, train_config(batch_size=8 * (n + 7), devices=n + 7), batches)
 
 
+def test_pretrain_flags_devices_and_shard(capsys):
+    from tinyllm.cli import build_parser, dataclass_from_flags
+
+    parser = build_parser()
+    args = parser.parse_args(["pretrain", "--devices", "4", "--shard", "zero1"])
+    config = dataclass_from_flags(TrainConfig, args)
+    assert (config.devices, config.shard) == (4, "zero1")
+    assert dataclass_from_flags(TrainConfig, parser.parse_args(["pretrain"])).shard is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["pretrain", "--shard", "ddp"])
+    assert "invalid choice 'ddp'; expected one of dp, zero1, fsdp" in capsys.readouterr().err
+
+
 def test_split_axis_cuts_the_largest_divisible_axis():
     from tinyllm.train.sharding import split_axis
 
