@@ -228,12 +228,17 @@ def test_split_axis_cuts_the_largest_divisible_axis():
 
 
 def test_each_mode_cuts_what_it_says():
-    from tinyllm.train.sharding import split_axes
+    from tinyllm.train.sharding import layout_summary, split_axes
 
     assert split_axes("dp", (65, 32), 4) == (None, None)
     assert split_axes("zero1", (65, 32), 4) == (None, 1)  # moments cut, the parameter whole
     assert split_axes("fsdp", (65, 32), 4) == (1, 1)
     assert split_axes("fsdp", (65,), 4) == (None, None)  # nothing divides: whole
+    shapes = {"w": (64, 32), "b": (65,)}
+    assert layout_summary("dp", 4, shapes) == (
+        "each device holds 100% of the parameters and 100% of each AdamW moment"
+    )
+    assert layout_summary("fsdp", 4, shapes).endswith("(no axis divides by 4): b")
 
 
 if __name__ == "__main__":

@@ -68,6 +68,32 @@ def split_axes(mode, shape, n_devices):
     return {"dp": (None, None), "zero1": (None, axis), "fsdp": (axis, axis)}[mode]
 
 
+def layout_summary(mode, n_devices, shapes):
+    """What each of ``n_devices`` holds under ``mode`` of parameters with ``shapes``
+    ({name: shape}) and of their AdamW moments, naming the arrays kept whole.
+
+    >>> shapes = {"embedding": (65, 128), "norm.weight": (128,), "head.bias": (65,)}
+    >>> print(layout_summary("fsdp", 4, shapes))
+    each device holds 26% of the parameters and 26% of each AdamW moment; whole on every device (no axis divides by 4): head.bias
+    >>> print(layout_summary("zero1", 4, shapes))
+    each device holds 100% of the parameters and 26% of each AdamW moment; whole on every device (no axis divides by 4): head.bias
+    """
+    sizes = {name: int(np.prod(shape)) for name, shape in shapes.items()}
+    held = [0, 0]  # values on one device: of the parameters, of one moment
+    for name, shape in shapes.items():
+        for which, axis in enumerate(split_axes(mode, shape, n_devices)):
+            held[which] += sizes[name] // (1 if axis is None else n_devices)
+    total = sum(sizes.values())
+    line = (
+        f"each device holds {held[0] / total:.0%} of the parameters and "
+        f"{held[1] / total:.0%} of each AdamW moment"
+    )
+    whole = [name for name, shape in shapes.items() if split_axis(shape, n_devices) is None]
+    if mode != "dp" and whole:
+        line += f"; whole on every device (no axis divides by {n_devices}): {', '.join(whole)}"
+    return line
+
+
 def initialize_processes(coordinator_address, num_processes, process_id):
     """Join this process to a multi-process (multi-host) run: ``jax.distributed.initialize``.
 
@@ -126,6 +152,11 @@ class ShardingPlan:
         processes = self.jax.process_count()
         over = f" in {processes} processes" if processes > 1 else ""
         return f"{self.mode} over {self.n_devices} devices{over}"
+
+    def summary(self, params):
+        """``layout_summary`` of ``params`` ({name: array}) under this plan."""
+        shapes = {name: tuple(a.shape) for name, a in params.items()}
+        return f"{self.describe()}: {layout_summary(self.mode, self.n_devices, shapes)}"
 
     # --- the layout ---------------------------------------------------------------------
     def param_spec(self, shape):
@@ -232,4 +263,11 @@ class ShardingPlan:
         return self.jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-__all__ = ["SHARD_MODES", "ShardingPlan", "initialize_processes", "split_axes", "split_axis"]
+__all__ = [
+    "SHARD_MODES",
+    "ShardingPlan",
+    "initialize_processes",
+    "layout_summary",
+    "split_axes",
+    "split_axis",
+]

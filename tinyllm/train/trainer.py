@@ -175,6 +175,8 @@ class Trainer:
             self.opt_state = {**self.opt_state, "step": counts}
         if self.plan is not None:
             self._place_on_devices()
+            if c.progress:
+                print(self.plan.summary(self._params()))
         saved, samples, metrics = None, None, {}
         first_step, session_start = self.step, time.perf_counter()
         step_seconds, session_tokens = 0.0, 0  # the steps' own time: no eval, no saving
