@@ -72,6 +72,7 @@ def worker(spec):
             "val_loss": val_loss,
             "plan": trainer.plan and trainer.plan.describe(),
             "layout": layout(trainer),
+            "collectives": collectives(trainer),
         }
     print(json.dumps(out))
 
@@ -85,7 +86,13 @@ def layout(trainer):
     return {key: a.size // a.addressable_shards[0].data.size for key, a in arrays.items()}
 
 
-def child(spec, devices, timeout=600):
+def collectives(trainer):
+    """How many of each collective operation XLA put into the compiled training step."""
+    program = trainer.step_program.as_text()
+    return {op: program.count(f" {op}(") for op in ("all-reduce", "all-gather")}
+
+
+def child(spec, devices):
     """Start ``worker(spec)`` in a child Python that sees ``devices`` CPU devices."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "OPENBLAS_NUM_THREADS": "1"}
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"
@@ -120,6 +127,11 @@ def test_sharded_runs_equal_the_single_device_run(four_devices, mode):
     assert single["plan"] is None and sharded["plan"] == f"{mode} over 4 devices"
     pieces = {"dp": (1, 1), "zero1": (1, 4), "fsdp": (4, 4)}[mode]  # (parameter, moment)
     assert (sharded["layout"]["param"], sharded["layout"]["moment"]) == pieces
+    assert single["collectives"] == {"all-reduce": 0, "all-gather": 0}
+    assert sharded["collectives"]["all-reduce"] > 0  # the gradients summed over the devices
+    if mode != "dp":  # and cut parameters or updates gathered whole: more all-gathers
+        gathers = four_devices["dp"]["collectives"]["all-gather"]
+        assert sharded["collectives"]["all-gather"] > gathers
     assert max_difference(sharded["losses"], single["losses"]) < NOISE
     assert abs(sharded["val_loss"] - single["val_loss"]) < NOISE
     assert single["losses"][-1] < single["losses"][0]  # it learned something
@@ -131,13 +143,19 @@ def test_two_processes_train_together_through_jax_distributed(four_devices, tmp_
         port = s.getsockname()[1]
     spec = {"modes": ["dp", "fsdp"], "out": str(tmp_path), "num_processes": 2, "port": port}
     processes = [child({**spec, "rank": rank}, devices=2) for rank in range(2)]
-    results = [result_of(p) for p in processes]
+    try:
+        results = [result_of(p) for p in processes]
+    finally:  # one failed: the other would wait for it
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
     single = four_devices["single"]
     for result in results:
         for mode in ("dp", "fsdp"):
             assert result[mode]["plan"] == f"{mode} over 4 devices in 2 processes"
             assert max_difference(result[mode]["losses"], single["losses"]) < NOISE
             assert abs(result[mode]["val_loss"] - single["val_loss"]) < NOISE
+        assert result["fsdp"]["layout"] == {"param": 4, "moment": 4}  # a quarter per device
 
 
 # --- one device, in this process -----------------------------------------------------------

@@ -11,11 +11,12 @@ Take 4 devices and a model whose parameters take P bytes (AdamW's two moments: 2
 mode          parameters          AdamW moments       what XLA adds to the step
 ============  ==================  ==================  =====================================
 ``dp``        all, on every one   all, on every one   an all-reduce (sum) of the gradients
-``zero1``     all, on every one   a quarter each      the update per shard, then an
-                                                      all-gather of the new parameters
-``fsdp``      a quarter each      a quarter each      all-gathers of the parameters in the
-                                                      forward and backward, reduce-scatters
-                                                      of the gradients
+``zero1``     all, on every one   a quarter each      the same, the update of each quarter
+                                                      on its device, then all-gathers of
+                                                      the new parameters
+``fsdp``      a quarter each      a quarter each      all-gathers of the parameters for the
+                                                      forward and backward, the gradients
+                                                      summed, each device keeping its part
 ============  ==================  ==================  =====================================
 
 In every mode the batch is cut along its first axis: each device runs forward and
@@ -24,6 +25,8 @@ batch, exactly as one device would (up to the order float32 sums are added in). 
 holds P + 2P bytes under ``dp``, P + 2P/4 under ``zero1`` (ZeRO stage 1: the optimizer
 state sharded) and 3P/4 under ``fsdp`` (fully sharded data parallel), paying for the saved
 memory with the all-gathers.
+
+``Trainer.step_program.as_text()`` shows the compiled step with these operations in it.
 
 An array is cut along its largest axis that the device count divides (``split_axis``);
 one that no axis divides (a (65,) bias over 4 devices) stays whole on every device.

@@ -152,6 +152,7 @@ class Trainer:
         self.opt_state = None
         self.plan = self._sharding_plan()  # None: one device
         self.compile_seconds = None  # measured at the first compiled step
+        self.step_program = None  # the compiled step (JAX): .as_text() shows XLA's program
         if self.compiled:  # arguments 0 and 1, the parameters and the state, are donated
             self._compiled_step = self.backend.jit(self._pure_step, donate_argnums=(0, 1))
 
@@ -356,7 +357,7 @@ class Trainer:
         args = (self._params(), self.opt_state, micro_batches, lr, self.step)
         if self.compile_seconds is None:  # trace and compile now, timed; the call reuses it
             start = time.perf_counter()
-            self._compiled_step.lower(*args).compile()
+            self.step_program = self._compiled_step.lower(*args).compile()
             self.compile_seconds = time.perf_counter() - start
         params, self.opt_state, loss, norm, metrics = self._compiled_step(*args)
         for name, p in self.optimizer.named_parameters():  # the old arrays were donated
