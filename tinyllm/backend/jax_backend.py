@@ -29,6 +29,11 @@ class JaxBackend(Backend):
         self.xp = jnp
 
     def to_numpy(self, x):
+        if isinstance(x, self.jax.Array) and not x.is_fully_addressable:
+            # cut over several processes (a multi-host run): every process gathers it
+            from jax.experimental import multihost_utils
+
+            x = multihost_utils.process_allgather(x, tiled=True)
         return np.asarray(self.jax.device_get(x))
 
     def owns(self, x):

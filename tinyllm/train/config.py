@@ -24,6 +24,7 @@ from dataclasses import field
 
 from ..config import Config
 from ..optim import SCHEDULES
+from .sharding import SHARD_MODES
 
 MAX_DEFAULT_WARMUP = 100  # a default warmup is a tenth of the run, at most this many steps
 
@@ -79,6 +80,20 @@ class TrainConfig(Config):
     keep_checkpoints: int = field(default=2, metadata={"help": "keep only the newest this many"})
     seed: int = field(default=1337, metadata={"help": "seed for the data order and dropout masks"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    devices: int | None = field(
+        default=None,
+        metadata={
+            "help": "JAX devices each batch is split over; none: one, or every device with --shard"
+        },
+    )
+    shard: str | None = field(
+        default=None,
+        metadata={
+            "help": "the layout over several JAX devices: dp (data parallel), zero1 (AdamW's "
+            "moments sharded), fsdp (the parameters too); none: dp when --devices > 1",
+            "choices": SHARD_MODES,
+        },
+    )
 
     def __post_init__(self):
         def fail(message):
@@ -105,10 +120,22 @@ class TrainConfig(Config):
             fail(f"unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}")
         if self.warmup_steps > self.steps:
             fail(f"warmup_steps={self.warmup_steps} is more than steps={self.steps}")
+        if self.devices is not None and (
+            isinstance(self.devices, bool) or not isinstance(self.devices, int) or self.devices < 1
+        ):
+            fail(f"devices={self.devices!r} must be an integer >= 1 or None")
+        if self.shard is not None and self.shard not in SHARD_MODES:
+            fail(f"unknown shard {self.shard!r}; expected one of {', '.join(SHARD_MODES)}")
         if self.batch_size % self.grad_accum:
             fail(
                 f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}; "
                 "each micro-batch holds batch_size / grad_accum sequences"
+            )
+        if self.devices and self.micro_batch_size % self.devices:
+            fail(
+                f"the micro-batch of {self.micro_batch_size} sequences (batch_size="
+                f"{self.batch_size} / grad_accum={self.grad_accum}) does not split over "
+                f"devices={self.devices}; make it a multiple of {self.devices}"
             )
 
     def replace(self, **changes):

@@ -28,6 +28,14 @@ and the optimizer then updates the parameters in place (a few passes over flat b
 Under JAX the whole step, ``_gradients`` and the optimizer's pure ``update``, is one
 function ``(params, opt_state, micro_batches, lr, step) -> (params, opt_state, loss,
 grad_norm, metrics)`` compiled with ``jax.jit``: tinyllm's autograd is traced into it.
+It is traced and compiled once, at the first step (``compile_seconds``, logged with that
+step), and then only run. Its parameters and optimizer state are *donated*: XLA writes the
+new ones into the old ones' memory, so a step keeps one copy of them, not two (the old
+arrays are gone after the call; a step whose loss is not finite returns them unchanged).
+
+With ``config.shard`` (or ``config.devices`` > 1) the compiled step runs over several JAX
+devices, each on its rows of the batch, with the parameters and AdamW's moments laid out
+as ``sharding.py`` explains (``dp``, ``zero1``, ``fsdp``); XLA adds the communication.
 
 >>> import numpy as np
 >>> from tinyllm.data import RandomBatches
@@ -54,10 +62,12 @@ import numpy as np
 from tqdm import tqdm  # the text bar: no widget dependency in notebooks
 
 from ..autograd import Tensor, no_grad, value_and_grad
+from ..backend import backend_of
 from ..nn import Dropout, dropout_key
 from ..optim import AdamW, clip_grads, get_schedule, global_norm
 from . import checkpoint as ckpt
 from .metrics import MetricsLog, plot_losses, read_metrics
+from .sharding import ShardingPlan
 
 
 class TrainingDiverged(FloatingPointError):
@@ -77,6 +87,7 @@ class TrainResult:
     samples: list | None = None  # sample_fn's texts when the last step was evaluated
     steps_this_session: int = 0  # 0 when a finished run is resumed
     metrics: dict = dataclasses.field(default_factory=dict)  # the last step's loss_fn metrics
+    compile_seconds: float | None = None  # tracing + compiling the JAX step (None: eager)
 
 
 def language_model_loss(model, batch):
@@ -139,8 +150,11 @@ class Trainer:
         self._stop = None
         self._eval_loss = self.backend.jit(self._pure_eval_loss)
         self.opt_state = None
-        if self.compiled:
-            self._compiled_step = self.backend.jit(self._pure_step)
+        self.plan = self._sharding_plan()  # None: one device
+        self.compile_seconds = None  # measured at the first compiled step
+        self.step_program = None  # the compiled step (JAX): .as_text() shows XLA's program
+        if self.compiled:  # arguments 0 and 1, the parameters and the state, are donated
+            self._compiled_step = self.backend.jit(self._pure_step, donate_argnums=(0, 1))
 
     # --- the public entry points ----------------------------------------------------------
     def learning_rate(self, step):
@@ -156,6 +170,14 @@ class Trainer:
             log.resume_at(self.step)
         if self.compiled and self.opt_state is None:
             self.opt_state = self.optimizer.init_state(self._params())
+        if self.compiled:  # step counts as int32 arrays, as the step returns them: one trace
+            xp = self.backend.xp
+            counts = {n: xp.asarray(c, dtype=xp.int32) for n, c in self.opt_state["step"].items()}
+            self.opt_state = {**self.opt_state, "step": counts}
+        if self.plan is not None:
+            self._place_on_devices()
+            if c.progress:
+                print(self.plan.summary(self._params()))
         saved, samples, metrics = None, None, {}
         first_step, session_start = self.step, time.perf_counter()
         step_seconds, session_tokens = 0.0, 0  # the steps' own time: no eval, no saving
@@ -166,8 +188,12 @@ class Trainer:
                 lr = self.learning_rate(self.step)
                 step_start = time.perf_counter()
                 micro_batches = [next(self.train_batches) for _ in range(c.grad_accum)]
+                compiled_before = self.compile_seconds
                 self.last_loss, grad_norm, metrics = self._train_step(micro_batches, lr)
                 step_seconds += time.perf_counter() - step_start
+                compiled_now = self.compile_seconds != compiled_before
+                if compiled_now:  # tokens/s counts running steps, not compiling them
+                    step_seconds -= self.compile_seconds
                 self.step += 1
                 n_tokens = int(metrics.pop("tokens", 0))
                 self.tokens_seen += n_tokens
@@ -181,12 +207,19 @@ class Trainer:
                 if n_tokens:
                     row |= {"tokens": self.tokens_seen, "tokens_per_s": rate}
                 row["seconds"] = self.seconds + elapsed
+                if compiled_now:
+                    row["compile_seconds"] = self.compile_seconds
+                    where = f" ({self.plan.describe()})" if self.plan else ""
+                    self._say(
+                        bar, f"compiled the training step{where} in {self.compile_seconds:.2f}s"
+                    )
                 eval_due = c.eval_interval and self.step % c.eval_interval == 0
                 evaluated = (eval_due or self.step == c.steps) and self._stop is None
                 if evaluated:
                     self._evaluate(row, bar)
                 samples = row.get("samples")  # None unless this step was evaluated
-                if log is not None and (self.step % c.log_interval == 0 or evaluated):
+                logged = self.step % c.log_interval == 0 or evaluated or compiled_now
+                if log is not None and logged:
                     log.write(row)
                 if self.out_dir is not None:
                     due = c.checkpoint_interval and self.step % c.checkpoint_interval == 0
@@ -210,6 +243,7 @@ class Trainer:
             samples=samples,
             steps_this_session=steps,
             metrics=metrics,
+            compile_seconds=self.compile_seconds,
         )
 
     def evaluate(self):
@@ -221,8 +255,12 @@ class Trainer:
         params = self._params()
         was_training = self.model.training
         self.model.eval()
+        if self.plan is not None:  # split over the devices where the rows divide evenly
+            batches = [self.plan.place_batch(b, uneven="whole") for b in self.val_batches]
+        else:
+            batches = self.val_batches
         try:
-            results = [self._eval_loss(params, batch) for batch in self.val_batches]
+            results = [self._eval_loss(params, batch) for batch in batches]
         finally:
             self.model.train(was_training)
         n = len(results)
@@ -305,29 +343,39 @@ class Trainer:
 
     def _train_step(self, micro_batches, lr):
         """One optimizer step; returns (loss, gradient norm, metrics) as floats."""
-        if self.compiled:
-            params, opt_state, loss, norm, metrics = self._compiled_step(
-                self._params(), self.opt_state, micro_batches, lr, self.step
-            )
-        else:
+        if not self.compiled:
             loss, grads, norm, metrics = self._gradients(self._params(), micro_batches, self.step)
-        loss, norm = float(loss), float(norm)
-        self._check_finite(loss, norm, lr)  # before the weights change
-        if self.compiled:
-            self.opt_state = opt_state
-            for name, p in self.optimizer.named_parameters():
-                p.data = params[name]
-        else:
+            loss, norm = float(loss), float(norm)
+            self._check_finite(loss, norm, lr)  # before the weights change
             for name, p in self.optimizer.named_parameters():
                 p.grad = grads[name]
             self.optimizer.lr = lr
             self.optimizer.step()  # in place, over the optimizer's flat buffers
+            return loss, norm, {name: float(value) for name, value in metrics.items()}
+        if self.plan is not None:
+            micro_batches = [self.plan.place_batch(batch) for batch in micro_batches]
+        args = (self._params(), self.opt_state, micro_batches, lr, self.step)
+        if self.compile_seconds is None:  # trace and compile now, timed; the call reuses it
+            start = time.perf_counter()
+            self.step_program = self._compiled_step.lower(*args).compile()
+            self.compile_seconds = time.perf_counter() - start
+        params, self.opt_state, loss, norm, metrics = self._compiled_step(*args)
+        for name, p in self.optimizer.named_parameters():  # the old arrays were donated
+            p.data = params[name]
+        loss, norm = float(loss), float(norm)
+        self._check_finite(loss, norm, lr)  # the step kept the old weights if not finite
         return loss, norm, {name: float(value) for name, value in metrics.items()}
 
     def _pure_step(self, params, opt_state, micro_batches, lr, step):
         """The whole step as a pure function of arrays, for ``jax.jit``."""
         loss, grads, norm, metrics = self._gradients(params, micro_batches, step)
-        params, opt_state = self.optimizer.update(params, grads, opt_state, lr)
+        new_params, new_state = self.optimizer.update(params, grads, opt_state, lr)
+        xp = self.backend.xp
+        finite = xp.isfinite(loss) & xp.isfinite(norm)  # else: keep what came in
+        params = _where(finite, new_params, params)
+        opt_state = _where(finite, new_state, opt_state)
+        if self.plan is not None:
+            params, opt_state = self.plan.constrain(params, opt_state)
         return params, opt_state, loss, norm, metrics
 
     def _bound_loss(self, tensors, batch, key=None):
@@ -352,6 +400,30 @@ class Trainer:
 
     def _params(self):
         return {name: p.data for name, p in self.optimizer.named_parameters()}
+
+    # --- several devices --------------------------------------------------------------------
+    def _sharding_plan(self):
+        """The ``ShardingPlan`` that ``config.devices`` and ``config.shard`` ask for, or None
+        for a run on one device."""
+        c = self.config
+        if c.shard is None and (c.devices or 1) == 1:
+            return None
+        mode = c.shard or "dp"
+        if self.backend.name != "jax":
+            raise ValueError(
+                f"shard={mode!r}, devices={c.devices}: training over several devices needs the "
+                f"JAX backend, but the model is on {self.backend.name!r}; use --backend jax"
+            )
+        plan = ShardingPlan(mode, c.devices)
+        plan.check_batch(c.micro_batch_size)
+        return plan
+
+    def _place_on_devices(self):
+        """Lay the parameters and the optimizer state out as the plan says."""
+        params = self.plan.place_params(self._params())
+        for name, p in self.optimizer.named_parameters():
+            p.data = params[name]
+        self.opt_state = self.plan.place_state(self.opt_state)
 
     def _check_finite(self, loss, norm, lr):
         if math.isfinite(loss) and math.isfinite(norm):
@@ -405,6 +477,14 @@ class Trainer:
                 "(--resume, or fit(resume=True)) or choose another output folder"
             )
         self.load(latest)
+
+
+def _where(condition, new, old):
+    """``new`` where ``condition`` (a 0-d boolean array) holds, else ``old``; over dicts of
+    dicts of arrays, inside the compiled step."""
+    if isinstance(new, dict):
+        return {key: _where(condition, new[key], old[key]) for key in new}
+    return backend_of(new).xp.where(condition, new, old)
 
 
 class _StopOnSignals:
