@@ -222,7 +222,8 @@ def test_clear_errors_for_runs_over_devices():
 
 
 def test_pretrain_flags_devices_and_shard(capsys):
-    from tinyllm.cli import build_parser, dataclass_from_flags
+    from tinyllm.cli import build_parser
+    from tinyllm.cli.flags import dataclass_from_flags
 
     parser = build_parser()
     args = parser.parse_args(["pretrain", "--devices", "4", "--shard", "zero1"])
