@@ -37,7 +37,8 @@ from ..autograd import Tensor, no_grad, to_numpy
 from ..data import encode_corpus, load_corpus, train_val_split
 from ..nn import Linear, Module
 
-N_SEQUENCES = 128  # calibration windows by default (AWQ's and GPTQ's papers use 128 too)
+N_SEQUENCES = 256  # calibration windows by default: 32,768 tokens at a context of 128 (the
+# papers take 128 sequences of 512 (AWQ) or 2,048 (GPTQ) tokens; short contexts need more windows)
 VAL_FRACTION = 0.1  # the held-out end of a corpus, as pretraining splits it
 BATCH = 16  # windows run through the model at once
 
