@@ -6,7 +6,10 @@ model is scored on the validation text of the corpus it was trained on (the last
 in consecutive context windows). The peer is the fp32 model: the literature's target is
 int8 and Q8_0 within 1% of its perplexity. AWQ and GPTQ store Q4_0 too (the same bytes), fitted
 on calibration windows from the corpus's training split; "recovered" is the share of Q4_0's
-perplexity loss they win back (target: at least half).
+perplexity loss they win back (target: at least half). "KL" is the mean KL divergence from the
+fp32 model's next-token distribution to the quantized one's over the first 64 validation
+windows (llama.cpp's KLD): a closeness measure that does not rest on a perplexity difference
+of a fraction of a percent.
 
     python benchmarks/bench_quant.py --model runs/speedrun    # a model folder, e.g. the
                                                               # speedrun's pretrained model
@@ -15,9 +18,11 @@ perplexity loss they win back (target: at least half).
 
 import argparse
 
+import numpy as np
 from common import machine, table_head, table_row, timed
 
-from tinyllm.data import CharVocab, load_corpus, load_tokenizer
+from tinyllm.autograd import no_grad
+from tinyllm.data import CharVocab, load_corpus, load_tokenizer, validation_tokens
 from tinyllm.models import Transformer, get_preset
 from tinyllm.quant import corpus_calibration, quantize, weight_bytes
 from tinyllm.quant.calibration import N_SEQUENCES
@@ -28,6 +33,7 @@ FORMATS = ("fp32", "f16", "bf16", "int8", "q8_0", "q4_1", "q4_0", "awq", "gptq")
 CALIBRATED = ("awq", "gptq")
 TARGET = 0.01  # int8 and Q8_0: perplexity within 1% of fp32
 RECOVERY = 0.5  # AWQ and GPTQ: at least half of Q4_0's perplexity loss won back
+KL_WINDOWS = 64  # validation windows the KL divergence to fp32 is taken over
 
 
 def quick_model(corpus):
@@ -43,6 +49,27 @@ def quantized(fresh, name, calibration):
     if name == "fp32":
         return model
     return quantize(model, name, calibration=calibration if name in CALIBRATED else None)
+
+
+def log_probs(model, tokens, windows):
+    """Next-token log-probabilities (windows, context, vocab), float32, of consecutive
+    windows of ``tokens``."""
+    context = model.config.context_length
+    windows = min(windows, len(tokens) // context)
+    ids = np.asarray(tokens[: windows * context], np.int64).reshape(windows, context)
+    out = []
+    with no_grad():
+        for start in range(0, windows, 8):
+            logits = model(ids[start : start + 8])[0].numpy()  # (b, context, vocab)
+            logits = logits - logits.max(axis=-1, keepdims=True)
+            out.append(logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True)))
+    return np.concatenate(out)
+
+
+def kl_divergence(reference, log_p):
+    """Mean over tokens of KL(reference || p), both log-probabilities."""
+    reference, log_p = reference.astype(np.float64), log_p.astype(np.float64)
+    return float((np.exp(reference) * (reference - log_p)).sum(axis=-1).mean())
 
 
 def main():
@@ -71,14 +98,17 @@ def main():
     table_head(
         "Weight bytes and validation perplexity by format (peer: fp32)",
         ["format", "linear bytes", "model bytes", "val loss", "val ppl", "vs fp32",
-         "recovered", "load+quantize s", "eval s"],
+         "recovered", "KL", "load+quantize s", "eval s"],
     )  # fmt: skip
     ppl = {}
+    val = validation_tokens(args.corpus, tokenizer)
+    reference = log_probs(fresh(), val, KL_WINDOWS)
     for name in FORMATS:
         model, quantize_seconds = timed(quantized, fresh, name, calibration)
         sizes = weight_bytes(model)
         measures, seconds = timed(corpus_measures, model, tokenizer, args.corpus, windows)
         ppl[name] = measures["val_ppl"]
+        kl = kl_divergence(reference, log_probs(model, val, KL_WINDOWS))
         change = ppl[name] / ppl["fp32"] - 1
         flag = " (over 1%)" if name in ("int8", "q8_0") and abs(change) > TARGET else ""
         recovered = "-"
@@ -87,7 +117,8 @@ def main():
             recovered = f"{share:.0%}" + (" (under half)" if share < RECOVERY else "")
         table_row([
             name, f"{sizes['linear']:,}", f"{sizes['total']:,}", f"{measures['val_loss']:.4f}",
-            f"{ppl[name]:.3f}", f"{change:+.2%}{flag}", recovered, f"{quantize_seconds:.1f}",
+            f"{ppl[name]:.3f}", f"{change:+.2%}{flag}", recovered, f"{kl:.2e}",
+            f"{quantize_seconds:.1f}",
             f"{seconds:.1f}",
         ])  # fmt: skip
 

@@ -7,7 +7,7 @@ import pytest
 
 from tinyllm.models import Transformer, get_preset
 from tinyllm.quant import QuantizedLinear, formats, quantize
-from tinyllm.quant.awq import ALPHAS, fold_scales, rounded, search_scale
+from tinyllm.quant.awq import ALPHAS, clipped_q4_0, fold_scales, rounded, search_scale
 from tinyllm.quant.calibration import InputStats
 
 
@@ -57,7 +57,7 @@ def test_gqa_scales_are_shared_by_the_query_heads_of_a_group():
 def inputs_with_outliers(n, cols, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, cols)).astype(np.float32)
-    x[:, [7, 40, 99]] *= 25  # salient channels
+    x[:, [7, 40, 90]] *= 25  # salient channels
     return x
 
 
@@ -107,3 +107,26 @@ def test_an_awq_model_is_q4_0_and_closer_to_the_float_model_on_its_calibration_t
         assert len(layers) == 14 and {m.format for m in layers} == {"q4_0"}
         errors[name] = np.abs(model(IDS)[0].numpy() - exact).mean()
     assert errors["awq"] < errors["q4_0"]
+
+
+def test_clipping_lowers_each_groups_output_error_and_falls_back_to_q4_0():
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((16, 96)).astype(np.float32)  # (out, in)
+    w[:, 10] *= 6  # a weight column far out: worth clipping where its input is small
+    x = inputs_with_outliers(400, 96, seed=8)
+    xtx = x.T.astype(np.float64) @ x / len(x)
+    parts = clipped_q4_0(w, xtx)
+    rtn = formats.quantize(w, "q4_0")
+
+    def group_errors(p):  # (out, groups): e^T G e per group of 32 inputs
+        e = (formats.dequantize(p, "q4_0") - w).reshape(16, 3, 32)
+        return np.stack([np.einsum("ri,ij,rj->r", e[:, g], xtx[32 * g : 32 * g + 32,
+                                                               32 * g : 32 * g + 32], e[:, g])
+                         for g in range(3)], axis=1)  # fmt: skip
+
+    ours, theirs = group_errors(parts), group_errors(rtn)
+    assert (ours <= theirs * (1 + 1e-9)).all() and ours.sum() < 0.9 * theirs.sum()
+    assert (np.abs(parts["scales"]) <= np.abs(rtn["scales"])).all()  # ranges only shrink
+    same = clipped_q4_0(w, np.zeros((96, 96)))  # no error to lower: round to nearest
+    for key in rtn:
+        np.testing.assert_array_equal(same[key], rtn[key])

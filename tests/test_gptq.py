@@ -7,7 +7,7 @@ import pytest
 
 from tinyllm.models import Transformer, get_preset
 from tinyllm.quant import formats, quantize
-from tinyllm.quant.calibration import block_inputs, record_inputs
+from tinyllm.quant.calibration import block_inputs, record_inputs, run_block
 from tinyllm.quant.gptq import gptq_quantize
 
 
@@ -136,3 +136,28 @@ def test_a_models_first_layers_get_gptq_of_their_float_inputs():
         np.testing.assert_array_equal(ours[0][key].numpy(), expected[key][:rows])
         np.testing.assert_array_equal(ours[1][key].numpy(), expected[key][rows:])
     assert list(firsts) == ["attention.q_proj"]
+
+
+def test_later_blocks_read_the_quantized_earlier_blocks_outputs():
+    """Block 1's q, k and v get the Hessian of block 0's output with block 0 quantized."""
+    config = get_preset("tiny", vocab_size=40, n_layer=2, d_model=64, n_head=4)
+    ids = np.random.default_rng(6).integers(0, 40, (6, 16))
+    model = quantize(Transformer(config.replace(context_length=16), seed=0).eval(), "gptq",
+                     calibration=ids)  # fmt: skip
+    mixed = Transformer(config.replace(context_length=16), seed=0).eval()  # float weights
+    for path, layer in model.blocks[0].named_modules():
+        if type(layer).__name__ == "QuantizedLinear":
+            mixed.blocks[0].set_submodule(path, layer)  # block 0 as GPTQ left it
+    inputs = run_block(mixed.blocks[0], block_inputs(mixed, ids))
+    stats, _ = record_inputs(mixed.blocks[1], inputs, ["attention.q_proj"])
+    attention = mixed.blocks[1].attention
+    stacked = np.concatenate([getattr(attention, f"{n}_proj").weight.numpy().T for n in "qkv"])
+    expected = gptq_quantize(stacked, stats["attention.q_proj"].hessian())
+    rows = attention.q_proj.weight.shape[1]
+    ours = model.blocks[1].attention.v_proj.weight
+    for key in expected:
+        np.testing.assert_array_equal(ours[key].numpy(), expected[key][2 * rows :])
+    float_stats, _ = record_inputs(mixed.blocks[1], run_block(
+        Transformer(config.replace(context_length=16), seed=0).eval().blocks[0],
+        block_inputs(mixed, ids)), ["attention.q_proj"])  # fmt: skip
+    assert not np.allclose(float_stats["attention.q_proj"].xtx, stats["attention.q_proj"].xtx)

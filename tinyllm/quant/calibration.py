@@ -37,7 +37,8 @@ from ..autograd import Tensor, no_grad, to_numpy
 from ..data import encode_corpus, load_corpus, train_val_split
 from ..nn import Linear, Module
 
-N_SEQUENCES = 128  # calibration windows by default (AWQ's and GPTQ's papers use 128 too)
+N_SEQUENCES = 256  # calibration windows by default: 32,768 tokens at a context of 128 (the
+# papers take 128 sequences of 512 (AWQ) or 2,048 (GPTQ) tokens; short contexts need more windows)
 VAL_FRACTION = 0.1  # the held-out end of a corpus, as pretraining splits it
 BATCH = 16  # windows run through the model at once
 
@@ -105,14 +106,22 @@ class InputStats:
 class _Recorder(Module):
     """Stands in for a layer while its inputs are recorded; computes what the layer does."""
 
-    def __init__(self, path, layer, stats, firsts):
-        self.path, self.layer, self.stats, self.firsts = path, layer, stats, firsts
+    def __init__(self, path, layer, stats, log):
+        self.path, self.layer, self.stats, self.log = path, layer, stats, log
 
     def forward(self, x):
-        if self.path not in self.firsts:  # in call order; tells which layers share an input
-            self.firsts[self.path] = x
+        if self.path not in self.log.firsts:  # in call order; tells which layers share an input
+            self.log.firsts[self.path] = x
         self.stats.add(x.data if isinstance(x, Tensor) else x)
         return self.layer(x)
+
+
+class _FirstInputs:
+    """{path: the first input} in call order, shared by the recorders of one pass (a plain
+    object: a Module would take a dict attribute for named submodules)."""
+
+    def __init__(self):
+        self.firsts = {}
 
 
 class _Caught(Exception):
@@ -167,9 +176,9 @@ def record_inputs(block, chunks, paths):
     order the layers were first called, its values telling which layers read one input (the
     same object: q, k and v). A layer never called has count 0 and no first input."""
     layers = dict(block.named_modules())
-    firsts = {}
+    log = _FirstInputs()
     recorders = {
-        p: _Recorder(p, layers[p], InputStats(layers[p].weight.shape[0]), firsts) for p in paths
+        p: _Recorder(p, layers[p], InputStats(layers[p].weight.shape[0]), log) for p in paths
     }
     for path, recorder in recorders.items():
         block.set_submodule(path, recorder)
@@ -178,4 +187,4 @@ def record_inputs(block, chunks, paths):
     finally:
         for path, recorder in recorders.items():
             block.set_submodule(path, recorder.layer)
-    return {p: r.stats for p, r in recorders.items()}, firsts
+    return {p: r.stats for p, r in recorders.items()}, log.firsts
