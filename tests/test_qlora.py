@@ -314,9 +314,11 @@ def test_cli_lora_quantize_trains_on_a_4_bit_base_rebuilds_resumes_and_reports_m
         in capsys.readouterr().err
     )
     with pytest.raises(
-        ValueError, match="quantize='q3_k': expected none or a quantization scheme: f16"
+        ValueError, match="quantize='q3_k': expected none or a quantization scheme that needs no"
     ):
         LoRAConfig(quantize="q3_k")
+    with pytest.raises(ValueError, match="quantize='gptq'.*calibration text: f16, .*q4_0$"):
+        LoRAConfig(quantize="gptq")  # AWQ and GPTQ fit on calibration text: not offered here
 
 
 def test_qlora_trains_the_same_under_compiled_jax():

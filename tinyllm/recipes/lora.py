@@ -57,6 +57,9 @@ from .sft import SFTConfig, fine_tune
 TRAIN_DEFAULTS = dict(steps=800, batch_size=8, lr=5e-3, min_lr=5e-4, eval_interval=100,
                       weight_decay=0.0)  # fmt: skip
 
+# The schemes a frozen base can take here: those that round without calibration text
+ROUNDED = tuple(name for name, scheme in SCHEMES.items() if scheme.calibrate is None)
+
 
 TOKEN_CHOICES = ("none", "chat", "data")
 
@@ -94,7 +97,7 @@ class LoRAConfig(SFTConfig):
         metadata={
             "help": "store the frozen model's linear layers in this format before adding the "
             "adapters (QLoRA: q4_0), dequantized on the fly; the output layer stays float32",
-            "choices": ("none", *SCHEMES),
+            "choices": ("none", *ROUNDED),
         },
     )
 
@@ -111,10 +114,10 @@ class LoRAConfig(SFTConfig):
             raise ValueError(
                 f"LoRAConfig: tokens={self.tokens!r}: expected one of {', '.join(TOKEN_CHOICES)}"
             )
-        if self.quantize != "none" and self.quantize not in SCHEMES:
+        if self.quantize != "none" and self.quantize not in ROUNDED:
             raise ValueError(
                 f"LoRAConfig: quantize={self.quantize!r}: expected none or a quantization "
-                f"scheme: {', '.join(SCHEMES)}"
+                f"scheme that needs no calibration text: {', '.join(ROUNDED)}"
             )
 
     @property
