@@ -3,8 +3,8 @@ float32 (matmul and attention, forward and backward), float32 master weights and
 moments through a compiled JAX run, dynamic loss scaling, generation's ``dtype`` and the
 ``--dtype`` flags; NumPy and CuPy refusing what they cannot do.
 
-Tests named ``jax`` run on the CPU here and on a GPU in ``benchmarks/gpu_checks.sh``; those
-named ``cupy`` need CuPy and a GPU and skip without them.
+Tests named ``jax`` run on the CPU, and on a GPU where JAX sees one; those named ``cupy``
+need CuPy and a GPU and skip without them.
 """
 
 import types
