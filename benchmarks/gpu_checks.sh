@@ -38,7 +38,7 @@ part() {  # part NAME SECONDS COMMAND...: run it, unless other parts were named
 
 part tests 180 python3 -m pytest -q -x -p no:cacheprovider tests/test_backends.py \
   tests/test_generate_jax.py tests/test_kv_cache.py tests/test_batched_generate.py \
-  tests/test_speculative.py -k "jax or cupy or gpu or backend"
+  tests/test_speculative.py tests/test_precision.py -k "jax or cupy or gpu or backend"
 part bench_generate 100 python3 benchmarks/bench_generate.py --only backends
 for backend in cupy jax; do  # the first also trains the BPE tokenizer (then cached)
   part "speedrun_$backend" $([ $backend = cupy ] && echo 150 || echo 110) python3 -m tinyllm.cli speedrun --backend "$backend" \

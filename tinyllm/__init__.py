@@ -19,6 +19,7 @@ from .backend import (
     set_backend,
     use_backend,
 )
+from .backend.precision import compute_dtype, precision
 
 __all__ = [
     "BackendUnavailable",
@@ -26,11 +27,13 @@ __all__ = [
     "Tensor",
     "__version__",
     "available_backends",
+    "compute_dtype",
     "functional",
     "get_backend",
     "gradcheck",
     "jit",
     "no_grad",
+    "precision",
     "set_backend",
     "to_numpy",
     "use_backend",

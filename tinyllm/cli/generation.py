@@ -3,6 +3,8 @@
 import sys
 import time
 
+from tinyllm.backend.precision import COMPUTE_DTYPES
+
 from .flags import add_sampling_flags, integer
 
 
@@ -49,6 +51,13 @@ def configure_sample(parser):
         default=4,
         help="tokens proposed per round with --draft or --prompt-lookup (default: 4)",
     )
+    parser.add_argument(
+        "--dtype",
+        choices=COMPUTE_DTYPES,
+        default="float32",
+        help="the dtype of matmuls and attention: bfloat16 on the JAX backend, float16 on "
+        "JAX or CuPy (default: %(default)s)",
+    )
 
 
 def run_sample(args):
@@ -70,6 +79,7 @@ def run_sample(args):
             top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
             decode=tokenizer.decode, seed=args.seed + index, draft=draft,
             prompt_lookup=args.prompt_lookup, draft_tokens=args.draft_tokens, stats=stats,
+            dtype=args.dtype,
         )  # fmt: skip
         print(text, end="", flush=True)
         for _, piece in pieces:  # printed as each token is decoded

@@ -27,6 +27,11 @@ is a constant, never differentiated.
 A query that sees no key at all (a padding query, say) has no distribution to average
 over; its output row is 0, and so is every gradient through it, rather than NaN.
 
+Mixed precision (``tinyllm.precision("bfloat16")``, see ``backend/precision.py``): the
+six products (two forward, four backward) take bfloat16 / float16 inputs and sum and
+return float32; the mask, the softmax and ``rowsum(dO * O)`` stay float32. The forward
+keeps its product inputs (q, k, v and P) in the compute dtype for backward.
+
 >>> import numpy as np, tinyllm
 >>> q = k = v = tinyllm.Tensor(np.eye(2, dtype=np.float32).reshape(1, 1, 2, 2))
 >>> scaled_dot_product_attention(q, k, v).numpy()[0, 0, 0]   # query 0 sees only key 0
@@ -34,11 +39,13 @@ array([1., 0.], dtype=float32)
 """
 
 import math
+import operator
 
 import numpy as np
 
 from ..autograd.function import Function
 from ..autograd.tensor import Tensor
+from ..backend.precision import lower, matmul_f32, product_dtype
 
 
 def _check(q, k, v, mask):
@@ -100,8 +107,11 @@ class ScaledDotProductAttention(Function):
         G = H // H_kv
         scale = 1.0 / math.sqrt(D) if scale is None else scale
 
+        dtype = product_dtype(backend)  # None: float32, the policy is off
+        mm = operator.matmul if dtype is None else matmul_f32  # (matmul_f32: float32 out)
         q_scaled = (q * scale).reshape(B, H_kv, G * T, D)  # query heads of a group stacked
-        scores = q_scaled @ xp.swapaxes(k, -1, -2)  # (B, H_kv, G*T, S)
+        q_scaled, k, v = lower(q_scaled, dtype), lower(k, dtype), lower(v, dtype)
+        scores = mm(q_scaled, xp.swapaxes(k, -1, -2))  # (B, H_kv, G*T, S)
         bias = 0.0  # (B|1, H_kv|1, G|1, T, S): 0 where a query may see a key, -inf where not
         if causal:  # -inf where a key lies in a query's future (or too far in its past)
             visible = xp.tril(xp.ones((T, S), dtype=bool), k=S - T)  # (T, S)
@@ -118,26 +128,30 @@ class ScaledDotProductAttention(Function):
         e = xp.exp(scores - xp.where(row_max == -xp.inf, 0.0, row_max))  # softmax over keys
         total = backend.sum_last(e)  # >= 1 where a key is visible, 0 where none is
         probs = e / xp.where(total == 0, 1.0, total)  # a row that sees nothing stays all 0
-        out = probs @ v  # (B, H_kv, G*T, D)
+        probs = lower(probs, dtype)
+        out = mm(probs, v)  # (B, H_kv, G*T, D)
 
         ctx.save_for_backward(q_scaled, k, v, probs, out)
-        ctx.scale, ctx.q_shape = scale, q.shape
+        ctx.scale, ctx.q_shape, ctx.mm = scale, q.shape, mm
         return out.reshape(B, H, T, D)
 
     @staticmethod
     def backward(ctx, grad):
         q_scaled, k, v, probs, out = ctx.saved
-        xp, backend = ctx.xp, ctx.backend
+        xp, backend, mm = ctx.xp, ctx.backend, ctx.mm
+        dtype = None if mm is operator.matmul else v.dtype  # the forward's compute dtype
         grad_out = grad.reshape(out.shape)  # (B, H_kv, G*T, D)
-        grad_v = xp.swapaxes(probs, -1, -2) @ grad_out if ctx.needs_grad[2] else None
-        grad_probs = grad_out @ xp.swapaxes(v, -1, -2)  # (B, H_kv, G*T, S)
+        grad_out_low = lower(grad_out, dtype)
+        grad_v = mm(xp.swapaxes(probs, -1, -2), grad_out_low) if ctx.needs_grad[2] else None
+        grad_probs = mm(grad_out_low, xp.swapaxes(v, -1, -2))  # (B, H_kv, G*T, S)
         row_dot = backend.dot_last(grad_out, out)  # (B, H_kv, G*T, 1): rowsum(dO * O)
         grad_scores = probs * (grad_probs - row_dot)  # P * (dP - rowsum(dO * O))
+        grad_scores = lower(grad_scores, dtype)
         grad_q = grad_k = None
         if ctx.needs_grad[0]:
-            grad_q = ((grad_scores @ k) * ctx.scale).reshape(ctx.q_shape)
+            grad_q = (mm(grad_scores, k) * ctx.scale).reshape(ctx.q_shape)
         if ctx.needs_grad[1]:
-            grad_k = xp.swapaxes(grad_scores, -1, -2) @ q_scaled
+            grad_k = mm(xp.swapaxes(grad_scores, -1, -2), q_scaled)
         return grad_q, grad_k, grad_v
 
 

@@ -23,6 +23,7 @@ import weakref
 import numpy as np
 
 from ..autograd import Tensor, to_numpy
+from ..backend.precision import compute_dtype
 from ..nn.kv_cache import KVCache, StaticKVCache
 from ..nn.module import inference
 
@@ -86,14 +87,16 @@ _PROGRAMS = weakref.WeakKeyDictionary()  # model -> {name: a compiled forward of
 
 
 def compiled(model, forward):
-    """``forward(model, ...)`` compiled for ``model``, once: later calls of ``generate``
-    reuse the compilation (a new input shape still compiles anew, as ``jit`` does)."""
+    """``forward(model, ...)`` compiled for ``model``, once per compute dtype: later calls of
+    ``generate`` reuse the compilation (a new input shape still compiles anew, as ``jit``
+    does)."""
     programs = _PROGRAMS.setdefault(model, {})
-    if forward.__name__ not in programs:
+    name = (forward.__name__, compute_dtype())  # the dtype is read as jit traces: a key
+    if name not in programs:
         backend = model.token_embedding.weight.backend
         # a weak reference: the compiled program must not keep the model alive
-        programs[forward.__name__] = backend.jit(functools.partial(forward, weakref.proxy(model)))
-    return programs[forward.__name__]
+        programs[name] = backend.jit(functools.partial(forward, weakref.proxy(model)))
+    return programs[name]
 
 
 def padding_keywords(model, pads, start, end, keys=None):

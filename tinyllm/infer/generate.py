@@ -25,6 +25,9 @@ get each row's real positions, counted from its first real token; RoPE needs non
 scores depend only on how far apart two tokens are, which the padding does not change).
 Each row then gets the tokens it gets alone. Such a batch does not slide: its longest
 prompt and the new tokens must fit in the context.
+
+``dtype="bfloat16"`` (JAX) or ``"float16"`` (JAX, CuPy) runs every forward's matmuls and
+attention in that dtype (``backend/precision.py``); the weights stay float32.
 """
 
 import numbers
@@ -32,6 +35,7 @@ import numbers
 import numpy as np
 
 from ..autograd import Tensor, to_numpy
+from ..backend.precision import check_compute_dtype, precision
 from ..nn.module import inference
 from .decoder import CachedDecoder, compiled, padding_keywords
 from .sampling import _is_integer, check_sampling_settings, sample_next
@@ -43,6 +47,7 @@ def stream_generate(
     model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
     repetition_penalty=None, stop_token_ids=None, stop_strings=None, decode=None, pad_id=-1,
     seed=0, use_cache=True, draft=None, draft_tokens=4, prompt_lookup=None, stats=None,
+    dtype="float32",
 ):  # fmt: skip
     """Yield the new tokens after ``ids`` (B, T) as they are produced, one step at a time.
 
@@ -70,6 +75,7 @@ def stream_generate(
     forward of ``model`` checks them all. The tokens have exactly the distribution they
     have without it (greedy: the same tokens). ``stats`` (a ``GenerationStats``) is filled
     in as the stream runs: new tokens, forward passes, proposals and acceptances.
+    ``dtype`` is the compute dtype of the forwards: "float32", "bfloat16" or "float16".
     Eval mode and ``no_grad`` hold only around each forward, so code reading the stream
     between steps sees the model's own mode and records gradients as usual.
 
@@ -84,13 +90,14 @@ def stream_generate(
         min_p=min_p, repetition_penalty=repetition_penalty, stop_token_ids=stop_token_ids,
         stop_strings=stop_strings, decode=decode, pad_id=pad_id, seed=seed, use_cache=use_cache,
         draft=draft, draft_tokens=draft_tokens, prompt_lookup=prompt_lookup, stats=stats,
+        dtype=dtype,
     )[0]  # fmt: skip
 
 
 def _start(
     model, ids, max_new_tokens, *, temperature, top_k, top_p, min_p, repetition_penalty,
     stop_token_ids, stop_strings, decode, pad_id, seed, use_cache, draft, draft_tokens,
-    prompt_lookup, stats,
+    prompt_lookup, stats, dtype,
 ):  # fmt: skip
     """The checked settings of ``stream_generate`` -> ``(stream, stops, prompts, pads)``:
     ``prompts`` (B, T) padded on the left if ragged, ``pads`` (B,) how many padding columns
@@ -126,6 +133,7 @@ def _start(
         stats = GenerationStats()
     elif not isinstance(stats, GenerationStats):
         raise ValueError(f"stats={stats!r}: expected a GenerationStats to fill in, or None")
+    check_compute_dtype(model.token_embedding.weight.backend, dtype)
     rng = np.random.default_rng(seed)
     proposer = _proposer(model, ids, max_new_tokens, draft, draft_tokens, prompt_lookup, use_cache)
     if proposer is None:
@@ -134,7 +142,18 @@ def _start(
         stream = speculative_stream(
             model, ids, max_new_tokens, sampling, stops, rng, stats, draft=proposer, k=draft_tokens
         )
-    return stream, stops, ids, pads
+    return _in_precision(dtype, stream), stops, ids, pads
+
+
+def _in_precision(dtype, stream):
+    """``stream``, each of its steps run under the compute dtype ``dtype``: the forwards
+    run (and compile) inside ``next``, whenever the caller asks for the next token."""
+    while True:
+        with precision(dtype):
+            step = next(stream, None)
+        if step is None:
+            return
+        yield step
 
 
 def _proposer(model, ids, max_new_tokens, draft, draft_tokens, prompt_lookup, use_cache):
@@ -182,6 +201,7 @@ def generate(
     model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
     repetition_penalty=None, stop_token_ids=None, stop_strings=None, decode=None, pad_id=-1,
     seed=0, use_cache=True, draft=None, draft_tokens=4, prompt_lookup=None, stats=None,
+    dtype="float32",
 ):  # fmt: skip
     """``ids`` (B, T) followed by the sampled tokens: an int64 array (B, T + n).
 
@@ -208,6 +228,7 @@ def generate(
         min_p=min_p, repetition_penalty=repetition_penalty, stop_token_ids=stop_token_ids,
         stop_strings=stop_strings, decode=decode, pad_id=pad_id, seed=seed, use_cache=use_cache,
         draft=draft, draft_tokens=draft_tokens, prompt_lookup=prompt_lookup, stats=stats,
+        dtype=dtype,
     )  # fmt: skip
     new_ids = [step[0] if decode is not None else step for step in steps]  # each (B,)
     B = len(prompts)

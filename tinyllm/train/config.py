@@ -22,6 +22,7 @@ ValueError: TrainConfig: steps=0 must be an integer >= 1
 import dataclasses
 from dataclasses import field
 
+from ..backend.precision import COMPUTE_DTYPES
 from ..config import Config
 from ..optim import SCHEDULES
 from .sharding import SHARD_MODES
@@ -60,6 +61,14 @@ class TrainConfig(Config):
     eps: float = field(default=1e-8, metadata={"help": "AdamW's denominator guard"})
     grad_clip: float = field(
         default=1.0, metadata={"help": "clip the global gradient norm to this; 0 turns it off"}
+    )
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "the dtype of matmuls and attention (weights, gradients and AdamW stay "
+            "float32): bfloat16 on JAX, float16 with loss scaling on JAX or CuPy",
+            "choices": COMPUTE_DTYPES,
+        },
     )
     eval_interval: int = field(
         default=250,
@@ -116,6 +125,8 @@ class TrainConfig(Config):
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 fail(f"{name}={getattr(self, name)!r} must be in [0, 1)")
+        if self.dtype not in COMPUTE_DTYPES:
+            fail(f"unknown dtype {self.dtype!r}; expected one of {', '.join(COMPUTE_DTYPES)}")
         if self.schedule not in SCHEDULES:
             fail(f"unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}")
         if self.warmup_steps > self.steps:

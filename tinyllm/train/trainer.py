@@ -26,8 +26,8 @@ norm: micro-batch by micro-batch through ``value_and_grad``, each with its own d
 ``(seed, step, micro-batch)``. Both executions run it. On NumPy and CuPy it runs eagerly
 and the optimizer then updates the parameters in place (a few passes over flat buffers).
 Under JAX the whole step, ``_gradients`` and the optimizer's pure ``update``, is one
-function ``(params, opt_state, micro_batches, lr, step) -> (params, opt_state, loss,
-grad_norm, metrics)`` compiled with ``jax.jit``: tinyllm's autograd is traced into it.
+function ``(params, opt_state, micro_batches, lr, step, scale) -> (params, opt_state, loss,
+grad_norm, metrics)`` compiled with ``jax.jit`` (``scale``: float16's loss scale, or None): tinyllm's autograd is traced into it.
 It is traced and compiled once, at the first step (``compile_seconds``, logged with that
 step), and then only run. Its parameters and optimizer state are *donated*: XLA writes the
 new ones into the old ones' memory, so a step keeps one copy of them, not two (the old
@@ -36,6 +36,13 @@ arrays are gone after the call; a step whose loss is not finite returns them unc
 With ``config.shard`` (or ``config.devices`` > 1) the compiled step runs over several JAX
 devices, each on its rows of the batch, with the parameters and AdamW's moments laid out
 as ``sharding.py`` explains (``dp``, ``zero1``, ``fsdp``); XLA adds the communication.
+
+``config.dtype`` sets the compute dtype (``backend/precision.py``) around ``_gradients`` and
+the validation loss, so it is in force while ``jax.jit`` traces them: matmuls and attention
+in bfloat16 or float16, the rest - weights, gradients, AdamW's moments - in float32. Under
+float16 a ``LossScaler`` (``loss_scaling.py``) scales the loss before backward, unscales the
+gradients before clipping, and skips a step whose gradients overflowed (logged with its
+``loss_scale``).
 
 >>> import numpy as np
 >>> from tinyllm.data import RandomBatches
@@ -63,9 +70,11 @@ from tqdm import tqdm  # the text bar: no widget dependency in notebooks
 
 from ..autograd import Tensor, no_grad, value_and_grad
 from ..backend import backend_of
+from ..backend.precision import check_compute_dtype, precision
 from ..nn import Dropout, dropout_key
 from ..optim import AdamW, clip_grads, get_schedule, global_norm
 from . import checkpoint as ckpt
+from .loss_scaling import LossScaler
 from .metrics import MetricsLog, plot_losses, read_metrics
 from .sharding import ShardingPlan
 
@@ -106,6 +115,7 @@ class Trainer:
     batch)`` returns a scalar loss Tensor or ``(loss, metrics)``. ``eval_fn(model)`` returns
     a dict of numbers logged at each evaluation (an exact-match accuracy, say);
     ``sample_fn(model)`` returns a list of strings. With no ``out_dir`` nothing is written.
+    ``loss_scaler`` (a ``LossScaler``) scales the loss; float16 gets one by default.
     """
 
     def __init__(
@@ -121,6 +131,7 @@ class Trainer:
         eval_fn=None,
         tokenizer=None,
         optimizer=None,
+        loss_scaler=None,
         title="training",
     ):
         self.model, self.config, self.train_batches = model, config, train_batches
@@ -141,6 +152,10 @@ class Trainer:
         )
         self.schedule = get_schedule(config.schedule)
         self.backend = trainable[0][1].backend
+        check_compute_dtype(self.backend, config.dtype)
+        if loss_scaler is None and config.dtype == "float16":
+            loss_scaler = LossScaler()
+        self.loss_scaler = loss_scaler
         self.compiled = self.backend.name == "jax"
         self.step = 0
         self.seconds = 0.0  # wall time before this session (from a checkpoint)
@@ -284,6 +299,8 @@ class Trainer:
         }
         if hasattr(self.train_batches, "state_dict"):
             state["data"] = self.train_batches.state_dict()
+        if self.loss_scaler is not None:
+            state["loss_scale"] = self.loss_scaler.state_dict()
         path = ckpt.save_checkpoint(
             self.out_dir,
             model=self.model,
@@ -311,21 +328,27 @@ class Trainer:
             module.seed = seed
         if "data" in state and hasattr(self.train_batches, "load_state_dict"):
             self.train_batches.load_state_dict(state["data"])
+        if "loss_scale" in state and self.loss_scaler is not None:
+            self.loss_scaler.load_state_dict(state["loss_scale"])
         if self.compiled:
             self.opt_state = self.optimizer.state
         return state
 
     # --- one step ---------------------------------------------------------------------------
-    def _gradients(self, params, micro_batches, step):
+    def _gradients(self, params, micro_batches, step, scale=None):
         """The step's mean loss, mean metrics, clipped mean gradients and their norm before
         clipping; pure, so the compiled step traces it. Each micro-batch draws its dropout
-        masks from the key ``(seed, step, index)``."""
+        masks from the key ``(seed, step, index)``. ``scale``: the loss scale, or None."""
+        with precision(self.config.dtype):  # read by every matmul, as jax.jit traces too
+            return self._scaled_gradients(params, micro_batches, step, scale)
+
+    def _scaled_gradients(self, params, micro_batches, step, scale):
         n = len(micro_batches)
         loss_and_grads = value_and_grad(self._bound_loss, has_aux=True)
         loss, grads, metrics = 0.0, None, {}
         for index, batch in enumerate(micro_batches):  # unrolled: one program for the step
             key = (self.config.seed, step, index)
-            (micro_loss, micro_metrics), micro_grads = loss_and_grads(params, batch, key)
+            (micro_loss, micro_metrics), micro_grads = loss_and_grads(params, batch, key, scale)
             loss = loss + micro_loss / n
             if grads is None:
                 grads = micro_grads
@@ -335,6 +358,9 @@ class Trainer:
                 metrics[name] = metrics.get(name, 0) + (value if name == "tokens" else value / n)
         if n > 1:  # the mean of the micro-batches' gradients
             grads = {name: g / n for name, g in grads.items()}
+        if scale is not None:  # the true loss and gradients, in float32, before clipping
+            loss = loss / scale
+            grads = {name: g / scale for name, g in grads.items()}
         if self.config.grad_clip:
             grads, norm = clip_grads(grads, self.config.grad_clip)
         else:
@@ -343,18 +369,23 @@ class Trainer:
 
     def _train_step(self, micro_batches, lr):
         """One optimizer step; returns (loss, gradient norm, metrics) as floats."""
+        scale = None if self.loss_scaler is None else self.loss_scaler.scale
         if not self.compiled:
-            loss, grads, norm, metrics = self._gradients(self._params(), micro_batches, self.step)
-            loss, norm = float(loss), float(norm)
+            loss, grads, norm, metrics = self._gradients(
+                self._params(), micro_batches, self.step, scale
+            )
+            loss, norm, metrics = self._floats(loss, norm, metrics, scale)
+            if self._overflowed(loss, norm, scale):
+                return loss, norm, metrics  # float16 overflowed: step skipped, scale halved
             self._check_finite(loss, norm, lr)  # before the weights change
             for name, p in self.optimizer.named_parameters():
                 p.grad = grads[name]
             self.optimizer.lr = lr
             self.optimizer.step()  # in place, over the optimizer's flat buffers
-            return loss, norm, {name: float(value) for name, value in metrics.items()}
+            return loss, norm, metrics
         if self.plan is not None:
             micro_batches = [self.plan.place_batch(batch) for batch in micro_batches]
-        args = (self._params(), self.opt_state, micro_batches, lr, self.step)
+        args = (self._params(), self.opt_state, micro_batches, lr, self.step, scale)
         if self.compile_seconds is None:  # trace and compile now, timed; the call reuses it
             start = time.perf_counter()
             self.step_program = self._compiled_step.lower(*args).compile()
@@ -362,13 +393,32 @@ class Trainer:
         params, self.opt_state, loss, norm, metrics = self._compiled_step(*args)
         for name, p in self.optimizer.named_parameters():  # the old arrays were donated
             p.data = params[name]
-        loss, norm = float(loss), float(norm)
+        loss, norm, metrics = self._floats(loss, norm, metrics, scale)
+        if self._overflowed(loss, norm, scale):
+            return loss, norm, metrics  # the step kept the old weights; scale halved
         self._check_finite(loss, norm, lr)  # the step kept the old weights if not finite
-        return loss, norm, {name: float(value) for name, value in metrics.items()}
+        return loss, norm, metrics
 
-    def _pure_step(self, params, opt_state, micro_batches, lr, step):
+    @staticmethod
+    def _floats(loss, norm, metrics, scale):
+        """The step's loss, gradient norm and metrics as Python floats (with the loss scale)."""
+        metrics = {name: float(value) for name, value in metrics.items()}
+        if scale is not None:
+            metrics["loss_scale"] = scale
+        return float(loss), float(norm), metrics
+
+    def _overflowed(self, loss, norm, scale):
+        """Under loss scaling: whether float16 gradients overflowed (a finite loss, a
+        non-finite norm), so the step is skipped; tells the scaler either way."""
+        return (
+            scale is not None
+            and math.isfinite(loss)
+            and not self.loss_scaler.update(math.isfinite(norm))
+        )
+
+    def _pure_step(self, params, opt_state, micro_batches, lr, step, scale=None):
         """The whole step as a pure function of arrays, for ``jax.jit``."""
-        loss, grads, norm, metrics = self._gradients(params, micro_batches, step)
+        loss, grads, norm, metrics = self._gradients(params, micro_batches, step, scale)
         new_params, new_state = self.optimizer.update(params, grads, opt_state, lr)
         xp = self.backend.xp
         finite = xp.isfinite(loss) & xp.isfinite(norm)  # else: keep what came in
@@ -378,8 +428,9 @@ class Trainer:
             params, opt_state = self.plan.constrain(params, opt_state)
         return params, opt_state, loss, norm, metrics
 
-    def _bound_loss(self, tensors, batch, key=None):
-        """``(loss, metrics)`` of ``loss_fn`` with ``tensors`` in place of the parameters."""
+    def _bound_loss(self, tensors, batch, key=None, scale=None):
+        """``(loss, metrics)`` of ``loss_fn`` with ``tensors`` in place of the parameters;
+        the loss times ``scale`` when given (float16's loss scaling)."""
         with self.model.bind(tensors), dropout_key(self.model, key or (self.config.seed,)):
             out = self.loss_fn(self.model, batch)
         loss, metrics = out if isinstance(out, tuple) else (out, {})
@@ -388,10 +439,10 @@ class Trainer:
                 "Trainer: loss_fn(model, batch) must return a scalar loss Tensor or "
                 f"(loss, metrics), got {type(loss).__name__}"
             )
-        return loss, metrics
+        return (loss, metrics) if scale is None else (loss * scale, metrics)
 
     def _pure_eval_loss(self, params, batch):
-        with no_grad():
+        with no_grad(), precision(self.config.dtype):
             tensors = {name: Tensor(array) for name, array in params.items()}
             loss, metrics = self._bound_loss(tensors, batch)
             return loss.data, {
