@@ -192,8 +192,12 @@ def test_quantize_refuses_unknown_schemes_and_quantized_models():
 
 def test_rows_a_block_cannot_hold_fall_back_to_int8_by_name():
     model = small_model(d_model=48)  # attention rows of 48 weights; MLP down rows of 192
-    with pytest.warns(UserWarning, match="blocks.0.attention.q_proj .*48.*int8 per channel"):
+    with pytest.warns(
+        UserWarning, match="blocks.0.attention.q_proj, .*48.*int8 per channel"
+    ) as got:
         quantize(model, "q4_0")
+    assert len(got) == 1  # one warning for all of them
+    assert "blocks.1.attention.o_proj" in str(got[0].message)
     layers = {p: m.format for p, m in model.named_modules() if isinstance(m, QuantizedLinear)}
     assert layers["blocks.0.attention.q_proj"] == "int8"
     assert "q4_0" in layers.values()

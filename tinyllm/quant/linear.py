@@ -22,7 +22,7 @@ also treats it apart, storing ``output.weight`` in a higher-precision type (Q6_K
 4-bit types) unless asked for a ``--pure`` file, since every logit passes through it. The
 token embedding is a lookup table, not a Linear, and stays float (with tied embeddings it is
 also the output layer). A row length that a block format cannot hold (not a multiple of 32)
-keeps that layer in per-channel int8, with a warning naming the layer.
+keeps that layer in per-channel int8, with one warning naming every such layer.
 
 >>> import numpy as np
 >>> from tinyllm.nn import Linear
@@ -210,8 +210,19 @@ def quantize(model, scheme, *, include=(), calibration=None):
             f"scheme {scheme.name!r} rounds to nearest and takes no calibration; "
             f"leave calibration out (awq and gptq take it)"
         )
+    fallbacks = {}  # row length: the paths of the layers a block cannot hold
     for path, linear in linears:
-        model.set_submodule(path, _quantized(path, linear, scheme, calibrated.get(path)))
+        parts = calibrated.get(path)
+        if parts is None and not formats.fits(scheme.format, linear.weight.shape[0]):
+            fallbacks.setdefault(linear.weight.shape[0], []).append(path)
+        model.set_submodule(path, _quantized(linear, scheme, parts))
+    if fallbacks:
+        rows = "; ".join(f"{', '.join(paths)}: rows of {n}" for n, paths in fallbacks.items())
+        warnings.warn(
+            f"quantize: {rows} weights, not a multiple of {formats.BLOCK}, which "
+            f"{scheme.format} needs; these layers are stored as {FALLBACK} per channel",
+            stacklevel=2,
+        )
     return model
 
 
@@ -241,18 +252,12 @@ def _name(path):
     return path.rpartition(".")[2]
 
 
-def _quantized(path, linear, scheme, parts=None):
-    in_features = linear.weight.shape[0]
+def _quantized(linear, scheme, parts=None):
     if parts is not None:  # chosen by the scheme's calibration
         return QuantizedLinear.from_linear(linear, scheme.format, lambda *_: parts)
-    if formats.fits(scheme.format, in_features):
+    if formats.fits(scheme.format, linear.weight.shape[0]):
         return QuantizedLinear.from_linear(linear, scheme.format, scheme.fill)
-    warnings.warn(
-        f"quantize: {path} has rows of {in_features} weights, not a multiple of "
-        f"{formats.BLOCK}, which {scheme.format} needs; it is stored as {FALLBACK} per channel",
-        stacklevel=3,
-    )
-    return QuantizedLinear.from_linear(linear, FALLBACK)
+    return QuantizedLinear.from_linear(linear, FALLBACK)  # named in quantize's one warning
 
 
 def weight_bytes(model):
