@@ -22,7 +22,9 @@ at once with exit code 130 and a one-line message.
 """
 
 import argparse
+import signal
 import sys
+import threading
 
 import tinyllm
 
@@ -81,6 +83,10 @@ def main(argv=None):
         print(f"tinyllm {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C (the first stops training and saves)
+        if threading.current_thread() is threading.main_thread():
+            # Leaving now: one more Ctrl-C while the line is printed and the interpreter
+            # shuts down would end the process by the signal itself (-2), not with 130
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         fresh_line = "\n" if sys.stderr.isatty() else ""  # past a progress bar or "^C"
         message = f"tinyllm {args.command}: interrupted{_last_checkpoint(args)}"
         print(fresh_line + message, file=sys.stderr)
