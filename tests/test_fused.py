@@ -348,3 +348,16 @@ def test_cupy_training_steps_match_numpy():
     for name in ("numpy", backend.name):
         results[name] = small_trainer(name, steps=4).fit().train_loss
     assert results["cupy"] == pytest.approx(results["numpy"], rel=1e-4)
+
+
+def test_token_ids_for_cupy_are_checked_on_the_host_not_read_back():
+    from tinyllm.backend.cupy_backend import CupyBackend
+    from tinyllm.models.transformer import _check_ids_on_host
+
+    assert CupyBackend.reads_values(None, np.zeros(2)) is False  # ops read nothing back there
+    assert NumpyBackend().reads_values(np.zeros(2)) is True
+    _check_ids_on_host(np.array([[0, -100, 64]]), "targets", 65)  # -100: an ignored target
+    with pytest.raises(IndexError, match=r"ids holds 65, outside the vocabulary \[0, 65\)"):
+        _check_ids_on_host(np.array([[3, 65]]), "ids", 65)
+    with pytest.raises(IndexError, match=r"targets holds -1, outside"):
+        _check_ids_on_host(np.array([[-1, 2]]), "targets", 65)

@@ -68,6 +68,12 @@ class Backend:
         """True when ``x`` is an array of this backend."""
         return isinstance(x, (np.ndarray, np.generic))
 
+    def reads_values(self, x):
+        """True when checks may read the values of ``x`` (is every token id in range?):
+        not while it is traced, and not on CuPy, where a read waits for the GPU inside a
+        training step (callers check such values on the host, before moving them)."""
+        return not self.is_traced(x)
+
     def is_traced(self, x):
         """True when ``x`` is a placeholder inside ``jit`` whose values are not known yet.
 

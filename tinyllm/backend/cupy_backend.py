@@ -68,6 +68,9 @@ class CupyBackend(Backend):
     def to_numpy(self, x):
         return self.xp.asnumpy(x)
 
+    def reads_values(self, x):
+        return False  # a read would wait for the GPU: ids are checked on the host instead
+
     def owns(self, x):
         return isinstance(x, self.xp.ndarray)
 

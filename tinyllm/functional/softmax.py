@@ -95,7 +95,7 @@ class CrossEntropy(Function):
                 f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}"
             )
         valid = targets != ignore_index
-        if not ctx.backend.is_traced(targets):
+        if ctx.backend.reads_values(targets):
             bad = valid & ((targets < 0) | (targets >= vocab))
             if bool(bad.any()):
                 raise IndexError(
