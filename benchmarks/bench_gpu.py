@@ -21,6 +21,12 @@ Generation: greedy tokens/s with the KV cache at the nanoGPT shape, batch 1 and 
 tinyllm-JAX (compiled decoding over a ``StaticKVCache``), tinyllm-CuPy (eager, ``KVCache``)
 and ``transformers``' GPT-2 ``generate`` (its dynamic cache, eager), all float32.
 
+Fusion: each elementwise chain of ``tinyllm/backend/fused.py`` on CuPy, as the plain
+function (one kernel per operation, a temporary each) against ``cupy.fuse``'s one kernel
+(AdamW: its in-place ``ElementwiseKernel`` against the plain chain and copies back), on arrays
+the size of the nanoGPT shape's activations; the ratio is unfused time / fused time. Without
+a GPU the rows say why.
+
 Every column runs under a time limit (``--column-limit``, or what is left of ``--budget``) and
 a try/except: a failure or a missing library prints its reason in the table ("unavailable:
 ...", "error: ...", "stopped: ...") instead of ending the run. With ``--out`` the figures are
@@ -73,6 +79,21 @@ TRAIN_COLUMNS = [
     ("torch.compile", "compile", "bfloat16"),
     ("torch.compile", "compile", "float32"),  # last: the first a tight --budget leaves out
 ]
+FUSION_ROWS, FUSION_COLUMNS = 64 * 256, 1536  # the nanoGPT shape's MLP activations (B*T, 4d)
+QUICK_FUSION = (16, 32)
+# chain: its arguments, "x" (rows, columns), "row" (rows, 1), "col" (columns,), or a number
+FUSION_CASES = {
+    "gelu_tanh": ("x",),
+    "gelu_tanh_backward": ("x", "x", "x"),
+    "swiglu": ("x", "x"),
+    "swiglu_backward": ("x", "x", "x", "x"),
+    "norm_scale": ("x", "row", "col"),
+    "norm_backward": ("x", "x", "row", "row", "row", 384),
+    "softmax_exp": ("x", "row"),
+    "normalise": ("x", "row"),
+    "softmax_backward": ("x", "x", "row"),
+    "adamw_moments": ("flat", "flat", "flat", 0.9, 0.95, 1e-3, 1e-8),  # in place
+}
 GENERATE_COLUMNS = [
     ("tinyllm-JAX", "jax"),
     ("tinyllm-CuPy", "cupy"),
@@ -441,7 +462,7 @@ class Report:
     so that a run cut short still leaves what it measured."""
 
     def __init__(self, path, **head):
-        self.path, self.data = path, dict(head, train=[], generate=[])
+        self.path, self.data = path, dict(head, train=[], generate=[], fusion=[])
 
     def add(self, section, row):
         self.data[section].append(row)
@@ -585,7 +606,73 @@ def main(argv=None):
             report.add("train", row | dict(shape=name))
         if index == 0:
             generation(setup[0], args, report, column_limit, skipped)
+            fusion(args, report, column_limit, skipped)
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
+
+
+def fusion_row(name, args, limit):
+    """Fused and unfused seconds of one chain on CuPy, and their ratio."""
+    from tinyllm.backend import fused, get_backend
+
+    row = dict(chain=name)
+    try:
+        with time_limit(limit):
+            backend = get_backend("cupy")
+            xp, chain = backend.xp, getattr(fused, name)
+            rows, columns = QUICK_FUSION if args.quick else (FUSION_ROWS, FUSION_COLUMNS)
+            shapes = {"x": (rows, columns), "row": (rows, 1), "col": (columns,)}
+            shapes["flat"] = (rows * columns,)
+            rng = np.random.default_rng(0)
+            arrays = [
+                backend.asarray(rng.uniform(0.1, 1.0, shapes[a]).astype(np.float32))
+                if isinstance(a, str) else a
+                for a in FUSION_CASES[name]
+            ]  # fmt: skip
+            if name == "adamw_moments":  # in place: the kernel against the chain + copies
+                fast = lambda: backend.update_in_place(chain, *arrays)  # noqa: E731
+
+                def slow():
+                    for target, result in zip(arrays, chain(xp, *arrays)):
+                        xp.copyto(target, result)
+            else:
+                fast = lambda: backend.fused(chain)(*arrays)  # noqa: E731
+                slow = lambda: chain(xp, *arrays)  # noqa: E731
+            repeat = 3 if args.quick else 20
+            times = {}
+            for label, run in (("unfused", slow), ("fused", fast)):
+                run()  # the first call compiles
+                backend.synchronize()
+                start = time.perf_counter()
+                for _ in range(repeat):
+                    run()
+                backend.synchronize()
+                times[label] = (time.perf_counter() - start) / repeat
+    except Exception as err:  # noqa: BLE001 - reported in the table
+        return row | dict(status=reason(err))
+    return row | dict(
+        status="ok", elements=rows * columns, unfused_us=1e6 * times["unfused"],
+        fused_us=1e6 * times["fused"], ratio=times["unfused"] / times["fused"],
+    )  # fmt: skip
+
+
+def fusion(args, report, column_limit, skipped):
+    table_head(
+        "Fusion on CuPy: the chains of tinyllm/backend/fused.py, plain (a kernel per "
+        "operation) against cupy.fuse (one kernel), float32",
+        ["chain", "elements", "unfused us", "fused us", "unfused / fused"],
+    )
+    for name in FUSION_CASES:
+        limit = column_limit()
+        row = fusion_row(name, args, limit) if limit else dict(chain=name, status=skipped)
+        if row["status"] == "ok":
+            cells = [f"{row['elements']:,}", _num(row["unfused_us"], ".0f"),
+                     _num(row["fused_us"], ".0f"), _num(row["ratio"], ".2f") + "x"]  # fmt: skip
+        else:
+            cells = [row["status"], "", "", ""]
+        table_row([name, *cells])
+        report.add("fusion", row)
+        if row["status"].startswith("unavailable"):
+            break  # no CuPy here: one row says why
 
 
 def generation(config, args, report, column_limit, skipped):

@@ -2,14 +2,15 @@
 # The checks that need an NVIDIA GPU, as one script for one run on a GPU machine, from the
 # repository root:  bash benchmarks/gpu_checks.sh [OUT_DIR [PART...]]
 #
-# 1. tests: the backend, generation and KV-cache tests, with CuPy and JAX on the GPU (180 s);
+# 1. tests: the backend, generation, KV-cache and fused-kernel tests, with CuPy and JAX on the
+#    GPU (180 s);
 # 2. bench_generate: bench_generate.py's backend table, compiled JAX and CuPy decoding
 #    against NumPy's (100 s);
 # 3. speedrun_cupy, speedrun_jax: the speedrun's pretraining stage (the gpu preset, cut to 200
 #    steps) on CuPy and on JAX (150 s, 110 s);
 # 4. bench_gpu: bench_gpu.py, training tokens/s and MFU of tinyllm-JAX, tinyllm-CuPy, torch
-#    eager and torch.compile at nanoGPT's GPU shape and GPT-2 small's, and generation tokens/s
-#    (its own --budget of 420 s, a limit of 480 s); its figures also in OUT_DIR/bench_gpu.json,
+#    eager and torch.compile at nanoGPT's GPU shape and GPT-2 small's, generation tokens/s and
+#    CuPy's fused elementwise chains against their unfused form (its own --budget of 420 s, a limit of 480 s); its figures also in OUT_DIR/bench_gpu.json,
 #    written after every row, so a run cut short keeps what it measured.
 # Each part has a time limit of its own, so that one slow part cannot use up the run; all of
 # them take at most 17 minutes, so name the parts wanted after OUT_DIR to run fewer, e.g.
@@ -38,7 +39,7 @@ part() {  # part NAME SECONDS COMMAND...: run it, unless other parts were named
 
 part tests 180 python3 -m pytest -q -x -p no:cacheprovider tests/test_backends.py \
   tests/test_generate_jax.py tests/test_kv_cache.py tests/test_batched_generate.py \
-  tests/test_speculative.py tests/test_precision.py -k "jax or cupy or gpu or backend"
+  tests/test_speculative.py tests/test_precision.py tests/test_fused.py -k "jax or cupy or gpu or backend"
 part bench_generate 100 python3 benchmarks/bench_generate.py --only backends
 for backend in cupy jax; do  # the first also trains the BPE tokenizer (then cached)
   part "speedrun_$backend" $([ $backend = cupy ] && echo 150 || echo 110) python3 -m tinyllm.cli speedrun --backend "$backend" \

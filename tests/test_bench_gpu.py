@@ -118,3 +118,25 @@ def test_columns_past_the_budget_are_skipped_and_reported(bench_gpu, tmp_path, c
     assert len(figures["train"]) >= len(bench_gpu.TRAIN_COLUMNS) and figures["generate"]
     assert all(row["status"] == "skipped: the run's --budget of 0 s is spent" for row in rows)
     assert "skipped: the run's --budget" in capsys.readouterr().out
+
+
+def test_the_fusion_table_runs_or_says_why(bench_gpu, capsys):
+    """One row per chain on CuPy (fused and unfused times, their ratio), or, without a GPU,
+    one row saying why."""
+    report = bench_gpu.Report(None)
+    args = bench_gpu.parse_args(["--quick"])
+    bench_gpu.fusion(args, report, lambda: 60, "skipped")
+    rows = report.data["fusion"]
+    works, detail = __import__("tinyllm").available_backends()["cupy"]
+    if works:
+        assert [row["chain"] for row in rows] == list(bench_gpu.FUSION_CASES)
+        for row in rows:
+            assert row["status"] == "ok", row
+            assert row["ratio"] == pytest.approx(row["unfused_us"] / row["fused_us"])
+    else:
+        assert (
+            len(rows) == 1
+            and rows[0]["status"] == f"unavailable: {detail}"[: len(rows[0]["status"])]
+        )
+        assert rows[0]["status"].startswith("unavailable: ")
+    assert "Fusion on CuPy" in capsys.readouterr().out

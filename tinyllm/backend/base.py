@@ -12,6 +12,8 @@ A handful of things are not, and they live here, one method each:
 - ``erf``, which NumPy itself lacks;
 - four reductions the fused ops share (``sum_last``, ``max_last``, ``dot_last``,
   ``sum_first``), defined here as the plain ``xp`` expression they stand for;
+- running an elementwise chain of ``fused.py`` (``fused``, ``update_in_place``): here the
+  plain function, on CuPy one compiled kernel;
 - random numbers, drawn on the host with a seeded NumPy generator so that one seed gives the
   same numbers on every backend;
 - ``jit``: ``jax.jit`` under JAX, the identity elsewhere.
@@ -22,6 +24,7 @@ and ``jax_backend`` swap ``xp`` and override only what their array library spell
 differently.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -64,6 +67,12 @@ class Backend:
     def owns(self, x):
         """True when ``x`` is an array of this backend."""
         return isinstance(x, (np.ndarray, np.generic))
+
+    def reads_values(self, x):
+        """True when checks may read the values of ``x`` (is every token id in range?):
+        not while it is traced, and not on CuPy, where a read waits for the GPU inside a
+        training step (callers check such values on the host, before moving them)."""
+        return not self.is_traced(x)
 
     def is_traced(self, x):
         """True when ``x`` is a placeholder inside ``jit`` whose values are not known yet.
@@ -132,6 +141,36 @@ class Backend:
     def sum_first(self, x):
         """``x.sum(axis=0)`` of a 2-D ``x``: (N, n) -> (n,), the sum of its rows."""
         return x.sum(axis=0)
+
+    # --- fused elementwise chains (fused.py) ---------------------------------------------
+    def fused(self, chain):
+        """``chain`` (a function of ``fused.py``) as a function of arrays alone.
+
+        Here the plain function on this backend's ``xp``; CuPy compiles it into one kernel.
+
+        >>> from tinyllm.backend import fused
+        >>> Backend().fused(fused.centre)(np.array([1.0, 3.0]), 4.0, 2)
+        array([-1.,  1.])
+        """
+        return functools.partial(chain, self.xp)
+
+    def update_in_place(self, chain, *args, where=True):
+        """Run ``chain(*args)`` and write its results into its first arguments, in place.
+
+        ``chain`` returns n arrays, which overwrite ``args[0] .. args[n-1]``; only where
+        ``where`` (a boolean, or a 0-d boolean array) holds, so a step can be skipped without
+        reading a flag back from the device. An optimizer's update (NumPy, CuPy).
+
+        >>> from tinyllm.backend import fused
+        >>> p = np.array([1.0, 2.0], np.float32)
+        >>> Backend().update_in_place(fused.decayed_step, p, np.float32(0.5), 0.5)
+        >>> p
+        array([0. , 0.5], dtype=float32)
+        """
+        results = self.fused(chain)(*args)
+        results = results if isinstance(results, tuple) else (results,)
+        for target, result in zip(args, results):
+            self.xp.copyto(target, result, where=where)
 
     # --- randomness and compilation ---------------------------------------------------
     def uniform(self, seed, shape, dtype=np.float32):

@@ -68,6 +68,12 @@ class JaxBackend(Backend):
             key = self.jax.random.fold_in(key, part)
         return self.jax.random.uniform(key, shape, dtype)
 
+    def update_in_place(self, chain, *args, where=True):
+        raise TypeError(
+            f"update_in_place({chain.__name__}): JAX arrays are immutable; call the chain "
+            "through backend.fused and use the arrays it returns"
+        )
+
     def jit(self, fn, **kwargs):
         return self.jax.jit(fn, **kwargs)
 

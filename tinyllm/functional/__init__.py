@@ -2,7 +2,7 @@
 
 | file             | ops                                                             |
 |------------------|-----------------------------------------------------------------|
-| `elementwise.py` | add sub mul div neg pow astype exp log sqrt tanh relu gelu silu log_sigmoid dropout |
+| `elementwise.py` | add sub mul div neg pow astype exp log sqrt tanh relu gelu silu swiglu log_sigmoid dropout |
 | `reduce.py`      | sum mean max                                                    |
 | `shape.py`       | reshape transpose permute concat stack                          |
 | `indexing.py`    | getitem embedding where                                         |
@@ -30,6 +30,7 @@ from .elementwise import (
     silu,
     sqrt,
     sub,
+    swiglu,
     tanh,
     unbroadcast,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "sqrt",
     "stack",
     "sub",
+    "swiglu",
     "sum",
     "tanh",
     "transpose",

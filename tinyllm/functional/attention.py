@@ -45,6 +45,7 @@ import numpy as np
 
 from ..autograd.function import Function
 from ..autograd.tensor import Tensor
+from ..backend import fused
 from ..backend.precision import lower, matmul_f32, product_dtype
 
 
@@ -125,9 +126,9 @@ class ScaledDotProductAttention(Function):
             scores = scores.reshape(B, H_kv, G, T, S) + bias.astype(scores.dtype)
             scores = scores.reshape(B, H_kv, G * T, S)
         row_max = backend.max_last(scores)  # (B, H_kv, G*T, 1); -inf where no key is visible
-        e = xp.exp(scores - xp.where(row_max == -xp.inf, 0.0, row_max))  # softmax over keys
+        e = backend.fused(fused.softmax_exp)(scores, row_max)  # softmax over keys: exp(S - max)
         total = backend.sum_last(e)  # >= 1 where a key is visible, 0 where none is
-        probs = e / xp.where(total == 0, 1.0, total)  # a row that sees nothing stays all 0
+        probs = backend.fused(fused.normalise)(e, total)  # a row that sees nothing stays all 0
         probs = lower(probs, dtype)
         out = mm(probs, v)  # (B, H_kv, G*T, D)
 
@@ -145,7 +146,8 @@ class ScaledDotProductAttention(Function):
         grad_v = mm(xp.swapaxes(probs, -1, -2), grad_out_low) if ctx.needs_grad[2] else None
         grad_probs = mm(grad_out_low, xp.swapaxes(v, -1, -2))  # (B, H_kv, G*T, S)
         row_dot = backend.dot_last(grad_out, out)  # (B, H_kv, G*T, 1): rowsum(dO * O)
-        grad_scores = probs * (grad_probs - row_dot)  # P * (dP - rowsum(dO * O))
+        grad_scores = backend.fused(fused.softmax_backward)(probs, grad_probs, row_dot)
+        # P * (dP - rowsum(dO * O)), one kernel on CuPy
         grad_scores = lower(grad_scores, dtype)
         grad_q = grad_k = None
         if ctx.needs_grad[0]:

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from ..autograd.function import Function
-from ..backend import backend_of
+from ..backend import backend_of, fused
 
 
 def unbroadcast(grad, shape):
@@ -214,28 +214,22 @@ class Relu(Function):
         return grad * positive
 
 
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)  # c in GPT-2's GELU
-_CUBIC = 0.044715  # k in GPT-2's GELU
-
-
 class Gelu(Function):
     """GELU(x) = x * Phi(x). ``approximate="tanh"`` is GPT-2's formula; "none" is exact (erf).
 
     The tanh form is GELU(a) = a s with s = (1 + tanh(u)) / 2 and u = c (a + k a^3). It keeps
     ``s`` for backward: since 1 - tanh(u)^2 = 4 s (1 - s), the slope is
-    s + 2 s (1 - s) a u', with u' = c (1 + 3 k a^2).
+    s + 2 s (1 - s) a u', with u' = c (1 + 3 k a^2). Both directions are chains of
+    ``backend/fused.py``: one kernel each on CuPy.
     """
 
     @staticmethod
     def forward(ctx, a, approximate="tanh"):
-        xp = ctx.xp
         if approximate == "tanh":
-            c, k = _SQRT_2_OVER_PI, _CUBIC
-            u = a * (c + c * k * (a * a))  # c (a + k a^3); not a**3: float32 pow is slow
-            s = 0.5 + 0.5 * xp.tanh(u)  # (1 + tanh(u)) / 2
+            out, s = ctx.backend.fused(fused.gelu_tanh)(a)
             ctx.save_for_backward(a, s)
             ctx.approximate = True
-            return a * s
+            return out
         if approximate == "none":
             cdf = 0.5 * (1 + ctx.backend.erf(a * (1 / math.sqrt(2.0))))
             ctx.save_for_backward(a, cdf)
@@ -247,9 +241,7 @@ class Gelu(Function):
     def backward(ctx, grad):
         a, s_or_cdf = ctx.saved
         if ctx.approximate:
-            s, c, k = s_or_cdf, _SQRT_2_OVER_PI, _CUBIC
-            two_a_du = a * (2 * c + 6 * c * k * (a * a))  # 2 a u' = 2 a c (1 + 3 k a^2)
-            return grad * (s + s * (1 - s) * two_a_du)
+            return ctx.backend.fused(fused.gelu_tanh_backward)(grad, a, s_or_cdf)
         pdf = ctx.xp.exp(-0.5 * a * a) * (1 / math.sqrt(2 * math.pi))
         return grad * (s_or_cdf + a * pdf)
 
@@ -259,14 +251,35 @@ class Silu(Function):
 
     @staticmethod
     def forward(ctx, a):
-        sig = 0.5 * (1 + ctx.xp.tanh(0.5 * a))
+        out, sig = ctx.backend.fused(fused.silu)(a)
         ctx.save_for_backward(a, sig)
-        return a * sig
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         a, sig = ctx.saved
-        return grad * sig * (1 + a * (1 - sig))
+        return ctx.backend.fused(fused.silu_backward)(grad, a, sig)
+
+
+class SwiGLUProduct(Function):
+    """``silu(gate) * up``, SwiGLU's product, as one op: one kernel each way on CuPy, and
+    no (..., d_ff) ``silu(gate)`` kept for backward."""
+
+    @staticmethod
+    def forward(ctx, gate, up):
+        if gate.shape != up.shape:
+            raise ValueError(
+                f"swiglu: gate of shape {tuple(gate.shape)} and up of shape "
+                f"{tuple(up.shape)} must have the same shape"
+            )
+        out, sig = ctx.backend.fused(fused.swiglu)(gate, up)
+        ctx.save_for_backward(gate, up, sig)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up, sig = ctx.saved
+        return ctx.backend.fused(fused.swiglu_backward)(grad, gate, up, sig)
 
 
 class LogSigmoid(Function):
@@ -361,6 +374,16 @@ def gelu(a, approximate="tanh"):
 
 def silu(a):
     return Silu.apply(a)
+
+
+def swiglu(gate, up):
+    """``silu(gate) * up`` (same shapes), SwiGLU's product, fused.
+
+    >>> import tinyllm
+    >>> swiglu(tinyllm.Tensor([0.0, 2.0]), tinyllm.Tensor([3.0, 1.0])).numpy().round(4)
+    array([0.    , 1.7616], dtype=float32)
+    """
+    return SwiGLUProduct.apply(gate, up)
 
 
 def dropout(a, p, *, seed, training=True):

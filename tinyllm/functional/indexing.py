@@ -45,7 +45,7 @@ class Embedding(Function):
     @staticmethod
     def forward(ctx, weight, ids):
         vocab = weight.shape[0]
-        if not ctx.backend.is_traced(ids) and ids.size:
+        if ctx.backend.reads_values(ids) and ids.size:
             low, high = int(ids.min()), int(ids.max())
             if low < 0 or high >= vocab:
                 bad = low if low < 0 else high

@@ -11,7 +11,9 @@ centring adds one term: ``dx = r * (g - mean(g) - xhat * mean(g * xhat))``.
 The per-row sums come from the backend: ``backend.sum_last(x)`` is ``x.sum(axis=-1,
 keepdims=True)``, ``backend.dot_last(a, b)`` is ``(a * b).sum(axis=-1, keepdims=True)`` and
 ``backend.sum_first(rows)`` is ``rows.sum(axis=0)``, computed faster on NumPy
-(``tinyllm/backend/``).
+(``tinyllm/backend/``). The elementwise work around those sums - ``1 / sqrt(. + eps)``,
+the centring, ``xhat * w (+ b)`` and backward's ``r * (g - ...)`` - are chains of
+``backend/fused.py``: one kernel each on CuPy.
 
 >>> import tinyllm, numpy as np
 >>> x = tinyllm.Tensor([[3.0, 4.0]])
@@ -20,6 +22,7 @@ array([[0.8485, 1.1314]], dtype=float32)
 """
 
 from ..autograd.function import Function
+from ..backend import fused
 
 
 def _sum_rows_of_product(xp, a, b):
@@ -40,12 +43,12 @@ class RMSNorm(Function):
     @staticmethod
     def forward(ctx, x, weight, eps=1e-5):
         _check_weight("rms_norm", x, weight)
-        xp, backend = ctx.xp, ctx.backend
+        backend = ctx.backend
         C = x.shape[-1]
-        r = 1 / xp.sqrt(backend.dot_last(x, x) / C + eps)  # (..., 1): 1 / rms(x)
-        xhat = x * r  # (..., C)
+        r = backend.fused(fused.inverse_rms)(backend.dot_last(x, x), C, eps)  # (..., 1): 1/rms(x)
+        xhat, out = backend.fused(fused.norm_scale)(x, r, weight)  # (..., C) each
         ctx.save_for_backward(xhat, r, weight)
-        return xhat * weight
+        return out
 
     @staticmethod
     def backward(ctx, grad):
@@ -55,8 +58,8 @@ class RMSNorm(Function):
         grad_x = grad_w = None
         if ctx.needs_grad[0]:
             g = grad * weight  # (..., C)
-            g_dot_xhat = backend.dot_last(g, xhat) / C  # (..., 1): mean(g * xhat)
-            grad_x = r * (g - xhat * g_dot_xhat)
+            g_dot_xhat = backend.dot_last(g, xhat)  # (..., 1): C mean(g * xhat)
+            grad_x = backend.fused(fused.norm_backward)(g, xhat, r, 0.0, g_dot_xhat, C)
         if ctx.needs_grad[1]:
             grad_w = _sum_rows_of_product(ctx.xp, grad, xhat)
         return grad_x, grad_w
@@ -66,13 +69,17 @@ class LayerNorm(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps=1e-5):
         _check_weight("layer_norm", x, weight)
-        xp, backend = ctx.xp, ctx.backend
+        backend = ctx.backend
         C = x.shape[-1]
-        centred = x - backend.sum_last(x) / C  # (..., C)
-        r = 1 / xp.sqrt(backend.dot_last(centred, centred) / C + eps)  # (..., 1): 1 / std(x)
-        xhat = centred * r
+        centred = backend.fused(fused.centre)(x, backend.sum_last(x), C)  # (..., C)
+        sum_sq = backend.dot_last(centred, centred)  # (..., 1)
+        r = backend.fused(fused.inverse_rms)(sum_sq, C, eps)  # (..., 1): 1 / std(x)
+        if bias is None:
+            xhat, out = backend.fused(fused.norm_scale)(centred, r, weight)
+        else:
+            xhat, out = backend.fused(fused.norm_scale_shift)(centred, r, weight, bias)
         ctx.save_for_backward(xhat, r, weight)
-        return xhat * weight if bias is None else xhat * weight + bias
+        return out
 
     @staticmethod
     def backward(ctx, grad):
@@ -82,9 +89,9 @@ class LayerNorm(Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_grad[0]:
             g = grad * weight  # (..., C)
-            g_mean = backend.sum_last(g) / C  # (..., 1)
-            g_dot_xhat = backend.dot_last(g, xhat) / C  # (..., 1): mean(g * xhat)
-            grad_x = r * (g - g_mean - xhat * g_dot_xhat)
+            g_sum = backend.sum_last(g)  # (..., 1): C mean(g)
+            g_dot_xhat = backend.dot_last(g, xhat)  # (..., 1): C mean(g * xhat)
+            grad_x = backend.fused(fused.norm_backward)(g, xhat, r, g_sum, g_dot_xhat, C)
         if ctx.needs_grad[1]:
             grad_w = _sum_rows_of_product(ctx.xp, grad, xhat)
         if ctx.needs_grad[2]:

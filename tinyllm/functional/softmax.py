@@ -11,7 +11,9 @@ and the backward is a single line of calculus:
 Every op subtracts the row maximum first, so ``exp`` never overflows. ``cross_entropy``,
 which every training step runs, takes that maximum and the row sums from the backend:
 ``backend.max_last(x)`` is ``x.max(axis=-1, keepdims=True)`` and ``backend.sum_last(e)`` is
-``e.sum(axis=-1, keepdims=True)``, computed faster on NumPy (``tinyllm/backend/``).
+``e.sum(axis=-1, keepdims=True)``, computed faster on NumPy (``tinyllm/backend/``). The
+elementwise steps between the sums (``exp(x - max)``, ``e / sum``, ``y * (dy - .)``) are
+chains of ``backend/fused.py``: one kernel each on CuPy.
 
 >>> import numpy as np, tinyllm
 >>> logits = tinyllm.Tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
@@ -20,6 +22,7 @@ which every training step runs, takes that maximum and the row sums from the bac
 """
 
 from ..autograd.function import Function
+from ..backend import fused
 
 
 def _move(xp, a, source, destination):
@@ -32,10 +35,10 @@ def _move(xp, a, source, destination):
 class Softmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
-        xp = ctx.xp
+        xp, backend = ctx.xp, ctx.backend
         x = _move(xp, x, axis, -1)  # (..., n): the softmax axis last (a view)
-        e = xp.exp(x - x.max(axis=-1, keepdims=True))  # (..., n)
-        y = e / e.sum(axis=-1, keepdims=True)
+        e = backend.fused(fused.softmax_exp)(x, x.max(axis=-1, keepdims=True))  # (..., n)
+        y = backend.fused(fused.normalise)(e, e.sum(axis=-1, keepdims=True))
         ctx.save_for_backward(y)
         ctx.axis = axis
         return _move(xp, y, -1, axis)
@@ -45,7 +48,8 @@ class Softmax(Function):
         (y,) = ctx.saved
         xp = ctx.xp
         grad = _move(xp, grad, ctx.axis, -1)  # (..., n)
-        grad_x = y * (grad - (grad * y).sum(axis=-1, keepdims=True))
+        row_dot = (grad * y).sum(axis=-1, keepdims=True)  # (..., 1)
+        grad_x = ctx.backend.fused(fused.softmax_backward)(y, grad, row_dot)
         return _move(xp, grad_x, -1, ctx.axis)
 
 
@@ -91,7 +95,7 @@ class CrossEntropy(Function):
                 f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}"
             )
         valid = targets != ignore_index
-        if not ctx.backend.is_traced(targets):
+        if ctx.backend.reads_values(targets):
             bad = valid & ((targets < 0) | (targets >= vocab))
             if bool(bad.any()):
                 raise IndexError(
@@ -103,9 +107,9 @@ class CrossEntropy(Function):
         # Where each row's target sits in the flattened (N * V,) logits: one flat index picks
         # the targets here and adds into them in backward, the fastest spelling of both.
         target_at = xp.arange(rows.shape[0]) * vocab + safe_targets  # (N,)
-        shifted = rows - ctx.backend.max_last(rows)  # (N, V)
-        picked = shifted.reshape(-1)[target_at][:, None]  # (N, 1)
-        e = xp.exp(shifted)  # (N, V)
+        row_max = ctx.backend.max_last(rows)  # (N, 1)
+        picked = rows.reshape(-1)[target_at][:, None] - row_max  # (N, 1): shifted targets
+        e = ctx.backend.fused(fused.softmax_exp)(rows, row_max)  # (N, V): exp(rows - max)
         total = ctx.backend.sum_last(e)  # (N, 1)
         valid = valid.reshape(-1, 1)
         losses = (xp.log(total) - picked) * valid  # (N, 1)
@@ -130,7 +134,8 @@ class CrossEntropy(Function):
         else:
             coef = grad * valid / ctx.count
         coef = coef.astype(e.dtype)
-        grad_rows = (e * (coef / total)).reshape(-1)  # softmax * coef, (N * V,)
+        grad_rows = ctx.backend.fused(fused.cross_entropy_backward)(e, coef, total)  # (N, V)
+        grad_rows = grad_rows.reshape(-1)  # softmax * coef, (N * V,)
         grad_rows = ctx.backend.scatter_add(grad_rows, target_at, -coef[:, 0])
         return grad_rows.reshape(ctx.shape), None
 

@@ -118,10 +118,11 @@ class Transformer(Module):
         backend = self.token_embedding.weight.backend
         if isinstance(ids, Tensor):
             ids = ids.data
-        elif not backend.owns(
-            ids
-        ):  # a list or NumPy array; a backend array (or a jit tracer) stays
-            ids = backend.asarray(np.asarray(ids))
+        elif not backend.owns(ids):  # a list or NumPy array; a backend array (or tracer) stays
+            ids = np.asarray(ids)
+            if name != "positions" and not backend.reads_values(ids) and ids.size:
+                _check_ids_on_host(ids, name, self.config.vocab_size)
+            ids = backend.asarray(ids)
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(
                 f"Transformer: {name} must be integer token ids of shape (batch, time); got "
@@ -268,3 +269,16 @@ class Transformer(Module):
     def save_pretrained(self, directory, dtype="float32"):
         """Write ``config.json`` + ``model.safetensors`` that ``transformers`` can load."""
         save_pretrained(self, directory, dtype=dtype)
+
+
+def _check_ids_on_host(ids, name, vocab):
+    """Token ids (or targets, where -100 is ignored) in [0, vocab), checked before they move
+    to a backend whose ops cannot read them back without waiting (CuPy)."""
+    bad = (ids < 0) | (ids >= vocab)
+    if name == "targets":
+        bad &= ids != -100
+    if bad.any():
+        raise IndexError(
+            f"Transformer: {name} holds {int(ids[bad].ravel()[0])}, outside the vocabulary "
+            f"[0, {vocab})"
+        )

@@ -40,4 +40,4 @@ class SwiGLU(Module):
         self.down = Linear(d_ff, d_model, bias, std=out_std or std, seed=rng)
 
     def forward(self, x):
-        return self.down(F.silu(self.gate(x)) * self.up(x))  # (..., d_model)
+        return self.down(F.swiglu(self.gate(x), self.up(x)))  # (..., d_model)

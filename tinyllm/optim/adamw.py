@@ -23,16 +23,18 @@ On the first step ``m̂/√v̂ = g/|g|``, so every entry moves by ``lr`` against
 array([ 0.9, -1.9], dtype=float32)
 
 Given a Module or named parameters, AdamW decays only matrices, not norm weights or biases
-(see ``param_groups.py``). The same update is written twice: ``_update_arrays`` in plain array
-ops, the definition, used by JAX and the pure ``update`` (new arrays out, inputs untouched);
-and ``_step_in_place``, the same arithmetic as a dozen in-place passes over a group's flat
-NumPy/CuPy buffers, ending with each parameter updated in place.
+(see ``param_groups.py``). The arithmetic is two chains of ``backend/fused.py``: the moments
+and the update, ``adamw_moments``, and the decay and step, ``decayed_step``, with the bias
+corrections folded into two numbers. ``_update_arrays`` calls them for new arrays (JAX and
+the pure ``update``: inputs untouched); ``_step_in_place`` writes their results into a
+group's flat NumPy/CuPy buffers and each parameter, in place (on CuPy, one kernel for the
+group's moments and one per parameter).
 """
 
 import math
 import numbers
 
-from ..backend import backend_of
+from ..backend import backend_of, fused
 from .optimizer import Optimizer, split
 
 
@@ -45,6 +47,7 @@ class AdamW(Optimizer):
     hyperparameters = ("lr", "betas", "eps", "weight_decay")
     non_negative = ("lr", "eps", "weight_decay")
     state_keys = ("exp_avg", "exp_avg_sq")  # m and v
+    skips_on_device = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
@@ -63,40 +66,35 @@ class AdamW(Optimizer):
     def _update_arrays(self, p, g, slots, step, lr, hyper):
         """One AdamW step for one array, in plain array ops (no in-place writes)."""
         (beta1, beta2), eps, weight_decay = hyper
-        m = beta1 * slots["exp_avg"] + (1 - beta1) * g
-        v = beta2 * slots["exp_avg_sq"] + (1 - beta2) * (g * g)
-        m_hat = m / _bias_correction(beta1, step)
-        v_hat = v / _bias_correction(beta2, step)
-        p = p * (1 - lr * weight_decay) - lr * m_hat / (v_hat**0.5 + eps)
+        c1, c2 = _bias_correction(beta1, step), _bias_correction(beta2, step)
+        backend = backend_of(p)
+        update, m, v = backend.fused(fused.adamw_moments)(
+            g, slots["exp_avg"], slots["exp_avg_sq"], beta1, beta2,
+            lr * c2**0.5 / c1, eps * c2**0.5,
+        )  # fmt: skip
+        p = backend.fused(fused.decayed_step)(p, update, 1 - lr * weight_decay)
         return p, {"exp_avg": m, "exp_avg_sq": v}
 
-    def _step_in_place(self, group, params, grad, state, step):
+    def _step_in_place(self, group, params, grad, state, step, only_if=True):
         """The same step over a run of ``params`` whose gradients are gathered in ``grad``.
 
         ``grad``, ``m`` and ``v`` are flat (n,) buffers; ``grad`` is scratch and ends up
-        holding the update itself. Each line is one pass over the run, with no temporaries.
+        holding the update itself. Two chains of ``backend/fused.py`` written in place: the
+        moments and the update, one pass over the run (one kernel on CuPy), then each
+        parameter's decay and step. Where ``only_if`` is False nothing changes.
         """
         lr, (beta1, beta2), eps, weight_decay = (group[k] for k in self.hyperparameters)
-        m, v, g = state["exp_avg"], state["exp_avg_sq"], grad
-        xp = params[0].backend.xp
+        backend = params[0].backend
         t = step + 1
-        g *= 1 - beta1  # g ← (1-β1)·g
-        m *= beta1
-        m += g  # m ← β1·m + (1-β1)·g
-        g *= g  # g ← (1-β1)²·g²
-        g *= (1 - beta2) / (1 - beta1) ** 2  # g ← (1-β2)·g²
-        v *= beta2
-        v += g  # v ← β2·v + (1-β2)·g²
-        # With c1 = 1-β1^t and c2 = 1-β2^t:  lr·m̂/(√v̂ + ε) = (lr·√c2/c1)·m/(√v + ε·√c2)
-        c1, c2 = 1 - beta1**t, 1 - beta2**t
-        update = xp.sqrt(v, out=g)
-        update += eps * math.sqrt(c2)
-        update = xp.divide(m, update, out=update)
-        update *= lr * math.sqrt(c2) / c1
-        for p, p_update in zip(params, split(update, params)):
-            if weight_decay:
-                p.data *= 1 - lr * weight_decay
-            p.data -= p_update
+        c1, c2 = 1 - beta1**t, 1 - beta2**t  # the bias corrections
+        step_size, eps_hat = lr * math.sqrt(c2) / c1, eps * math.sqrt(c2)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        backend.update_in_place(
+            fused.adamw_moments, grad, m, v, beta1, beta2, step_size, eps_hat, where=only_if
+        )  # grad <- the update
+        decay = 1 - lr * weight_decay
+        for p, p_update in zip(params, split(grad, params)):
+            backend.update_in_place(fused.decayed_step, p.data, p_update, decay, where=only_if)
 
 
 def _bias_correction(beta, step):

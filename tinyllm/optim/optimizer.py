@@ -43,6 +43,7 @@ class Optimizer:
     """
 
     hyperparameters = ("lr", "weight_decay")
+    skips_on_device = False  # whether step(only_if=...) works: _step_in_place takes only_if
     non_negative = ("lr", "weight_decay")  # settings that must be numbers >= 0
     state_keys = ()
 
@@ -161,13 +162,24 @@ class Optimizer:
             self._flat = [self._pack(group) for group in self.param_groups]
         return self._state
 
-    def step(self):
-        """Update every parameter that has a ``.grad``; the others are left as they are."""
+    def step(self, only_if=None):
+        """Update every parameter that has a ``.grad``; the others are left as they are.
+
+        ``only_if``, a 0-d boolean array, makes the step conditional without reading it back
+        to the host: where it is False, parameters and state stay as they were (the step
+        counts still advance). How a training loop skips a non-finite step on a GPU; only
+        optimizers with ``skips_on_device`` (AdamW) take it.
+        """
+        if only_if is not None and not self.skips_on_device:
+            raise TypeError(
+                f"{type(self).__name__}.step cannot skip a step on the device (only_if)"
+            )
+        condition = {} if only_if is None else {"only_if": only_if}
         self._check_before_step()
         steps = self.state["step"]
         for group, flat in zip(self.param_groups, self._flat):
             if flat is None:
-                self._step_functional(group)
+                self._step_functional(group, only_if)
             else:
                 for start, stop in _runs(group, steps):
                     params = group["params"][start:stop]
@@ -176,7 +188,7 @@ class Optimizer:
                     backend_of(grad).xp.concatenate([p.grad.reshape(-1) for p in params], out=grad)
                     state = {key: flat[key][lo:hi] for key in self.state_keys}
                     step = steps[group["names"][start]]
-                    self._step_in_place(group, params, grad, state, step)
+                    self._step_in_place(group, params, grad, state, step, **condition)
             for name, p in zip(group["names"], group["params"]):
                 if p.grad is not None:
                     steps[name] += 1
@@ -194,7 +206,7 @@ class Optimizer:
                         f"{tuple(p.grad.shape)}, expected {tuple(p.data.shape)}"
                     )
 
-    def _step_functional(self, group):
+    def _step_functional(self, group, only_if=None):
         """A step for immutable (JAX) arrays: the compiled pure update, then store its output."""
         live = [(n, p) for n, p in zip(group["names"], group["params"]) if p.grad is not None]
         if not live:
@@ -211,10 +223,11 @@ class Optimizer:
             group["lr"],
             hyper=self._hyper(group),
         )
+        keep = (lambda new, old: new) if only_if is None else _where(only_if)
         for name, p in live:
-            p.data = new_params[name]
+            p.data = keep(new_params[name], p.data)
             for key in self.state_keys:
-                self.state[key][name] = new_state[key][name]
+                self.state[key][name] = keep(new_state[key][name], self.state[key][name])
 
     def _pack(self, group):
         """Move the group's state into one flat buffer per key (NumPy, CuPy); None on JAX.
@@ -303,6 +316,11 @@ def _same_names(owner, what, given, expected):
         raise KeyError(
             f"{owner}: {what} missing {missing or 'nothing'}, unexpected {unexpected or 'nothing'}"
         )
+
+
+def _where(condition):
+    """``(new, old) -> new where condition else old``, for one 0-d boolean ``condition``."""
+    return lambda new, old: backend_of(new).xp.where(condition, new, old)
 
 
 def split(flat, params):

@@ -25,6 +25,13 @@ One function, ``_gradients``, makes a step's loss, metrics, clipped gradients an
 norm: micro-batch by micro-batch through ``value_and_grad``, each with its own dropout key
 ``(seed, step, micro-batch)``. Both executions run it. On NumPy and CuPy it runs eagerly
 and the optimizer then updates the parameters in place (a few passes over flat buffers).
+Eagerly, a step never reads a number back to the host: the loss, the gradient norm and
+the metrics stay device arrays, AdamW skips a non-finite step on the device
+(``step(only_if=...)``), and all of them are copied back in one transfer only at a log,
+evaluation or checkpoint step (``_read_back``), which then raises for a step that diverged
+(with the weights from before it). So a GPU queues step after step without waiting. Under
+float16's loss scaling the scale's rule reads each step's gradient norm, as does an
+optimizer that cannot skip on the device.
 Under JAX the whole step, ``_gradients`` and the optimizer's pure ``update``, is one
 function ``(params, opt_state, micro_batches, lr, step, scale) -> (params, opt_state, loss,
 grad_norm, metrics)`` compiled with ``jax.jit`` (``scale``: float16's loss scale, or None): tinyllm's autograd is traced into it.
@@ -197,7 +204,7 @@ class Trainer:
         first_step, session_start = self.step, time.perf_counter()
         step_seconds, session_tokens = 0.0, 0  # the steps' own time: no eval, no saving
         bar = tqdm(total=c.steps, initial=self.step, disable=not c.progress, desc=self.title)
-        self._stop = None
+        self._stop, self._pending, self._all_finite = None, [], None
         with _StopOnSignals(self):
             while self.step < c.steps and self._stop is None:
                 lr = self.learning_rate(self.step)
@@ -213,9 +220,22 @@ class Trainer:
                 n_tokens = int(metrics.pop("tokens", 0))
                 self.tokens_seen += n_tokens
                 session_tokens += n_tokens
+                eval_due = c.eval_interval and self.step % c.eval_interval == 0
+                evaluated = (eval_due or self.step == c.steps) and self._stop is None
+                logged = self.step % c.log_interval == 0 or evaluated or compiled_now
+                save_due = self.out_dir is not None and (
+                    (c.checkpoint_interval and self.step % c.checkpoint_interval == 0)
+                    or self.step == c.steps
+                    or self._stop is not None
+                )
+                if not (logged or save_due or self._stop is not None):
+                    continue  # the step's numbers stay on the device until the next read
+                read_start = time.perf_counter()  # the wait for the device is the steps' time
+                self.last_loss, grad_norm, metrics = self._read_back()
+                step_seconds += time.perf_counter() - read_start
                 elapsed = time.perf_counter() - session_start
                 rate = session_tokens / max(step_seconds, 1e-9)
-                bar.update(1)
+                bar.update(self.step - bar.n)
                 bar.set_postfix(loss=f"{self.last_loss:.4f}", tok_s=f"{rate:,.0f}")
                 row = {"step": self.step, "loss": self.last_loss, "lr": lr, "grad_norm": grad_norm}
                 row |= metrics
@@ -228,22 +248,17 @@ class Trainer:
                     self._say(
                         bar, f"compiled the training step{where} in {self.compile_seconds:.2f}s"
                     )
-                eval_due = c.eval_interval and self.step % c.eval_interval == 0
-                evaluated = (eval_due or self.step == c.steps) and self._stop is None
                 if evaluated:
                     self._evaluate(row, bar)
                 samples = row.get("samples")  # None unless this step was evaluated
-                logged = self.step % c.log_interval == 0 or evaluated or compiled_now
                 if log is not None and logged:
                     log.write(row)
-                if self.out_dir is not None:
-                    due = c.checkpoint_interval and self.step % c.checkpoint_interval == 0
-                    if due or self.step == c.steps or self._stop is not None:
-                        saved = self.save(elapsed=self.seconds + elapsed)
-                        plot_losses(
-                            read_metrics(log.path), self.out_dir / "loss.png", self.title,
-                            measures=self.measure_names,
-                        )  # fmt: skip
+                if save_due:
+                    saved = self.save(elapsed=self.seconds + elapsed)
+                    plot_losses(
+                        read_metrics(log.path), self.out_dir / "loss.png", self.title,
+                        measures=self.measure_names,
+                    )  # fmt: skip
         bar.close()
         steps = self.step - first_step
         return TrainResult(
@@ -368,19 +383,23 @@ class Trainer:
         return loss, grads, norm, metrics
 
     def _train_step(self, micro_batches, lr):
-        """One optimizer step; returns (loss, gradient norm, metrics) as floats."""
+        """One optimizer step; returns (loss, gradient norm, metrics), on the device where
+        the step can be checked there (see ``_read_back``), else as floats."""
         scale = None if self.loss_scaler is None else self.loss_scaler.scale
         if not self.compiled:
             loss, grads, norm, metrics = self._gradients(
                 self._params(), micro_batches, self.step, scale
             )
-            loss, norm, metrics = self._floats(loss, norm, metrics, scale)
-            if self._overflowed(loss, norm, scale):
-                return loss, norm, metrics  # float16 overflowed: step skipped, scale halved
-            self._check_finite(loss, norm, lr)  # before the weights change
             for name, p in self.optimizer.named_parameters():
                 p.grad = grads[name]
             self.optimizer.lr = lr
+            if scale is None and self.optimizer.skips_on_device:
+                return self._step_on_device(loss, norm, metrics, lr)
+            loss, norm, metrics = self._floats(loss, norm, metrics, scale)
+            self._pending.append((self.step + 1, loss, norm, metrics, None, lr))
+            if self._overflowed(loss, norm, scale):
+                return loss, norm, metrics  # float16 overflowed: step skipped, scale halved
+            self._check_finite(loss, norm, lr)  # before the weights change
             self.optimizer.step()  # in place, over the optimizer's flat buffers
             return loss, norm, metrics
         if self.plan is not None:
@@ -394,9 +413,48 @@ class Trainer:
         for name, p in self.optimizer.named_parameters():  # the old arrays were donated
             p.data = params[name]
         loss, norm, metrics = self._floats(loss, norm, metrics, scale)
+        self._pending.append((self.step + 1, loss, norm, metrics, None, lr))
         if self._overflowed(loss, norm, scale):
             return loss, norm, metrics  # the step kept the old weights; scale halved
         self._check_finite(loss, norm, lr)  # the step kept the old weights if not finite
+        return loss, norm, metrics
+
+    def _step_on_device(self, loss, norm, metrics, lr):
+        """The optimizer step, taken only if this step's loss and gradient norm - and every
+        step's since the last read - are finite, decided on the device: nothing is read back
+        here, so a GPU never waits for the host inside a step. ``_read_back`` raises for a
+        step that was not finite; the weights are then those from before it."""
+        xp = self.backend.xp
+        finite = xp.isfinite(loss) & xp.isfinite(norm)  # a 0-d boolean array
+        if self._all_finite is not None:
+            finite = finite & self._all_finite  # once a step is skipped, all that follow are
+        self._all_finite = finite
+        counts = dict(self.optimizer.state["step"])  # to rewind them to a skipped step
+        self.optimizer.step(only_if=finite)
+        self._pending.append((self.step + 1, loss, norm, metrics, counts, lr))
+        return loss, norm, metrics
+
+    def _read_back(self):
+        """The numbers of the steps since the last read, copied to the host in one transfer
+        (``backend.to_numpy``, the trainer's only read); returns the last step's (loss,
+        gradient norm, metrics) as floats. A step whose loss or gradient norm was not finite
+        (so it and the steps after it changed nothing) raises ``TrainingDiverged``."""
+        pending, self._pending = self._pending, []
+        values = [v for step in pending for v in (step[1], step[2], *step[3].values())]
+        if any(not isinstance(v, (float, int)) for v in values):  # arrays, NumPy scalars
+            xp = self.backend.xp
+            stacked = xp.stack([xp.asarray(v, dtype=xp.float64).reshape(()) for v in values])
+            values = self.backend.to_numpy(stacked).tolist()
+        at = 0
+        for step, _, _, metrics, counts, lr in pending:
+            loss, norm = values[at], values[at + 1]
+            metrics = dict(zip(metrics, values[at + 2 : at + 2 + len(metrics)]))
+            at += 2 + len(metrics)
+            if counts is not None and not (math.isfinite(loss) and math.isfinite(norm)):
+                self.step = step - 1  # the steps from this one on changed nothing
+                self.optimizer.state["step"].update(counts)
+                self._all_finite = None
+                self._check_finite(loss, norm, lr)
         return loss, norm, metrics
 
     @staticmethod
