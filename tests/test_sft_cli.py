@@ -14,6 +14,7 @@ from tinyllm.infer.evaluate import exact_match, task_measures
 from tinyllm.models import Transformer
 from tinyllm.models.adapters import load_adapter
 from tinyllm.models.reward import RewardModel
+from tinyllm.recipes import dpo as dpo_recipe
 from tinyllm.recipes.distill import DistillConfig
 from tinyllm.recipes.dpo import DPOConfig, load_reference
 from tinyllm.recipes.evaluation import EvalConfig
@@ -106,13 +107,22 @@ def test_lora_trains_adapters_alone_and_writes_them_in_peft_format(base, tmp_pat
     assert "target 'query' names no Linear layer" in capsys.readouterr().err
 
 
-def test_dpo_after_sft_records_its_measures_before_and_after(base, tmp_path, capsys):
+def test_dpo_after_sft_records_its_measures_before_and_after(base, tmp_path, capsys, monkeypatch):
     sft_out, dpo_out = tmp_path / "sft", tmp_path / "dpo"
     assert main(["sft", "--model", str(base), "--out", str(sft_out), *SFT]) == 0
-    args = ["dpo", "--model", str(sft_out), "--out", str(dpo_out), "--pairs", "12",
+    sampled = []  # the prompts answered: 3 steps of 4 use 12 of the 40 pairs asked for
+
+    def sampled_pairs(model, tokenizer, examples, **keywords):
+        sampled.append(len(examples))
+        return real_sampled_pairs(model, tokenizer, examples, **keywords)
+
+    real_sampled_pairs = dpo_recipe.sampled_pairs
+    monkeypatch.setattr(dpo_recipe, "sampled_pairs", sampled_pairs)
+    args = ["dpo", "--model", str(sft_out), "--out", str(dpo_out), "--pairs", "40",
             "--eval-pairs", "4", "--samples", "1", "--tasks", "add", "--steps", "3", "--sft-weight", "0",
             "--batch-size", "4", "--eval-interval", "3", "--log-interval", "1", "--no-progress"]  # fmt: skip
     assert main(args) == 0
+    assert sampled == [12]
     printed = capsys.readouterr().out
     assert "  preference_accuracy: " in printed and "kl: 0 before" in printed
     report = json.loads((dpo_out / "dpo.json").read_text())

@@ -159,9 +159,10 @@ def _dpo(config, train):
     context = policy.config.context_length
     if config.data == "tasks":
         if config.rejected == "sampled":
-            examples = task_examples(
-                config.task_names, config.pairs, split="train", seed=train.seed
-            )
+            # Sampling is the slow part: a run too short to see every pair samples only as
+            # many prompts as its steps can use
+            wanted = min(config.pairs, train.steps * train.batch_size)
+            examples = task_examples(config.task_names, wanted, split="train", seed=train.seed)
             with training_threads_for(policy):
                 pairs = sampled_pairs(policy, tokenizer, examples, seed=train.seed)
             if not pairs:
