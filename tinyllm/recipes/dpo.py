@@ -52,7 +52,10 @@ class DPOConfig(PostTrainConfig):
         metadata={"help": "the frozen reference model folder (default: --model itself)"},
     )
     out: str = field(default="runs/dpo", metadata={"help": "the run folder"})
-    pairs: int = field(default=1000, metadata={"help": "training pairs (tasks)"})
+    pairs: int = field(
+        default=1000,
+        metadata={"help": "training pairs (tasks; a run of fewer steps x batch makes only those)"},
+    )
     eval_pairs: int = field(
         default=100, metadata={"help": "held-out pairs and prompts per evaluation"}
     )
@@ -158,10 +161,10 @@ def _dpo(config, train):
     reference = load_reference(config.reference or config.model, policy, tokenizer)
     context = policy.config.context_length
     if config.data == "tasks":
+        # Sampling and the reference's log-probabilities are the slow part: a run too short
+        # to see every pair makes only as many as its steps can use
+        wanted = min(config.pairs, train.steps * train.batch_size)
         if config.rejected == "sampled":
-            # Sampling is the slow part: a run too short to see every pair samples only as
-            # many prompts as its steps can use
-            wanted = min(config.pairs, train.steps * train.batch_size)
             examples = task_examples(config.task_names, wanted, split="train", seed=train.seed)
             with training_threads_for(policy):
                 pairs = sampled_pairs(policy, tokenizer, examples, seed=train.seed)
@@ -171,9 +174,7 @@ def _dpo(config, train):
                     "sample: no wrong answers to reject; use --rejected made-up"
                 )
         else:
-            pairs = preference_pairs(
-                config.task_names, config.pairs, split="train", seed=train.seed
-            )
+            pairs = preference_pairs(config.task_names, wanted, split="train", seed=train.seed)
         val, test = (
             held_out(config, split, config.eval_pairs, train.seed) for split in ("val", "test")
         )
