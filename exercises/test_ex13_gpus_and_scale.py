@@ -270,13 +270,15 @@ def test_device_bytes_match_tinyllm_layouts(exercise, oracle):
     odd = {"a": (65, 96), "b": (7, 11), "c": (24,), "d": (3, 40, 6)}
     if oracle == "jax":  # two child Pythons: 4 devices, then 3
         cases = [(tiny, 4), (odd, 4), (odd, 3)]
+        got = [
+            {mode: ex.device_bytes(mode, shapes, n) for mode in SHARD_MODES} for shapes, n in cases
+        ]
         placed = placed_bytes([tiny, odd], 4) + placed_bytes([odd], 3)
-        for (shapes, n), want in zip(cases, placed):
-            for mode in SHARD_MODES:
-                got = ex.device_bytes(mode, shapes, n)
-                assert got["total"] == got["parameters"] + got["gradients"] + got["moments"]
-                assert got["parameters"] == want[mode]["parameters"], (mode, n)
-                assert got["moments"] == want[mode]["moments"], (mode, n)
+        for (_, n), answers, want in zip(cases, got, placed):
+            for mode, held in answers.items():
+                assert held["total"] == held["parameters"] + held["gradients"] + held["moments"]
+                assert held["parameters"] == want[mode]["parameters"], (mode, n)
+                assert held["moments"] == want[mode]["moments"], (mode, n)
     for shapes, n in ((tiny, 4), (odd, 4), (odd, 8), (tiny, 2), (odd, 3), (odd, 1)):
         for mode in SHARD_MODES:
             got = ex.device_bytes(mode, shapes, n)
