@@ -398,6 +398,36 @@ TRICKS = [
         "import tinyllm.quant.linear as q\nf = q.QuantizedLinear",
         "imports tinyllm.quant.linear",
     ),
+    (
+        "ex13_gpus_and_scale",
+        "from tinyllm.analysis import inference_flops_per_token",
+        "imports tinyllm.analysis.inference_flops_per_token",
+    ),
+    (
+        "ex13_gpus_and_scale",
+        "from tinyllm import analysis\nf = analysis.kv_cache_bytes",
+        "uses tinyllm.analysis.kv_cache_bytes",
+    ),
+    (
+        "ex13_gpus_and_scale",
+        "from tinyllm.train.sharding import split_axes",
+        "imports tinyllm.train.sharding.split_axes",
+    ),
+    (
+        "ex13_gpus_and_scale",
+        "from tinyllm.train import sharding\nf = sharding.layout_summary",
+        "tinyllm.train.sharding",
+    ),
+    (
+        "ex13_gpus_and_scale",
+        "from tinyllm.quant import formats\nbits = formats.quantize",
+        "imports tinyllm.quant.formats",
+    ),
+    (
+        "ex13_gpus_and_scale",
+        "from tinyllm.models.weights import _f32_to_bf16",
+        "imports tinyllm.models.weights._f32_to_bf16",
+    ),
     ("ex02_attention", "exec(open('answers.py').read())", "runs code from a string (exec)"),
     (
         "ex02_attention",
@@ -479,6 +509,9 @@ FAIR = [
     ("ex11_distillation", "from tinyllm.data.tasks import task_examples"),
     ("ex12_quantization", "import numpy as np\nfrom tinyllm import Tensor"),
     ("ex12_quantization", "from tinyllm.nn import Linear"),
+    ("ex13_gpus_and_scale", "import numpy as np\nfrom tinyllm.analysis import parameter_count"),
+    ("ex13_gpus_and_scale", "from tinyllm import analysis\ncount = analysis.parameter_count"),
+    ("ex13_gpus_and_scale", "from tinyllm.models import ModelConfig, get_preset"),
 ]
 
 

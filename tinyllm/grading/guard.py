@@ -190,6 +190,25 @@ RULES = {
         ),
         off_limits=("tinyllm.quant",),  # the formats, QuantizedLinear, AWQ's search, GPTQ
     ),
+    "ex13_gpus_and_scale": Rules(
+        writes=(
+            "matmul_cost",
+            "decode_cost",
+            "attainable_flops",
+            "roofline",
+            "zero_bytes",
+            "device_bytes",
+            "to_bfloat16_bits",
+            "from_bfloat16_bits",
+        ),
+        off_limits=(
+            "tinyllm.analysis",  # the FLOP and byte counts
+            "tinyllm.train.sharding",  # how each layout cuts an array
+            "tinyllm.quant.formats",  # bf16 among the formats
+            "tinyllm.models.weights",  # and its rounding, used for safetensors' BF16
+        ),
+        given=("tinyllm.analysis.parameter_count", "tinyllm.analysis.ParameterCount"),
+    ),
 }
 
 IMPORTERS = {"__import__", "builtins.__import__", "importlib.__import__", "importlib.import_module"}
