@@ -7,13 +7,33 @@ for being slow.
   reads what another one cached. Child processes a test starts inherit the variable.
 - Hypothesis has no deadline and no too-slow health check: both measure wall-clock time,
   which a busy machine stretches.
+- Under ``pytest -n N`` (pytest-xdist) each worker uses one BLAS thread, as do the processes
+  its tests start: N workers share the cores, and two BLAS threads per worker would spin
+  against the other workers' (several times slower, not faster). The notebooks are collected
+  first: theirs is the longest file, and a long file started last keeps one worker busy
+  after the others are done.
 """
+
+import os
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("tinyllm", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("tinyllm")
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")  # read by the libraries loaded from here on
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # those already loaded
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(
+        key=lambda item: item.path.name != "test_notebooks.py"
+    )  # stable: the rest keep their order
 
 
 @pytest.fixture(autouse=True)

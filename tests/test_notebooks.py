@@ -51,17 +51,23 @@ def run_notebook(path):
 
 
 @pytest.fixture(scope="module")
-def executed():
-    """Every notebook run once, two at a time: each kernel is a process of its own using one
-    BLAS thread, so two share two cores without slowing each other."""
+def executed(request):
+    """The selected notebooks (``-k`` picks some), each run once, two at a time: each kernel is a
+    process of its own using one BLAS thread, so two share two cores without slowing each
+    other. A test waits for its own notebook."""
+    selected = [
+        item.callspec.params["path"]
+        for item in request.session.items
+        if getattr(item, "originalname", None) == "test_notebook_runs_top_to_bottom"
+    ]
     workers = max(1, min(2, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
-        return dict(zip(PATHS, pool.map(run_notebook, PATHS)))
+        yield {path: pool.submit(run_notebook, path) for path in selected}
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.name)
 def test_notebook_runs_top_to_bottom(path, executed):
-    notebook, error = executed[path]
+    notebook, error = executed[path].result()
     if error is not None:
         pytest.fail(f"{path.name}: a cell raised an error\n{error}", pytrace=False)
     assert [cell.execution_count for cell in code_cells(notebook)] == list(
