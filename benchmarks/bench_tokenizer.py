@@ -2,7 +2,7 @@
 ``tokenizers`` (Rust) and against the naive recount-every-merge algorithm, same run, same text.
 
     python benchmarks/bench_tokenizer.py            # tinyshakespeare, vocab 4096 and 16384
-    python benchmarks/bench_tokenizer.py --quick    # a 200 kB slice, vocab 1024: seconds
+    python benchmarks/bench_tokenizer.py --quick    # a 60 kB slice, vocab 320: seconds
 
 All three trainers see the same text, the GPT-2 split pattern and the same special tokens.
 tinyllm and HF are timed end to end from raw text (pre-tokenization included), median of
@@ -97,13 +97,13 @@ def main(argv=None):
         "--max-bytes", type=int, default=0, help="use only the first N characters (0: all)"
     )
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="200 kB slice, vocab 1024, one repeat")
+    parser.add_argument("--quick", action="store_true", help="60 kB slice, vocab 320, one repeat")
     args = parser.parse_args(argv)
     if args.quick:
         args.vocab_sizes, args.naive_vocab_size, args.max_bytes, args.repeat = (
-            [1024],
-            1024,
-            200_000,
+            [320],
+            320,
+            60_000,
             1,
         )
 

@@ -16,7 +16,7 @@ side: the final validation loss and the wall time of the training loop, evaluati
 (as nanoGPT's) and apart; then the loss difference and the time ratio tinyllm/torch.
 
     python benchmarks/bench_train.py               # 2000 iterations: several minutes
-    python benchmarks/bench_train.py --quick       # 100 iterations: seconds
+    python benchmarks/bench_train.py --quick       # 30 iterations: seconds
     python benchmarks/bench_train.py --iters 500 --same-init
 """
 
@@ -155,13 +155,13 @@ def load_tinyllm_weights(model, init, n_layer):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="100 iterations: a run of seconds")
+    parser.add_argument("--quick", action="store_true", help="30 iterations: a run of seconds")
     parser.add_argument("--iters", type=int, default=None, help="training iterations (2000)")
     parser.add_argument(
         "--same-init", action="store_true", help="start torch from tinyllm's initial weights"
     )
     args = parser.parse_args()
-    iters = args.iters or (100 if args.quick else 2000)
+    iters = args.iters or (30 if args.quick else 2000)
     train = recipe(iters)
 
     view = corpus_tokens("tinyshakespeare", view="char")
