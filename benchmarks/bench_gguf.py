@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from common import machine, table_head, table_row
 
-from tinyllm import no_grad
 from tinyllm.data import load_corpus, load_tokenizer, validation_tokens
 from tinyllm.models import Transformer, get_preset
+from tinyllm.quant.gguf_check import llama_cpp_outputs, tinyllm_outputs
 from tinyllm.quant.gguf_export import TYPES, stored_model, write_gguf
 from tinyllm.tokenizer import Tokenizer
 from tinyllm.train.checkpoint import load_model_folder
@@ -47,55 +47,12 @@ def quick_model(corpus):
     return Transformer(config, seed=0).eval(), tokenizer
 
 
-def log_softmax(logits):
-    logits = np.asarray(logits, np.float64)
-    shifted = logits - logits.max(-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-
-
-def window_nll(logits, targets):
-    """Mean negative log-likelihood of ``targets`` (T,) under ``logits`` (T, vocab)."""
-    return -log_softmax(logits)[np.arange(len(targets)), targets].mean()
-
-
 def windows_of(tokens, context, count):
+    """Up to ``count`` consecutive windows of ``context + 1`` ids (each ends where the next
+    begins)."""
     n = min((len(tokens) - 1) // context, count)
     ids = np.asarray(tokens[: n * context + 1], np.int64)
-    return ids[:-1].reshape(n, context), ids[1:].reshape(n, context)
-
-
-def tinyllm_side(model, prompt, new_tokens, inputs, targets):
-    """(greedy tokens, per-window NLLs) of a tinyllm model."""
-    with no_grad():
-        ids = list(prompt)
-        for _ in range(new_tokens):
-            logits, _ = model([ids])
-            ids.append(int(np.argmax(logits.numpy()[0, -1])))
-        nlls = [window_nll(model(x[None])[0].numpy()[0], y) for x, y in zip(inputs, targets)]
-    return ids[len(prompt) :], np.array(nlls)
-
-
-def llama_cpp_side(path, text, new_tokens, inputs, targets, context):
-    """(prompt ids, greedy tokens, per-window NLLs) of llama.cpp on the GGUF file ``path``."""
-    from llama_cpp import Llama
-
-    llm = Llama(
-        model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=context,
-        logits_all=True, n_threads=2, seed=0, verbose=False,
-    )  # fmt: skip
-    prompt = llm.tokenize(text.encode(), add_bos=False, special=False)
-    greedy = []
-    for token in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
-        greedy.append(token)
-        if len(greedy) == new_tokens:
-            break
-    nlls = []
-    for x, y in zip(inputs, targets):
-        llm.reset()
-        llm.eval(x.tolist())
-        nlls.append(window_nll(llm.scores[: len(x)], y))
-    llm.close()
-    return prompt, greedy, np.array(nlls)
+    return [ids[i * context : (i + 1) * context + 1] for i in range(n)]
 
 
 def main():
@@ -131,24 +88,25 @@ def main():
     context = model.config.context_length
     prompt = tokenizer.encode(args.prompt)
     new_tokens = min(args.new_tokens, context - len(prompt))
-    inputs, targets = windows_of(validation_tokens(args.corpus, tokenizer), context, args.windows)
+    windows = windows_of(validation_tokens(args.corpus, tokenizer), context, args.windows)
     print(
         f"model: {name} ({model.config.n_layer} layers, d_model {model.config.d_model}, "
         f"vocab {model.config.vocab_size}); prompt {args.prompt!r} = {len(prompt)} tokens, "
-        f"{new_tokens} greedy tokens; {len(inputs)} validation windows of {context} tokens"
+        f"{new_tokens} greedy tokens; {len(windows)} validation windows of {context} tokens"
     )
     table_head(
         "GGUF in llama.cpp against tinyllm on the same weights",
         ["type", "file bytes", "llama.cpp greedy = tinyllm's", "tinyllm greedy = float's",
          "ppl tinyllm", "ppl llama.cpp", "diff log-ppl", "noise (SE of log-ppl)"],
     )  # fmt: skip
-    float_greedy, _ = tinyllm_side(model, prompt, new_tokens, inputs[:0], targets[:0])
+    float_greedy, _ = tinyllm_outputs(model, prompt, new_tokens, [])
     with tempfile.TemporaryDirectory() as tmp:
         for file_type in args.types:
             path = Path(tmp) / f"model-{file_type}.gguf"
             write_gguf(model, tokenizer, path, file_type)
             ours = stored_model(model, file_type)
-            greedy, nlls = tinyllm_side(ours, prompt, new_tokens, inputs, targets)
+            greedy, nlls = tinyllm_outputs(ours, prompt, new_tokens, windows)
+            nlls = np.array([window.mean() for window in nlls])
             ppl = math.exp(nlls.mean())
             noise = nlls.std(ddof=1) / math.sqrt(len(nlls)) if len(nlls) > 1 else math.nan
             row = [file_type, f"{path.stat().st_size:,}"]
@@ -156,9 +114,10 @@ def main():
             if llama_cpp is None:
                 table_row([*row, "-", as_float, f"{ppl:.4f}", "-", "-", f"{noise:.4f}"])
                 continue
-            their_prompt, their_greedy, their_nlls = llama_cpp_side(
-                path, args.prompt, new_tokens, inputs, targets, context
+            their_prompt, their_greedy, their_nlls = llama_cpp_outputs(
+                path, args.prompt, new_tokens, windows, context
             )
+            their_nlls = np.array([window.mean() for window in their_nlls])
             if their_prompt != prompt:
                 print(f"prompt ids differ: llama.cpp {their_prompt}, tinyllm {prompt}")
             same = _agree(greedy, their_greedy)

@@ -12,8 +12,8 @@ tensor name, RoPE order or tokenizer entry changes the tokens all the same.
 import numpy as np
 import pytest
 
-from tinyllm import no_grad
 from tinyllm.models import Transformer, get_preset
+from tinyllm.quant.gguf_check import llama_cpp_outputs, tinyllm_outputs
 from tinyllm.quant.gguf_export import stored_model, write_gguf
 from tinyllm.tokenizer import Tokenizer
 
@@ -58,37 +58,13 @@ def confident_model(arch, tokenizer, **changes):
     return model.load_state_dict(state).eval()
 
 
-def nll_per_token(logits, targets):
-    logits = np.asarray(logits, np.float64)
-    logits = logits - logits.max(-1, keepdims=True)
-    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    return -log_probs[np.arange(len(targets)), targets]
-
-
 def tinyllm_run(model, prompt, window):
-    with no_grad():
-        ids = list(prompt)
-        for _ in range(NEW_TOKENS):
-            ids.append(int(np.argmax(model([ids])[0].numpy()[0, -1])))
-        logits = model([window[:-1]])[0].numpy()[0]
-    return ids[len(prompt) :], nll_per_token(logits, window[1:])
+    greedy, (nll,) = tinyllm_outputs(model, prompt, NEW_TOKENS, [window])
+    return greedy, nll
 
 
 def llama_cpp_run(path, window):
-    llm = llama_cpp.Llama(
-        model_path=str(path), n_ctx=CONTEXT, n_batch=CONTEXT, n_ubatch=CONTEXT,
-        logits_all=True, n_threads=2, seed=0, verbose=False,
-    )  # fmt: skip
-    prompt = llm.tokenize(PROMPT.encode(), add_bos=False, special=False)
-    greedy = []
-    for token in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
-        greedy.append(token)
-        if len(greedy) == NEW_TOKENS:
-            break
-    llm.reset()
-    llm.eval(list(window[:-1]))
-    nll = nll_per_token(llm.scores[: len(window) - 1], window[1:])
-    llm.close()
+    prompt, greedy, (nll,) = llama_cpp_outputs(path, PROMPT, NEW_TOKENS, [window], CONTEXT)
     return prompt, greedy, nll
 
 
