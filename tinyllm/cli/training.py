@@ -24,7 +24,7 @@ def run_pretrain(args):
     from tinyllm.train import TrainConfig
 
     train = dataclass_from_flags(TrainConfig, args)
-    join_processes(train, args.backend)  # several hosts: before the model is built
+    _join_processes(train, args.backend)  # several hosts: before the model is built
     run = pretrain(dataclass_from_flags(PretrainConfig, args), train)
     val = "-" if run.val_step is None else f"{show(run.val_loss, '.4f')} (step {run.val_step})"
     print(
@@ -78,7 +78,7 @@ POST_TRAINING = {  # command (and its recipe's module and function): config clas
 }
 
 
-def join_processes(train, backend):
+def _join_processes(train, backend):
     """Join the other processes of a run over several hosts (``--coordinator`` and its two
     companions) on ``backend`` (a name; None: the current one), before any device is used."""
     from tinyllm.backend import get_backend
@@ -108,7 +108,7 @@ def post_training_command(command):
         module = import_module(f"tinyllm.recipes.{command}")
         config = dataclass_from_flags(getattr(module, config_name), args)
         train = dataclass_from_flags(TrainConfig, args)
-        join_processes(train, args.backend)
+        _join_processes(train, args.backend)
         return _print_run(getattr(module, command)(config, train))
 
     return configure, run
