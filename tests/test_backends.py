@@ -147,6 +147,7 @@ def test_jit_is_the_identity_on_numpy_and_compiles_under_jax():
         return x * 2
 
     assert tinyllm.jit(f) is f
+    assert tinyllm.jit(f, donate_argnums=(0,)) is f  # eager: nothing to donate, accepted
     jax = pytest.importorskip("jax")
     with tinyllm.use_backend("jax"):
         compiled = tinyllm.jit(f)

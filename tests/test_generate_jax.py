@@ -2,7 +2,8 @@
 
 The prefill compiles once and the decoding step once, whatever the number of tokens; a
 second ``generate`` on the same model compiles nothing. A trace is counted by wrapping the
-model's ``forward``, which only runs while ``jax.jit`` traces.
+model's ``forward``, which only runs while ``jax.jit`` traces. The compiled step donates the
+KV cache it is given: the arrays passed in are gone after the call, written in place.
 """
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 import tinyllm
 from tinyllm.infer import generate
+from tinyllm.infer.decoder import CachedDecoder
 from tinyllm.models import ModelConfig, Transformer, get_preset
 
 pytest.importorskip("jax")
@@ -73,6 +75,18 @@ def test_one_compilation_for_the_prefill_and_one_for_every_step(preset, monkeypa
     ours = generate(model, prompt, 20, temperature=0)
     assert len(traces) == 3
     np.testing.assert_array_equal(ours, generate(numpy_model, prompt, 20, temperature=0))
+
+
+def test_the_compiled_step_donates_the_cache_and_keeps_numpys_logits():
+    numpy_model, jax_model = numpy_and_jax_models(ModelConfig(**BASE))
+    reference, decoder = CachedDecoder(numpy_model, 2), CachedDecoder(jax_model, 2)
+    rng = np.random.default_rng(2)
+    for ids in (rng.integers(0, 61, (2, 5)), *rng.integers(0, 61, (3, 2, 1))):  # prefill, steps
+        passed_in = [*decoder.cache.keys, *decoder.cache.values]
+        logits = decoder(ids)
+        assert all(array.is_deleted() for array in passed_in)  # donated: reused for the output
+        np.testing.assert_allclose(logits, reference(ids), rtol=1e-4, atol=1e-5)
+    assert decoder.length == reference.length == 8
 
 
 def test_jax_sampling_draws_what_numpy_draws():

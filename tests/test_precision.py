@@ -359,6 +359,149 @@ def test_generate_cli_passes_its_dtype_flag_to_generation(tmp_path, capsys):
     assert "invalid choice: 'half'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["chat", "serve", "speedrun"])
+def test_chat_serve_and_speedrun_refuse_16_bits_on_numpy(command, tmp_path, capsys):
+    if command == "serve":
+        pytest.importorskip("fastapi")
+    from tinyllm.cli import main
+
+    folder = model_folder(tmp_path / "model")
+    where = ["--out", str(tmp_path / "run")] if command == "speedrun" else [str(folder)]
+    with tinyllm.use_backend("numpy"):  # speedrun: checked before the tokenizer is trained
+        assert main([command, *where, "--dtype", "bfloat16"]) == 2
+    assert "'bfloat16' is not available on the 'numpy' backend" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit):
+        main([command, *where, "--dtype", "half"])
+    assert "invalid choice: 'half'" in capsys.readouterr().err
+
+
+def product_dtypes(monkeypatch):
+    """The dtypes matmuls cast their inputs to, noted as each product runs (None: float32)."""
+    import tinyllm.functional.linalg as linalg
+
+    seen, product_dtype = [], linalg.product_dtype
+
+    def spied(backend):
+        dtype = product_dtype(backend)
+        seen.append(None if dtype is None else np.dtype(dtype).name)
+        return dtype
+
+    monkeypatch.setattr(linalg, "product_dtype", spied)
+    return seen
+
+
+def note_first_logits(engine, logits, key):
+    """Keep in ``logits[key]`` the first logits ``engine`` samples from: the prompt's."""
+    sample = engine._sample
+
+    def noting(batch, rows):
+        logits.setdefault(key, rows)
+        return sample(batch, rows)
+
+    engine._sample = noting
+
+
+def test_jax_engine_runs_its_matmuls_in_the_dtype_asked_for(monkeypatch):
+    """The serving engine (chat, serve) casts every matmul to bfloat16: its logits follow
+    float32's within bfloat16's precision, and differ from them."""
+    pytest.importorskip("jax")
+    from tinyllm.infer.engine import Engine, SamplingParams
+
+    with tinyllm.use_backend("jax"):
+        model = Transformer(get_preset("tiny", **SMALL), seed=0)
+    logits, seen = {}, product_dtypes(monkeypatch)
+    for dtype in ("float32", "bfloat16"):
+        engine = Engine(model, max_batch=1, num_blocks=4, block_size=4, dtype=dtype)
+        note_first_logits(engine, logits, dtype)
+        seen.clear()
+        engine.generate([[1, 2, 3]], SamplingParams(max_tokens=1, temperature=0))  # eager: slow
+        assert set(seen) == ({None} if dtype == "float32" else {"bfloat16"})
+    close(logits["bfloat16"], logits["float32"], 2e-2)
+    assert not np.array_equal(logits["bfloat16"], logits["float32"])
+    assert tinyllm.compute_dtype() == "float32"
+
+
+def test_chat_and_serve_give_their_dtype_flag_to_the_engine(tmp_path, monkeypatch):
+    pytest.importorskip("jax")
+    import tinyllm.infer.chat as chat
+    from tinyllm.cli import main
+
+    folder = model_folder(tmp_path)
+    engines = []
+    monkeypatch.setattr(chat, "ChatSession", lambda engine, *a, **k: engines.append(engine))
+    monkeypatch.setattr(chat, "chat_loop", lambda session: 0)
+    with tinyllm.use_backend("jax"):
+        assert main(["chat", str(folder), "--dtype", "bfloat16"]) == 0
+    if has_fastapi():
+        import uvicorn
+
+        monkeypatch.setattr(uvicorn, "run", lambda app, **k: engines.append(app.state.engine))
+        with tinyllm.use_backend("jax"):
+            assert main(["serve", str(folder), "--dtype", "bfloat16"]) == 0
+    assert engines and all(engine.dtype == "bfloat16" for engine in engines)
+    assert {engine.model.token_embedding.weight.backend.name for engine in engines} == {"jax"}
+
+
+def has_fastapi():
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_speedrun_trains_every_stage_and_samples_in_its_dtype(tmp_path, monkeypatch):
+    """Every stage's TrainConfig carries --dtype, and pretraining's samples use it: the
+    recipes are stood in for (the training itself in bfloat16 is tested above)."""
+    pytest.importorskip("jax")
+    from importlib import import_module
+
+    from tinyllm.cli import main
+
+    # (the modules: tinyllm.recipes names its functions after them)
+    pretrain_recipe = import_module("tinyllm.recipes.pretrain")
+    speedrun = import_module("tinyllm.recipes.speedrun")
+
+    trained, sampled = {}, []
+
+    def stage(name):
+        def recipe(config, train):
+            trained[name] = train.dtype
+            result = types.SimpleNamespace(stopped_by=None)
+            return types.SimpleNamespace(result=result, out=tmp_path / name)
+
+        return recipe
+
+    for name in ("pretrain", "sft", "dpo"):
+        monkeypatch.setattr(speedrun, name, stage(name))
+    monkeypatch.setattr(speedrun, "write_report", lambda *a: tmp_path / "report.md")
+    args = ["speedrun", "--out", str(tmp_path), "--backend", "jax", "--steps", "1"]
+    assert main([*args, "--dtype", "bfloat16", "--no-progress"]) == 0
+    assert trained == {"pretrain": "bfloat16", "sft": "bfloat16", "dpo": "bfloat16"}
+
+    class Trainer:  # pretraining's samples: sample_fn as the Trainer calls it
+        def __init__(self, model, train, batches, *, sample_fn, **kw):
+            self.model, self.sample_fn = model, sample_fn
+
+        def fit(self, resume):
+            self.sample_fn(self.model)
+            return types.SimpleNamespace(samples=[], step=0, steps_this_session=0)
+
+    def generate(model, prompt, n, **kw):
+        sampled.append(kw["dtype"])
+        return np.asarray(prompt)
+
+    monkeypatch.setattr(pretrain_recipe, "Trainer", Trainer)
+    monkeypatch.setattr(pretrain_recipe, "generate", generate)
+    pretrain_recipe.pretrain(
+        pretrain_recipe.PretrainConfig(out=str(tmp_path / "pre"), samples=2),
+        TrainConfig(steps=1, dtype="bfloat16"),
+    )
+    assert sampled == ["bfloat16", "bfloat16"]
+
+
 def test_train_config_dtype_is_a_pretrain_flag(capsys):
     from tinyllm.cli import main
 

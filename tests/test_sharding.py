@@ -1,9 +1,11 @@
 """Training over several JAX devices equals training on one: data parallel, ZeRO-1, FSDP,
-and two processes joined by ``jax.distributed``; the compiled step traces once and donates.
+and two ``tinyllm pretrain`` processes joined by ``jax.distributed`` (``--coordinator``);
+the compiled step traces once and donates.
 
 JAX fixes its device count when it starts, so the runs over several devices are child
 Pythons started with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``: this file is
-also their script (``python tests/test_sharding.py '{...}'`` prints the losses as JSON).
+also their script (``python tests/test_sharding.py '{...}'`` prints the losses as JSON),
+and the two processes are the ``tinyllm`` command itself.
 """
 
 import json
@@ -56,17 +58,11 @@ def run(out, **changes):
 
 
 def worker(spec):
-    """A child run: join the other processes (if any), then train once per mode in ``spec``."""
-    if spec.get("num_processes", 1) > 1:
-        from tinyllm.train.sharding import initialize_processes
-
-        initialize_processes(f"127.0.0.1:{spec['port']}", spec["num_processes"], spec["rank"])
+    """A child run: train once per mode in ``spec``."""
     out = {}
     for mode in spec["modes"]:
         shard = None if mode == "single" else mode
-        losses, val_loss, trainer = run(
-            Path(spec["out"]) / f"{mode}-{spec.get('rank', 0)}", shard=shard
-        )
+        losses, val_loss, trainer = run(Path(spec["out"]) / mode, shard=shard)
         out[mode] = {
             "losses": losses,
             "val_loss": val_loss,
@@ -92,28 +88,33 @@ def collectives(trainer):
     return {op: program.count(f" {op}(") for op in ("all-reduce", "all-gather")}
 
 
-def child(spec, devices):
-    """Start ``worker(spec)`` in a child Python that sees ``devices`` CPU devices."""
+def child(argv, devices):
+    """Start ``python argv...`` in a child that sees ``devices`` CPU devices."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "OPENBLAS_NUM_THREADS": "1"}
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return subprocess.Popen(
-        [sys.executable, __file__, json.dumps(spec)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
     )  # fmt: skip
 
 
-def result_of(process, timeout=600):
+def output_of(process, timeout=600):
     stdout, stderr = process.communicate(timeout=timeout)
     assert process.returncode == 0, stderr[-3000:]
-    return json.loads(stdout.strip().splitlines()[-1])
+    return stdout
+
+
+def result_of(process):
+    return json.loads(output_of(process).strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
 def four_devices(tmp_path_factory):
     """One device, then dp, zero1 and fsdp over 4, in one child that sees 4 CPU devices."""
     out = tmp_path_factory.mktemp("four")
-    return result_of(child({"modes": ["single", *MODES], "out": str(out)}, devices=4))
+    spec = {"modes": ["single", *MODES], "out": str(out)}
+    return result_of(child([__file__, json.dumps(spec)], devices=4))
 
 
 def max_difference(a, b):
@@ -137,25 +138,79 @@ def test_sharded_runs_equal_the_single_device_run(four_devices, mode):
     assert single["losses"][-1] < single["losses"][0]  # it learned something
 
 
-def test_two_processes_train_together_through_jax_distributed(four_devices, tmp_path):
-    with socket.socket() as s:  # a free port for the coordinator
+# A short run of `tinyllm pretrain`, the same on every host (no samples: their compiled
+# programs would double the time the test takes)
+PRETRAIN = (
+    "pretrain --preset tiny --context-length 16 --steps 4 --batch-size 8 --lr 1e-2 "
+    "--warmup-steps 1 --eval-interval 0 --eval-batches 1 --log-interval 1 --samples 0 "
+    "--checkpoint-interval 0 --no-progress"
+).split()
+# A NumPy run against JAX over 4 devices: float32 sums in other orders, four AdamW steps
+HOSTS_NOISE = 1e-4
+
+
+def free_port():
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    spec = {"modes": ["dp", "fsdp"], "out": str(tmp_path), "num_processes": 2, "port": port}
-    processes = [child({**spec, "rank": rank}, devices=2) for rank in range(2)]
+        return s.getsockname()[1]
+
+
+def test_two_pretrain_processes_train_as_one_process_would(tmp_path):
+    """Two hosts on one machine: two `tinyllm pretrain` processes of 2 CPU devices each,
+    joined over loopback, train FSDP over 4 devices as one process trains on the same
+    batches; only process 0 writes the run folder, its checkpoint gathered whole."""
+    from tinyllm.cli import main
+    from tinyllm.models.weights import read_safetensors
+
+    hosts = f"--backend jax --shard fsdp --coordinator 127.0.0.1:{free_port()} --num-processes 2"
+    argv = ["-m", "tinyllm.cli", *PRETRAIN, "--out", str(tmp_path / "two"), *hosts.split()]
+    processes = [child([*argv, "--process-id", str(rank)], devices=2) for rank in range(2)]
     try:
-        results = [result_of(p) for p in processes]
+        for process in processes:
+            output_of(process)
     finally:  # one failed: the other would wait for it
         for process in processes:
             if process.poll() is None:
                 process.kill()
-    single = four_devices["single"]
-    for result in results:
-        for mode in ("dp", "fsdp"):
-            assert result[mode]["plan"] == f"{mode} over 4 devices in 2 processes"
-            assert max_difference(result[mode]["losses"], single["losses"]) < NOISE
-            assert abs(result[mode]["val_loss"] - single["val_loss"]) < NOISE
-        assert result["fsdp"]["layout"] == {"param": 4, "moment": 4}  # a quarter per device
+    assert main([*PRETRAIN, "--out", str(tmp_path / "one"), "--backend", "numpy"]) == 0
+    one, two = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("one", "two"))
+    assert [row["step"] for row in two] == [1, 2, 3, 4]  # one writer: each step logged once
+    for key in ("loss", "val_loss"):
+        ours, theirs = [r[key] for r in two if key in r], [r[key] for r in one if key in r]
+        assert len(ours) == len(theirs) > 0
+        assert float(np.max(np.abs(np.subtract(ours, theirs)))) < HOSTS_NOISE, key
+    weights = [read_safetensors(tmp_path / name / "model.safetensors") for name in ("one", "two")]
+    assert weights[0].keys() == weights[1].keys()
+    for name, array in weights[0].items():  # cut over two hosts in training, whole here
+        # (AdamW moves a weight whose gradient is near 0 by up to lr either way: compare the
+        # whole tensor; a piece missing or doubled would be off by its own size)
+        difference = np.linalg.norm(weights[1][name] - array) / np.linalg.norm(array)
+        assert difference < 1e-3, name
+    assert [p.name for p in (tmp_path / "two" / "checkpoints").iterdir()] == ["step-000004"]
+
+
+def test_clear_errors_for_runs_over_several_processes(capsys):
+    from tinyllm.cli import main
+
+    with pytest.raises(ValueError, match="num_processes and process_id go together; process_id "
+                       "is missing"):  # fmt: skip
+        train_config(coordinator="10.0.0.1:1234", num_processes=2)
+    with pytest.raises(ValueError, match=r"process_id=2 is not in 0 \.\. 1 \(num_processes=2\)"):
+        train_config(coordinator="10.0.0.1:1234", num_processes=2, process_id=2)
+    with pytest.raises(ValueError, match="coordinator='10.0.0.1': expected HOST:PORT"):
+        train_config(coordinator="10.0.0.1", num_processes=2, process_id=0)
+    with pytest.raises(ValueError, match="num_processes=0 must be an integer >= 1"):
+        train_config(coordinator="10.0.0.1:1234", num_processes=0, process_id=0)
+    hosts = "--coordinator 127.0.0.1:1234 --num-processes 2 --process-id 1".split()
+    assert main(["pretrain", "--backend", "numpy", *hosts]) == 2  # before any data is read
+    err = capsys.readouterr().err
+    assert "several processes needs the JAX backend, but the backend is 'numpy'" in err
+    with tinyllm.use_backend("jax"):  # the config says 2 processes; this one joined none
+        model = Transformer(get_preset("tiny", **MODEL), seed=0)
+        config = train_config(coordinator="127.0.0.1:1234", num_processes=2, process_id=0)
+        with pytest.raises(ValueError, match="num_processes=2, but this process has joined 1; "
+                           "call tinyllm.train.sharding.join_processes"):  # fmt: skip
+            Trainer(model, config, RandomBatches(TOKENS, 8, 16, seed=0))
 
 
 # --- one device, in this process -----------------------------------------------------------

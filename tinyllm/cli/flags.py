@@ -1,10 +1,12 @@
-"""Command-line flags: from a config dataclass's fields, and the checked number types and
-sampling flags that several commands share."""
+"""Command-line flags: from a config dataclass's fields, and the checked number types,
+sampling flags and ``--dtype`` that several commands share."""
 
 import argparse
 import dataclasses
 import math
 import types
+
+from tinyllm.backend.precision import COMPUTE_DTYPES
 
 
 def add_dataclass_flags(parser, cls, title, defaults=None):
@@ -138,3 +140,16 @@ def add_sampling_flags(parser, *names):
     for name in names:
         kind, default, text = SAMPLING_FLAGS[name]
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=text)
+
+
+def add_dtype_flag(parser):
+    """``--dtype``: the compute dtype of the command's forwards (and of its training, for
+    ``speedrun``), as ``TrainConfig.dtype`` is for the training commands. Which backend
+    allows which dtype is checked when the command runs (``backend/precision.py``)."""
+    parser.add_argument(
+        "--dtype",
+        choices=COMPUTE_DTYPES,
+        default="float32",
+        help="the dtype of matmuls and attention (the weights stay float32): bfloat16 on the "
+        "JAX backend, float16 on JAX or CuPy (default: %(default)s)",
+    )

@@ -3,9 +3,7 @@
 import sys
 import time
 
-from tinyllm.backend.precision import COMPUTE_DTYPES
-
-from .flags import add_sampling_flags, integer
+from .flags import add_dtype_flag, add_sampling_flags, integer
 
 
 # --- tinyllm generate (alias: sample) ----------------------------------------------------------
@@ -51,13 +49,7 @@ def configure_sample(parser):
         default=4,
         help="tokens proposed per round with --draft or --prompt-lookup (default: 4)",
     )
-    parser.add_argument(
-        "--dtype",
-        choices=COMPUTE_DTYPES,
-        default="float32",
-        help="the dtype of matmuls and attention: bfloat16 on the JAX backend, float16 on "
-        "JAX or CuPy (default: %(default)s)",
-    )
+    add_dtype_flag(parser)
 
 
 def run_sample(args):
@@ -125,6 +117,7 @@ def configure_chat(parser):
         default=None,
         help="the first reply's seed, the next reply's is one more (default: a fresh one)",
     )
+    add_dtype_flag(parser)
 
 
 def run_chat(args):
@@ -141,7 +134,8 @@ def run_chat(args):
         max_tokens=max_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, seed=args.seed,
     )  # fmt: skip
-    session = ChatSession(Engine(model, tokenizer, max_batch=1), params, system=args.system)
+    engine = Engine(model, tokenizer, max_batch=1, dtype=args.dtype)
+    session = ChatSession(engine, params, system=args.system)
     print(
         f"chatting with {args.directory} (context {context} tokens, replies up to "
         f"{max_tokens}); /reset clears, /quit or Ctrl-D leaves, Ctrl-C stops a reply",
@@ -187,6 +181,7 @@ def configure_serve(parser):
         default=16,
         help="token positions per KV-cache block (default: %(default)s)",
     )
+    add_dtype_flag(parser)
 
 
 def run_serve(args):
@@ -211,7 +206,7 @@ def run_serve(args):
     name = Path(args.directory).resolve().name
     app = create_app(
         model, tokenizer, name=name, max_batch=args.max_batch, num_blocks=args.num_blocks,
-        block_size=args.block_size,
+        block_size=args.block_size, dtype=args.dtype,
     )  # fmt: skip
     url = f"http://{args.host}:{args.port}"
     print(f"serving {name} at {url} (chat page: {url}/, OpenAI API: {url}/v1)", flush=True)

@@ -1,7 +1,7 @@
 """The training commands: ``pretrain``, the post-training ones built from ``POST_TRAINING``
 (``sft``, ``lora``, ``reward``, ``dpo``, ``distill``), ``eval``, ``quantize`` and ``speedrun``."""
 
-from .flags import add_dataclass_flags, dataclass_from_flags, integer
+from .flags import add_dataclass_flags, add_dtype_flag, dataclass_from_flags, integer
 
 
 # --- tinyllm pretrain -------------------------------------------------------------------------
@@ -23,9 +23,9 @@ def run_pretrain(args):
     from tinyllm.recipes.pretrain import show
     from tinyllm.train import TrainConfig
 
-    run = pretrain(
-        dataclass_from_flags(PretrainConfig, args), dataclass_from_flags(TrainConfig, args)
-    )
+    train = dataclass_from_flags(TrainConfig, args)
+    _join_processes(train, args.backend)  # several hosts: before the model is built
+    run = pretrain(dataclass_from_flags(PretrainConfig, args), train)
     val = "-" if run.val_step is None else f"{show(run.val_loss, '.4f')} (step {run.val_step})"
     print(
         f"step {run.result.step}: train loss {show(run.result.train_loss, '.4f')}, val loss {val}, "
@@ -78,6 +78,15 @@ POST_TRAINING = {  # command (and its recipe's module and function): config clas
 }
 
 
+def _join_processes(train, backend):
+    """Join the other processes of a run over several hosts (``--coordinator`` and its two
+    companions) on ``backend`` (a name; None: the current one), before any device is used."""
+    from tinyllm.backend import get_backend
+    from tinyllm.train.sharding import join_processes
+
+    join_processes(train, get_backend(backend))
+
+
 def post_training_command(command):
     """The ``configure`` and ``run`` functions of a post-training command: flags from its
     config's fields, then TrainConfig's with the recipe's training defaults."""
@@ -98,7 +107,9 @@ def post_training_command(command):
 
         module = import_module(f"tinyllm.recipes.{command}")
         config = dataclass_from_flags(getattr(module, config_name), args)
-        return _print_run(getattr(module, command)(config, dataclass_from_flags(TrainConfig, args)))
+        train = dataclass_from_flags(TrainConfig, args)
+        _join_processes(train, args.backend)
+        return _print_run(getattr(module, command)(config, train))
 
     return configure, run
 
@@ -257,6 +268,7 @@ def configure_speedrun(parser):
         help="continue the run in --out (on a finished run: only rewrite the report)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_dtype_flag(parser)
 
 
 def run_speedrun(args):
@@ -265,7 +277,7 @@ def run_speedrun(args):
     report = speedrun(
         args.out, backend=args.backend, preset=args.preset, resume=args.resume,
         steps=args.steps, sft_steps=args.sft_steps, dpo_steps=args.dpo_steps,
-        eval_examples=args.eval_examples, progress=not args.no_progress,
+        eval_examples=args.eval_examples, progress=not args.no_progress, dtype=args.dtype,
     )  # fmt: skip
     print(f"wrote {report}")
     return 0

@@ -12,6 +12,14 @@ in and out of one compiled forward as a value: one program for each number of ne
 (the prompt, then 1 per step), compiled once per model and kept for later calls. Dynamic
 RoPE scaling, whose angles change with the length, runs eagerly there too.
 
+The compiled forward *donates* the cache's arrays (``donate_argnums``): a function of
+values would otherwise return new keys and values beside the old ones, and XLA would copy
+every layer's whole (B, n_kv_head, context_length, head_dim) cache at every step to write
+one position. Donated, the input buffers become the outputs and the write happens in
+place; the arrays passed in are deleted by the call (``is_deleted()``), so the decoder
+keeps only the ones it gets back. NumPy and CuPy, which run eagerly over a cache written
+in place anyway, ignore the donation.
+
 A batch of prompts of different lengths is padded on the left (``pads`` says how many
 columns each row's padding takes): a key mask hides the padding from every query, and
 learned position embeddings get each row's own positions (``padding_keywords``).
@@ -43,7 +51,8 @@ class CachedDecoder:
         )
         if self.compiled:
             self.params = {name: p.data for name, p in model.named_parameters()}
-            self.step = compiled(model, _cached_forward)
+            # arguments 1 and 2 (after the bound model): the cache's keys and values
+            self.step = compiled(model, _cached_forward, donate_argnums=(1, 2))
 
     @property
     def length(self):
@@ -86,16 +95,18 @@ def _cached_forward(model, params, keys, values, length, ids, mask, positions):
 _PROGRAMS = weakref.WeakKeyDictionary()  # model -> {name: a compiled forward of it}
 
 
-def compiled(model, forward):
+def compiled(model, forward, donate_argnums=()):
     """``forward(model, ...)`` compiled for ``model``, once per compute dtype: later calls of
     ``generate`` reuse the compilation (a new input shape still compiles anew, as ``jit``
-    does)."""
+    does). ``donate_argnums`` counts the arguments after ``model``: their buffers may be
+    reused for the outputs (see the module doc)."""
     programs = _PROGRAMS.setdefault(model, {})
     name = (forward.__name__, compute_dtype())  # the dtype is read as jit traces: a key
     if name not in programs:
         backend = model.token_embedding.weight.backend
         # a weak reference: the compiled program must not keep the model alive
-        programs[name] = backend.jit(functools.partial(forward, weakref.proxy(model)))
+        bound = functools.partial(forward, weakref.proxy(model))
+        programs[name] = backend.jit(bound, donate_argnums=donate_argnums)
     return programs[name]
 
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..autograd import to_numpy
+from ..backend.precision import check_compute_dtype, precision
 from ..nn.module import inference
 from ..nn.paged_kv_cache import PagedKVCache
 from .sampling import _is_integer, check_sampling_settings, sample_next
@@ -134,13 +135,17 @@ class Engine:
     """Continuous batching of ``model`` over a ``PagedKVCache`` of ``num_blocks`` blocks of
     ``block_size`` positions; at most ``max_batch`` sequences run at once. ``tokenizer``
     (optional) decodes text pieces and stop strings. ``prefix_caching`` reuses the blocks
-    of prompts seen before. See the module doc."""
+    of prompts seen before. ``dtype`` is the compute dtype of every forward ("float32",
+    "bfloat16" or "float16", as in ``generate``); it is set around each forward rather
+    than by the caller because the engine steps on a thread of its own when it serves,
+    and a ``precision`` block holds in its own thread only. See the module doc."""
 
     def __init__(
         self, model, tokenizer=None, *, num_blocks=None, block_size=16, max_batch=32,
-        prefix_caching=True,
+        prefix_caching=True, dtype="float32",
     ):  # fmt: skip
         config = model.config
+        check_compute_dtype(model.token_embedding.weight.backend, dtype)  # before any request
         if not (_is_integer(max_batch) and max_batch >= 1):
             raise ValueError(f"Engine: max_batch={max_batch!r}: expected an integer >= 1")
         per_sequence = math.ceil(config.context_length / block_size)
@@ -154,7 +159,7 @@ class Engine:
             )
         weight = model.token_embedding.weight
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
-        self.prefix_caching = prefix_caching
+        self.prefix_caching, self.dtype = prefix_caching, dtype
         self.cache = PagedKVCache.for_model(
             config, num_blocks, block_size, dtype=weight.dtype, backend=weight.backend
         )
@@ -303,7 +308,7 @@ class Engine:
         """The next-token logits (B, V) after feeding ``ids`` (one list per sequence, of one
         length) to the sequences of ``batch``."""
         ids = np.asarray(ids, dtype=np.int64).reshape(len(batch), -1)  # (B, T)
-        with inference(self.model):
+        with inference(self.model), precision(self.dtype):
             logits, _ = self.model(ids, cache=self.cache.batch([s.id for s in batch]))
         return to_numpy(logits.data[:, -1, :])
 

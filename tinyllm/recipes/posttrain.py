@@ -21,6 +21,7 @@ from ..data.tasks import TASKS, preference_pairs, task_examples
 from ..files import atomic_open
 from ..tokenizer.chat import CHAT_SPECIAL_TOKENS, format_chat
 from ..train.checkpoint import load_model_folder
+from ..train.sharding import is_main_process
 
 
 def data_field(records):
@@ -133,8 +134,10 @@ def training_threads_for(model):
 
 def write_summary(config, name, **facts):
     """``<out>/<name>.json``: the run's config and ``facts`` (what was measured), written
-    whole or not at all; returns the run folder."""
+    whole or not at all (by process 0 alone, over several); returns the run folder."""
     out = Path(config.out)
+    if not is_main_process():
+        return out
     with atomic_open(out / f"{name}.json", "w") as file:
         json.dump({"config": config.to_dict(), **facts}, file, indent=2)
     return out

@@ -200,8 +200,8 @@ def _pretrain(config, train):
     model = Transformer(model_config, seed=train.seed)
     prompts = _prompts(tokenizer, val_tokens, config.samples)
 
-    def sample(model):
-        return sample_texts(model, tokenizer, prompts, config)
+    def sample(model):  # in the training's compute dtype: what the trained model does there
+        return sample_texts(model, tokenizer, prompts, config, dtype=train.dtype)
 
     trainer = Trainer(
         model,
@@ -234,8 +234,9 @@ def _pretrain(config, train):
     )  # fmt: skip
 
 
-def sample_texts(model, tokenizer, prompts, config, seed=0):
-    """One continuation of each prompt (a list of token-id lists), decoded to text."""
+def sample_texts(model, tokenizer, prompts, config, seed=0, dtype="float32"):
+    """One continuation of each prompt (a list of token-id lists), decoded to text;
+    ``dtype``: the compute dtype of generation's forwards."""
     texts = []
     for index, prompt in enumerate(prompts):
         ids = generate(
@@ -245,6 +246,7 @@ def sample_texts(model, tokenizer, prompts, config, seed=0):
             temperature=config.temperature,
             top_k=config.top_k,
             seed=seed + index,
+            dtype=dtype,
         )
         texts.append(tokenizer.decode(ids[0].tolist()))
     return texts

@@ -53,9 +53,13 @@ def model_card(model, tokenizer, name, max_batch):
     )
 
 
-def create_app(model, tokenizer, *, name="tinyllm", max_batch=32, num_blocks=None, block_size=16):
-    """The FastAPI app serving ``model`` as ``name``; ``app.state.engine`` is its Engine.
-    The engine thread runs while the app runs (its lifespan)."""
+def create_app(
+    model, tokenizer, *, name="tinyllm", max_batch=32, num_blocks=None, block_size=16,
+    dtype="float32",
+):  # fmt: skip
+    """The FastAPI app serving ``model`` as ``name``; ``app.state.engine`` is its Engine,
+    whose forwards run their matmuls in ``dtype``. The engine thread runs while the app
+    runs (its lifespan)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
@@ -65,8 +69,9 @@ def create_app(model, tokenizer, *, name="tinyllm", max_batch=32, num_blocks=Non
             f"{tokenizer.vocab_size}: ids beyond those could not be turned into text"
         )
     engine = Engine(
-        model, tokenizer, num_blocks=num_blocks, block_size=block_size, max_batch=max_batch
-    )
+        model, tokenizer, num_blocks=num_blocks, block_size=block_size, max_batch=max_batch,
+        dtype=dtype,
+    )  # fmt: skip
     worker = EngineWorker(engine)
     card = model_card(model, tokenizer, name, max_batch)
 

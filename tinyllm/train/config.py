@@ -25,7 +25,7 @@ from dataclasses import field
 from ..backend.precision import COMPUTE_DTYPES
 from ..config import Config
 from ..optim import SCHEDULES
-from .sharding import SHARD_MODES
+from .sharding import SHARD_MODES, process_settings_problem
 
 MAX_DEFAULT_WARMUP = 100  # a default warmup is a tenth of the run, at most this many steps
 
@@ -103,6 +103,20 @@ class TrainConfig(Config):
             "choices": SHARD_MODES,
         },
     )
+    coordinator: str | None = field(
+        default=None,
+        metadata={
+            "help": "several hosts: HOST:PORT of process 0, which every process reaches (JAX "
+            "only; with --num-processes and --process-id); none: this process alone"
+        },
+    )
+    num_processes: int | None = field(
+        default=None, metadata={"help": "several hosts: how many processes train together"}
+    )
+    process_id: int | None = field(
+        default=None,
+        metadata={"help": "several hosts: this process's number, 0 .. --num-processes - 1"},
+    )
 
     def __post_init__(self):
         def fail(message):
@@ -137,6 +151,9 @@ class TrainConfig(Config):
             fail(f"devices={self.devices!r} must be an integer >= 1 or None")
         if self.shard is not None and self.shard not in SHARD_MODES:
             fail(f"unknown shard {self.shard!r}; expected one of {', '.join(SHARD_MODES)}")
+        problem = process_settings_problem(self.coordinator, self.num_processes, self.process_id)
+        if problem:
+            fail(problem)
         if self.batch_size % self.grad_accum:
             fail(
                 f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}; "

@@ -34,7 +34,12 @@ one that no axis divides (a (65,) bias over 4 devices) stays whole on every devi
 Several hosts are the same picture with more devices: ``initialize_processes`` (that is,
 ``jax.distributed.initialize``) joins the processes, ``jax.devices()`` then lists every
 process's devices, and each process feeds its own rows of the batch
-(``jax.make_array_from_process_local_data``).
+(``jax.make_array_from_process_local_data``). Every process runs the same program on the
+same global batch; only process 0 writes the run's files (``is_main_process``), but every
+process takes part in gathering the arrays a checkpoint holds, since each host holds only
+its devices' pieces. ``TrainConfig``'s ``coordinator``, ``num_processes`` and
+``process_id`` (``--coordinator HOST:PORT --num-processes N --process-id I`` on the
+training commands) say how to join; ``join_processes`` joins as they say.
 
 >>> split_axis((65, 128), 4)   # the vocabulary (65) does not divide by 4, the width does
 1
@@ -46,6 +51,8 @@ dp (None, None)
 zero1 (None, 1)
 fsdp (1, 1)
 """
+
+import sys
 
 import numpy as np
 
@@ -113,6 +120,65 @@ def initialize_processes(coordinator_address, num_processes, process_id):
     )
 
 
+def process_settings_problem(coordinator, num_processes, process_id):
+    """What is wrong with the settings of a multi-process run, or None when they fit: all
+    three or none, ``coordinator`` as ``"host:port"``, ``process_id`` in ``0 ..
+    num_processes - 1``.
+
+    >>> process_settings_problem(None, None, None) is None   # one process: nothing to join
+    True
+    >>> process_settings_problem("10.0.0.1:1234", 2, 1) is None
+    True
+    >>> process_settings_problem("10.0.0.1:1234", 2, 2)
+    'process_id=2 is not in 0 .. 1 (num_processes=2)'
+    >>> process_settings_problem("10.0.0.1:1234", 2, None)
+    'coordinator, num_processes and process_id go together; process_id is missing'
+    """
+    given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+    missing = [name for name, value in given.items() if value is None]
+    if len(missing) == len(given):
+        return None
+    if missing:
+        return (
+            "coordinator, num_processes and process_id go together; "
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
+        )
+    host, _, port = str(coordinator).rpartition(":")
+    if not (isinstance(coordinator, str) and host and port.isdigit() and 0 < int(port) < 65536):
+        return f"coordinator={coordinator!r}: expected HOST:PORT of process 0, like 10.0.0.1:1234"
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        return f"num_processes={num_processes!r} must be an integer >= 1"
+    if isinstance(process_id, bool) or not isinstance(process_id, int):
+        return f"process_id={process_id!r} must be an integer"
+    if not 0 <= process_id < num_processes:
+        return f"process_id={process_id} is not in 0 .. {num_processes - 1} (num_processes={num_processes})"
+    return None
+
+
+def join_processes(config, backend):
+    """Join the multi-process run that ``config`` (a ``TrainConfig``) describes; nothing
+    when it describes none. Call it before ``backend`` (a tinyllm backend) touches a
+    device: JAX fixes its devices the first time it uses them."""
+    if config.coordinator is None:
+        return
+    if backend.name != "jax":
+        raise ValueError(
+            f"coordinator={config.coordinator!r}: training over several processes needs the "
+            f"JAX backend, but the backend is {backend.name!r}; use --backend jax"
+        )
+    initialize_processes(config.coordinator, config.num_processes, config.process_id)
+
+
+def is_main_process():
+    """Whether this process writes the run's files: True alone, and in process 0 of several.
+
+    A run that never imported JAX has no other processes; asking JAX otherwise would make
+    it set up its devices, so it is only asked once it is loaded.
+    """
+    jax = sys.modules.get("jax")
+    return jax is None or not jax.distributed.is_initialized() or jax.process_index() == 0
+
+
 class ShardingPlan:
     """Where each array of a training step lives, for ``mode`` over ``devices`` JAX devices
     (None: all of them, every process's); see the module doc.
@@ -150,6 +216,10 @@ class ShardingPlan:
     @property
     def n_devices(self):
         return self.mesh.size
+
+    @property
+    def n_processes(self):
+        return self.jax.process_count()
 
     def describe(self):
         processes = self.jax.process_count()
@@ -270,7 +340,10 @@ __all__ = [
     "SHARD_MODES",
     "ShardingPlan",
     "initialize_processes",
+    "is_main_process",
+    "join_processes",
     "layout_summary",
+    "process_settings_problem",
     "split_axes",
     "split_axis",
 ]

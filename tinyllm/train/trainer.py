@@ -43,6 +43,10 @@ arrays are gone after the call; a step whose loss is not finite returns them unc
 With ``config.shard`` (or ``config.devices`` > 1) the compiled step runs over several JAX
 devices, each on its rows of the batch, with the parameters and AdamW's moments laid out
 as ``sharding.py`` explains (``dp``, ``zero1``, ``fsdp``); XLA adds the communication.
+Over several processes (``config.num_processes``, joined by ``join_processes`` before the
+model was built) the step runs over every process's devices, ``dp`` unless ``shard`` says
+otherwise. Each process runs the same loop; only process 0 writes metrics, plots,
+checkpoints and the exported model, after every process has helped gather the arrays.
 
 ``config.dtype`` sets the compute dtype (``backend/precision.py``) around ``_gradients`` and
 the validation loss, so it is in force while ``jax.jit`` traces them: matmuls and attention
@@ -65,6 +69,7 @@ gradients before clipping, and skips a step whose gradients overflowed (logged w
 (30, True)
 """
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -76,14 +81,14 @@ import numpy as np
 from tqdm import tqdm  # the text bar: no widget dependency in notebooks
 
 from ..autograd import Tensor, no_grad, value_and_grad
-from ..backend import backend_of
+from ..backend import backend_of, to_numpy
 from ..backend.precision import check_compute_dtype, precision
 from ..nn import Dropout, dropout_key
 from ..optim import AdamW, clip_grads, get_schedule, global_norm
 from . import checkpoint as ckpt
 from .loss_scaling import LossScaler
 from .metrics import MetricsLog, plot_losses, read_metrics
-from .sharding import ShardingPlan
+from .sharding import ShardingPlan, is_main_process
 
 
 class TrainingDiverged(FloatingPointError):
@@ -173,6 +178,7 @@ class Trainer:
         self._eval_loss = self.backend.jit(self._pure_eval_loss)
         self.opt_state = None
         self.plan = self._sharding_plan()  # None: one device
+        self.writes = is_main_process()  # False in processes other than 0 of several
         self.compile_seconds = None  # measured at the first compiled step
         self.step_program = None  # the compiled step (JAX): .as_text() shows XLA's program
         if self.compiled:  # arguments 0 and 1, the parameters and the state, are donated
@@ -188,6 +194,7 @@ class Trainer:
         c, log = self.config, None
         if self.out_dir is not None:
             self._prepare_out_dir(resume)
+        if self.out_dir is not None and self.writes:
             log = MetricsLog(self.out_dir / "metrics.jsonl")
             log.resume_at(self.step)
         if self.compiled and self.opt_state is None:
@@ -255,10 +262,11 @@ class Trainer:
                     log.write(row)
                 if save_due:
                     saved = self.save(elapsed=self.seconds + elapsed)
-                    plot_losses(
-                        read_metrics(log.path), self.out_dir / "loss.png", self.title,
-                        measures=self.measure_names,
-                    )  # fmt: skip
+                    if self.writes:
+                        plot_losses(
+                            read_metrics(log.path), self.out_dir / "loss.png", self.title,
+                            measures=self.measure_names,
+                        )  # fmt: skip
         bar.close()
         steps = self.step - first_step
         return TrainResult(
@@ -301,7 +309,9 @@ class Trainer:
         return out
 
     def save(self, elapsed=None):
-        """Write a checkpoint of the current step and refresh the exported model."""
+        """Write a checkpoint of the current step and refresh the exported model; returns
+        its path. Over several processes every one must call this (each gathers the arrays
+        with the others), and only process 0 writes (the others return None)."""
         state = {
             "step": self.step,
             "seconds": self.seconds if elapsed is None else elapsed,
@@ -316,12 +326,20 @@ class Trainer:
             state["data"] = self.train_batches.state_dict()
         if self.loss_scaler is not None:
             state["loss_scale"] = self.loss_scaler.state_dict()
+        if self.plan is not None and self.plan.n_processes > 1:
+            with self._gathered() as opt_state:
+                return self._write(state, opt_state) if self.writes else None
+        return self._write(state, self.opt_state if self.compiled else None)
+
+    def _write(self, state, opt_state):
+        """The checkpoint of ``state`` (and ``opt_state``, a compiled loop's), and the
+        exported model; returns the checkpoint's path."""
         path = ckpt.save_checkpoint(
             self.out_dir,
             model=self.model,
             optimizer=self.optimizer,
             state=state,
-            opt_state=self.opt_state if self.compiled else None,
+            opt_state=opt_state,
             tokenizer=self.tokenizer,
         )
         ckpt.prune_checkpoints(self.out_dir, self.config.keep_checkpoints)
@@ -331,6 +349,26 @@ class Trainer:
                 context = self.model.config.context_length
                 self.tokenizer.save(self.out_dir, model_max_length=context)
         return path
+
+    @contextlib.contextmanager
+    def _gathered(self):
+        """Inside the block the parameters are NumPy arrays; yields the optimizer state as
+        NumPy arrays. Over several processes each array is cut across the hosts, and
+        gathering it is a collective that every process joins, in the same order, whether
+        it writes the result or not; the training arrays are put back after the block."""
+        params = self._params()
+        host = {name: to_numpy(array) for name, array in params.items()}
+        state = {
+            key: {name: to_numpy(array) for name, array in arrays.items()}
+            for key, arrays in self.opt_state.items()
+        }
+        for name, p in self.optimizer.named_parameters():
+            p.data = host[name]
+        try:
+            yield state
+        finally:
+            for name, p in self.optimizer.named_parameters():
+                p.data = params[name]
 
     def load(self, path):
         """Continue from the checkpoint folder ``path``."""
@@ -515,7 +553,7 @@ class Trainer:
         """The ``ShardingPlan`` that ``config.devices`` and ``config.shard`` ask for, or None
         for a run on one device."""
         c = self.config
-        if c.shard is None and (c.devices or 1) == 1:
+        if c.shard is None and (c.devices or 1) == 1 and (c.num_processes or 1) == 1:
             return None
         mode = c.shard or "dp"
         if self.backend.name != "jax":
@@ -524,6 +562,12 @@ class Trainer:
                 f"JAX backend, but the model is on {self.backend.name!r}; use --backend jax"
             )
         plan = ShardingPlan(mode, c.devices)
+        if c.num_processes is not None and c.num_processes != plan.n_processes:
+            raise ValueError(
+                f"num_processes={c.num_processes}, but this process has joined "
+                f"{plan.n_processes}; call tinyllm.train.sharding.join_processes(config, "
+                "backend) before building the model"
+            )
         plan.check_batch(c.micro_batch_size)
         return plan
 
@@ -574,7 +618,10 @@ class Trainer:
             bar.write(line)
 
     def _prepare_out_dir(self, resume):
-        leftovers = ckpt.clean_partial(self.out_dir)
+        """Refuse a folder holding a run unless ``resume``; load its latest checkpoint. Over
+        several processes every one loads it (the folder must be on a file system they all
+        read), and only process 0 cleans what an interrupted save left."""
+        leftovers = ckpt.clean_partial(self.out_dir) if self.writes else []
         if leftovers:
             print(f"removed unfinished checkpoint folders {leftovers} (a save was interrupted)")
         latest = ckpt.latest_checkpoint(self.out_dir)
