@@ -200,7 +200,8 @@ def release(library):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     elif library == "cupy":
-        with contextlib.suppress(ImportError):
+        # CuPy without a CUDA driver imports, then fails (RuntimeError) at its first device call
+        with contextlib.suppress(ImportError, RuntimeError):
             import cupy
 
             cupy.get_default_memory_pool().free_all_blocks()
