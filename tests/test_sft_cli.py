@@ -15,6 +15,8 @@ from tinyllm.models import Transformer
 from tinyllm.models.adapters import load_adapter
 from tinyllm.models.reward import RewardModel
 from tinyllm.recipes import dpo as dpo_recipe
+from tinyllm.recipes import lora as lora_recipe
+from tinyllm.recipes import posttrain
 from tinyllm.recipes.distill import DistillConfig
 from tinyllm.recipes.dpo import DPOConfig, load_reference
 from tinyllm.recipes.evaluation import EvalConfig
@@ -24,6 +26,7 @@ from tinyllm.recipes.reward import RewardConfig, ranking_accuracy, scores
 from tinyllm.recipes.sft import SFTConfig
 from tinyllm.tokenizer import Tokenizer
 from tinyllm.train import TrainConfig, latest_checkpoint, read_metrics
+from tinyllm.train import trainer as trainer_module
 from tinyllm.train.checkpoint import load_model
 
 PRETRAIN = ["--steps", "2", "--batch-size", "4", "--eval-batches", "1", "--samples", "0",
@@ -105,6 +108,16 @@ def test_lora_trains_adapters_alone_and_writes_them_in_peft_format(base, tmp_pat
     args = ["lora", "--model", str(base), "--out", str(tmp_path / "x"), "--targets", "query"]
     assert main(args) == 2
     assert "target 'query' names no Linear layer" in capsys.readouterr().err
+
+
+def test_lora_in_a_process_other_than_0_writes_nothing(base, tmp_path, monkeypatch):
+    """Over several processes only process 0 writes: the others train, gather and stop."""
+    for module in (lora_recipe, posttrain, trainer_module):
+        monkeypatch.setattr(module, "is_main_process", lambda: False)
+    out = tmp_path / "lora"
+    args = ["lora", "--model", str(base), "--out", str(out), "--r", "2", "--merge", *SFT]
+    assert main(args) == 0
+    assert not out.exists() or sorted(p.name for p in out.iterdir()) == []
 
 
 def test_dpo_after_sft_records_its_measures_before_and_after(base, tmp_path, capsys, monkeypatch):

@@ -47,6 +47,7 @@ from ..nn.lora import (
 from ..quant import SCHEMES, QuantizedLinear, quantize
 from ..tokenizer.chat import CHAT_SPECIAL_TOKENS
 from ..train import TrainConfig
+from ..train.sharding import is_main_process, on_host
 from .sft import SFTConfig, fine_tune
 
 # LoRA's training defaults: twice SFT's steps at a higher peak learning rate (the adapters
@@ -146,13 +147,14 @@ class LoRAStep:
         out = Path(self.config.out)
         memory = memory_report(model)
         print(memory_table(memory))
-        save_adapter(model, out, base_model=Path(self.config.model).resolve())
-        if not self.config.merge:
-            return {"memory": memory}
-        merged = out / "merged"
-        merge_and_unload(model).save_pretrained(merged)
-        tokenizer.save(merged, model_max_length=model.config.context_length)
-        return {"memory": memory, "merged": str(merged)}
+        merged = out / "merged" if self.config.merge else None
+        with on_host(model.parameters()):  # over several processes: all gather, 0 writes
+            if is_main_process():
+                save_adapter(model, out, base_model=Path(self.config.model).resolve())
+                if merged is not None:
+                    merge_and_unload(model).save_pretrained(merged)
+                    tokenizer.save(merged, model_max_length=model.config.context_length)
+        return {"memory": memory} | ({} if merged is None else {"merged": str(merged)})
 
 
 def quantize_base(model, scheme):

@@ -52,6 +52,7 @@ zero1 (None, 1)
 fsdp (1, 1)
 """
 
+import contextlib
 import sys
 
 import numpy as np
@@ -177,6 +178,27 @@ def is_main_process():
     """
     jax = sys.modules.get("jax")
     return jax is None or not jax.distributed.is_initialized() or jax.process_index() == 0
+
+
+@contextlib.contextmanager
+def on_host(parameters):
+    """Inside the block each of ``parameters`` whose array is cut across several processes
+    holds a NumPy copy of it, gathered by a collective that every process joins, in the
+    same order, whether it writes anything or not: call it in every process, then write
+    in process 0 alone. After the block the arrays are put back, except where the block
+    gave a parameter a new one (a merge). In one process it changes nothing."""
+    swapped = []
+    for p in parameters:
+        if not getattr(p.data, "is_fully_addressable", True):
+            swapped.append((p, p.data, to_numpy(p.data)))
+    for p, _, copy in swapped:
+        p.data = copy
+    try:
+        yield
+    finally:
+        for p, array, copy in swapped:
+            if p.data is copy:
+                p.data = array
 
 
 class ShardingPlan:
@@ -343,6 +365,7 @@ __all__ = [
     "is_main_process",
     "join_processes",
     "layout_summary",
+    "on_host",
     "process_settings_problem",
     "split_axes",
     "split_axis",

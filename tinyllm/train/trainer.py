@@ -88,7 +88,7 @@ from ..optim import AdamW, clip_grads, get_schedule, global_norm
 from . import checkpoint as ckpt
 from .loss_scaling import LossScaler
 from .metrics import MetricsLog, plot_losses, read_metrics
-from .sharding import ShardingPlan, is_main_process
+from .sharding import ShardingPlan, is_main_process, on_host
 
 
 class TrainingDiverged(FloatingPointError):
@@ -329,6 +329,8 @@ class Trainer:
         if self.plan is not None and self.plan.n_processes > 1:
             with self._gathered() as opt_state:
                 return self._write(state, opt_state) if self.writes else None
+        if not self.writes:
+            return None
         return self._write(state, self.opt_state if self.compiled else None)
 
     def _write(self, state, opt_state):
@@ -352,23 +354,13 @@ class Trainer:
 
     @contextlib.contextmanager
     def _gathered(self):
-        """Inside the block the parameters are NumPy arrays; yields the optimizer state as
-        NumPy arrays. Over several processes each array is cut across the hosts, and
-        gathering it is a collective that every process joins, in the same order, whether
-        it writes the result or not; the training arrays are put back after the block."""
-        params = self._params()
-        host = {name: to_numpy(array) for name, array in params.items()}
-        state = {
-            key: {name: to_numpy(array) for name, array in arrays.items()}
-            for key, arrays in self.opt_state.items()
-        }
-        for name, p in self.optimizer.named_parameters():
-            p.data = host[name]
-        try:
-            yield state
-        finally:
-            for name, p in self.optimizer.named_parameters():
-                p.data = params[name]
+        """Inside the block the parameters are NumPy arrays (``on_host``: every process
+        joins the gather); yields the optimizer state as NumPy arrays, gathered the same way."""
+        with on_host(p for _, p in self.optimizer.named_parameters()):
+            yield {
+                key: {name: to_numpy(array) for name, array in arrays.items()}
+                for key, arrays in self.opt_state.items()
+            }
 
     def load(self, path):
         """Continue from the checkpoint folder ``path``."""
