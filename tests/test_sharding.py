@@ -32,9 +32,6 @@ MODES = ("dp", "zero1", "fsdp")
 # Float32 sums added in another order differ in the last bits; five AdamW steps keep that
 # far below what a wrong gradient (a batch counted twice, a shard left out) would show.
 NOISE = 3e-5  # measured: at most 2.4e-6 on losses near 4
-# Children compile with fewer LLVM passes: half the compile time, the same arithmetic for
-# every run they compare.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def train_config(**changes):
@@ -91,7 +88,10 @@ def collectives(trainer):
 def child(argv, devices):
     """Start ``python argv...`` in a child that sees ``devices`` CPU devices."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "OPENBLAS_NUM_THREADS": "1"}
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"
+    # (the run's XLA_FLAGS kept: conftest.py's fewer LLVM passes, the same in every child)
+    env["XLA_FLAGS"] = (
+        f"--xla_force_host_platform_device_count={devices} {env.get('XLA_FLAGS', '')}"
+    )
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return subprocess.Popen(
         [sys.executable, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
