@@ -14,6 +14,7 @@ taken.
     python benchmarks/bench_speedrun.py            # 200 steps a run: a few minutes
     python benchmarks/bench_speedrun.py --full     # the whole stage, as the speedrun runs it
     python benchmarks/bench_speedrun.py --quick    # 3 steps a run: seconds
+    python benchmarks/bench_speedrun.py --full --choice-only   # the stage, pretrain's threads
 """
 
 import argparse
@@ -124,6 +125,9 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="steps a run (200)")
     parser.add_argument("--full", action="store_true", help="the whole stage, every step")
     parser.add_argument("--repeat", type=int, default=None, help="runs per case (1 if --full)")
+    parser.add_argument(
+        "--choice-only", action="store_true", help="skip the BLAS library's default threads"
+    )
     args = parser.parse_args()
     steps = None if args.full else args.steps or (3 if args.quick else 200)
     repeat = args.repeat or (1 if args.full or args.quick else 2)
@@ -146,6 +150,7 @@ def main():
     run_stage(*stage_configs(1, quick=True))  # warm-up: tokenizer cache, imports, first allocations
 
     cases = (("pretrain's choice", None), ("BLAS default", str(default_threads)))
+    cases = cases[:1] if args.choice_only else cases
     results = {}
     for label, threads in cases:
         with environment(ENV_VAR, threads):

@@ -151,6 +151,8 @@ PRESETS = {
     # nanoGPT's GPU recipe for Shakespeare characters
     "small": ModelConfig(context_length=256, d_model=384, n_layer=6, n_head=6, dropout=0.2),
     "tiny-llama": ModelConfig(n_kv_head=2, d_ff=384, **_LLAMA),
+    # two Llama blocks, the MLP as wide in FLOPs as GELU's 4x: the CPU speedrun's model
+    "tiny-llama-shallow": ModelConfig(n_layer=2, d_ff=352, **_LLAMA),
     "tiny-moe": ModelConfig(n_kv_head=2, d_ff=256, n_expert=4, top_k=2, **_LLAMA),
     # the shapes of the real families at their smallest published sizes
     "gpt2-like": ModelConfig(
