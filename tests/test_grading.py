@@ -81,9 +81,9 @@ def test_partly_solved_file_earns_only_its_points(tmp_path, stub_results):
     assert solved != text
     stub.write_text(solved)
 
-    results, _ = run_grade(work, tmp_path)
+    results, _ = run_grade(work, tmp_path, "-k", "ex00")  # the other sets: the stubs' zero
     earned = {t["number"] for t in results["tests"] if t["status"] == "passed"}
-    assert earned == {"0.1"}
+    assert earned == {"0.1"} and {t["number"][:2] for t in results["tests"]} == {"0."}
     full = sum(t["max_score"] for t in stub_results[0]["tests"] if t["number"] == "0.1")
     assert results["score"] == pytest.approx(full)
 

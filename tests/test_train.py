@@ -27,6 +27,7 @@ from tinyllm.train import (
     plot_losses,
     read_metrics,
 )
+from tinyllm.train import trainer as trainer_module
 
 TOKENS = np.random.default_rng(0).integers(0, 65, 4000)
 SMALL = dict(n_layer=2, d_model=32, n_head=2, context_length=16)
@@ -206,6 +207,23 @@ def test_train_config_rejects_bad_values():
         TrainConfig(steps=10, warmup_steps=50)
     with pytest.raises(ValueError, match="lr=-1 must be a number >= 0"):
         TrainConfig(lr=-1)
+
+
+def test_the_loss_plot_is_redrawn_after_evaluations_at_the_end_and_every_half_minute(
+    tmp_path, monkeypatch
+):
+    """Drawing loss.png takes most of a second: a run that checkpoints every step redraws it
+    only after an evaluation, at the end, and when PLOT_INTERVAL_S has passed since the last."""
+    drawn = []
+    monkeypatch.setattr(
+        trainer_module, "plot_losses", lambda rows, *a, **k: drawn.append(rows[-1]["step"])
+    )
+    make_trainer(tmp_path, config(checkpoint_interval=1, eval_interval=3, steps=7)).fit()
+    assert drawn == [3, 6, 7]
+    monkeypatch.setattr(trainer_module, "PLOT_INTERVAL_S", 0.0)
+    drawn.clear()
+    make_trainer(tmp_path / "often", config(checkpoint_interval=1, steps=4)).fit()
+    assert drawn == [1, 2, 3, 4]
 
 
 def test_compiled_jax_step_equals_the_eager_numpy_step(tmp_path):

@@ -90,6 +90,10 @@ from .loss_scaling import LossScaler
 from .metrics import MetricsLog, plot_losses, read_metrics
 from .sharding import ShardingPlan, is_main_process, on_host
 
+# loss.png is redrawn at a checkpoint after an evaluation, at the end, and otherwise at most
+# this often: drawing it takes most of a second, a checkpoint of a small model far less
+PLOT_INTERVAL_S = 30.0
+
 
 class TrainingDiverged(FloatingPointError):
     """The loss or the gradient norm became NaN or infinite."""
@@ -209,6 +213,7 @@ class Trainer:
                 print(self.plan.summary(self._params()))
         saved, samples, metrics = None, None, {}
         first_step, session_start = self.step, time.perf_counter()
+        plotted = session_start  # when loss.png was last drawn
         step_seconds, session_tokens = 0.0, 0  # the steps' own time: no eval, no saving
         bar = tqdm(total=c.steps, initial=self.step, disable=not c.progress, desc=self.title)
         self._stop, self._pending, self._all_finite = None, [], None
@@ -262,7 +267,10 @@ class Trainer:
                     log.write(row)
                 if save_due:
                     saved = self.save(elapsed=self.seconds + elapsed)
-                    if self.writes:
+                    ending = self.step == c.steps or self._stop is not None
+                    redraw = ending or evaluated or time.perf_counter() - plotted >= PLOT_INTERVAL_S
+                    if self.writes and redraw:  # drawing takes most of a second
+                        plotted = time.perf_counter()
                         plot_losses(
                             read_metrics(log.path), self.out_dir / "loss.png", self.title,
                             measures=self.measure_names,
