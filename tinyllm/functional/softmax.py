@@ -37,8 +37,8 @@ class Softmax(Function):
     def forward(ctx, x, axis=-1):
         xp, backend = ctx.xp, ctx.backend
         x = _move(xp, x, axis, -1)  # (..., n): the softmax axis last (a view)
-        e = backend.fused(fused.softmax_exp)(x, x.max(axis=-1, keepdims=True))  # (..., n)
-        y = backend.fused(fused.normalise)(e, e.sum(axis=-1, keepdims=True))
+        e = backend.fused(fused.softmax_exp)(x, backend.max_last(x))  # (..., n)
+        y = backend.fused(fused.normalise)(e, backend.sum_last(e))
         ctx.save_for_backward(y)
         ctx.axis = axis
         return _move(xp, y, -1, axis)
@@ -46,10 +46,10 @@ class Softmax(Function):
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved
-        xp = ctx.xp
+        xp, backend = ctx.xp, ctx.backend
         grad = _move(xp, grad, ctx.axis, -1)  # (..., n)
-        row_dot = (grad * y).sum(axis=-1, keepdims=True)  # (..., 1)
-        grad_x = ctx.backend.fused(fused.softmax_backward)(y, grad, row_dot)
+        row_dot = backend.dot_last(grad, y)  # (..., 1)
+        grad_x = backend.fused(fused.softmax_backward)(y, grad, row_dot)
         return _move(xp, grad_x, -1, ctx.axis)
 
 
