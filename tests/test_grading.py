@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from tinyllm.functional import elementwise
-from tinyllm.grading.guard import RULES, check_module, check_source
+from tinyllm.grading.guard import check_module, check_source
+from tinyllm.grading.rules import RULES
 from tinyllm.infer import speculative
 from tinyllm.tokenizer import bpe
 

@@ -3,9 +3,9 @@
 ``exercises/`` holds stub files for students and the tests that grade them; the plugin
 (``plugin.py``) adds up points, prints a table and writes Gradescope's ``results.json``;
 the guard (``guard.py``) rejects an exercise file that imports the answers instead of
-writing them. ``grade(..., solutions=True)`` grades the library's own implementations,
-which is how CI proves the tests are right: the reference scores 100% and the untouched
-stubs score 0.
+writing them, by the table of what each set asks for (``rules.py``).
+``grade(..., solutions=True)`` grades the library's own implementations, which is how CI
+proves the tests are right: the reference scores 100% and the untouched stubs score 0.
 """
 
 import json
