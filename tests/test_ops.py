@@ -229,7 +229,17 @@ def test_jax_matches_numpy(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["cross_entropy", "layer_norm", "rms_norm", "attention", "add", "embedding"]
+    "name",
+    [
+        "softmax",
+        "log_softmax",
+        "cross_entropy",
+        "layer_norm",
+        "rms_norm",
+        "attention",
+        "add",
+        "embedding",
+    ],
 )
 def test_numpy_speed_spellings_change_no_result(name, monkeypatch):
     """The NumPy backend's faster reductions give the ops the values of the plain ones."""

@@ -8,12 +8,12 @@ and the backward is a single line of calculus:
     y = log_softmax(x)        dx = dy - softmax(x) * sum(dy)
     loss = -log_softmax(x)[t] dx = softmax(x) - onehot(t)             (per row, / rows)
 
-Every op subtracts the row maximum first, so ``exp`` never overflows. ``cross_entropy``,
-which every training step runs, takes that maximum and the row sums from the backend:
-``backend.max_last(x)`` is ``x.max(axis=-1, keepdims=True)`` and ``backend.sum_last(e)`` is
+Every op subtracts the row maximum first, so ``exp`` never overflows, and takes that
+maximum and the row sums from the backend: ``backend.max_last(x)`` is
+``x.max(axis=-1, keepdims=True)`` and ``backend.sum_last(e)`` is
 ``e.sum(axis=-1, keepdims=True)``, computed faster on NumPy (``tinyllm/backend/``). The
-elementwise steps between the sums (``exp(x - max)``, ``e / sum``, ``y * (dy - .)``) are
-chains of ``backend/fused.py``: one kernel each on CuPy.
+elementwise steps of softmax and cross-entropy between the sums (``exp(x - max)``,
+``e / sum``, ``y * (dy - .)``) are chains of ``backend/fused.py``: one kernel each on CuPy.
 
 >>> import numpy as np, tinyllm
 >>> logits = tinyllm.Tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
@@ -56,10 +56,10 @@ class Softmax(Function):
 class LogSoftmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
-        xp = ctx.xp
+        xp, backend = ctx.xp, ctx.backend
         x = _move(xp, x, axis, -1)  # (..., n)
-        shifted = x - x.max(axis=-1, keepdims=True)  # (..., n)
-        y = shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
+        shifted = x - backend.max_last(x)  # (..., n)
+        y = shifted - xp.log(backend.sum_last(xp.exp(shifted)))  # (..., n) - (..., 1)
         ctx.save_for_backward(y)
         ctx.axis = axis
         return _move(xp, y, -1, axis)
@@ -67,9 +67,9 @@ class LogSoftmax(Function):
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved
-        xp = ctx.xp
+        xp, backend = ctx.xp, ctx.backend
         grad = _move(xp, grad, ctx.axis, -1)  # (..., n)
-        grad_x = grad - xp.exp(y) * grad.sum(axis=-1, keepdims=True)
+        grad_x = grad - xp.exp(y) * backend.sum_last(grad)  # (..., n) - (..., n) * (..., 1)
         return _move(xp, grad_x, -1, ctx.axis)
 
 
