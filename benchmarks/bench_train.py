@@ -115,7 +115,7 @@ def run_torch(config, train, train_tokens, val_batches, init=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
         opt.step()
-        loss.item()  # as nanoGPT's log line (and the Trainer) read the loss every step
+        loss.item()  # as nanoGPT's log line reads the loss every step (--log_interval=1)
         if (step + 1) % train.eval_interval == 0 or step + 1 == train.steps:
             eval_start = time.perf_counter()
             model.eval()

@@ -252,6 +252,30 @@ def test_a_training_step_reads_nothing_back_between_log_steps(monkeypatch):
     assert result.step == 7 and math.isfinite(result.train_loss)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_the_compiled_step_reads_nothing_back_between_log_steps(monkeypatch, dtype):
+    """The same on JAX, where the whole step is one compiled program: its loss, gradient norm
+    and metrics, and under float16 the loss scale's rule, stay on the device. Every read of
+    a JAX array to the host (``float()``, ``np.asarray``, ``to_numpy``) goes through
+    ``ArrayImpl._value``, which is counted here."""
+    pytest.importorskip("jax")
+    from jax._src.array import ArrayImpl
+
+    trainer = small_trainer("jax", dtype=dtype)
+    reads, value = [], ArrayImpl._value
+
+    def recording(array):
+        reads.append(trainer.step)
+        return value.fget(array)
+
+    monkeypatch.setattr(ArrayImpl, "_value", property(recording))
+    result = trainer.fit()
+    assert sorted(set(reads)) == [1, 3, 6, 7]  # the log steps: the first (with its compile
+    # time), every third, the last
+    assert result.step == 7 and math.isfinite(result.train_loss)
+    assert (trainer.loss_scaler is None) == (dtype == "float32")
+
+
 def test_a_diverged_step_found_at_the_next_read_left_the_weights_as_before_it():
     trainer = small_trainer(log_interval=4)
 
@@ -269,6 +293,35 @@ def test_a_diverged_step_found_at_the_next_read_left_the_weights_as_before_it():
     assert trainer.step == 1 and set(trainer.optimizer.state["step"].values()) == {1}
     now = trainer.model.state_dict()
     assert all(np.array_equal(weights[0][k], now[k]) for k in now)  # after step 1 only
+
+
+def test_a_diverged_compiled_step_found_at_the_next_read_left_the_weights_as_before_it():
+    """The same on JAX: the compiled step carries whether every step so far was finite, so
+    the steps after a NaN change nothing either. The NaN rides in on the second batch (the
+    step is traced once, so the loss cannot look at the step number)."""
+    pytest.importorskip("jax")
+
+    def poisoned(model, batch):
+        ids, targets, factor = batch
+        return model(ids, targets)[1] * factor[0]
+
+    def trainer_for(steps, poison_at):
+        trainer = small_trainer("jax", steps=steps, log_interval=4, schedule="constant")
+        plain = trainer.train_batches
+        factors = (np.array([np.nan if i == poison_at else 1.0], np.float32) for i in range(99))
+        trainer.train_batches = ((*batch, factor) for batch, factor in zip(plain, factors))
+        trainer.loss_fn = poisoned
+        return trainer
+
+    after_one = trainer_for(1, poison_at=None)
+    after_one.fit()
+    trainer = trainer_for(7, poison_at=1)
+    with pytest.raises(TrainingDiverged, match=r"stopped at step 2: the loss is nan"):
+        trainer.fit()  # found at step 4, the first read after the compile step
+    assert trainer.step == 1
+    assert {int(c) for c in trainer.opt_state["step"].values()} == {1}
+    expected, now = after_one.model.state_dict(), trainer.model.state_dict()
+    assert all(np.array_equal(expected[k], now[k]) for k in now)  # after step 1 only
 
 
 def wrap_after(fn, after):

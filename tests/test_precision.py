@@ -273,15 +273,19 @@ def spike_loss(model, batch):
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
-def test_trainer_skips_overflowing_steps_and_halves_the_scale(tmp_path):
-    """On NumPy (the scaler's rule does not depend on the dtype), an injected overflow: the
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_trainer_skips_overflowing_steps_and_halves_the_scale(tmp_path, backend):
+    """In float32 (the scaler's rule does not depend on the dtype), an injected overflow: the
     scale falls from 2^80 to 2^77, where the gradient fits; a skipped step leaves w as it was,
-    and after two good steps the scale doubles into overflow again."""
+    and after two good steps the scale doubles into overflow again. On NumPy the rule runs on
+    the host after each step, on JAX inside the compiled step."""
+    if backend == "jax":
+        pytest.importorskip("jax")
     config = TrainConfig(
         steps=8, batch_size=1, warmup_steps=0, lr=1e-3, schedule="constant", eval_interval=0,
         log_interval=1, checkpoint_interval=0, progress=False, grad_clip=1.0,
     )  # fmt: skip
-    model = Spike()
+    model = Spike().to(backend)
     scaler = LossScaler(scale=2.0**80, growth_interval=2)
     trainer = Trainer(
         model, config, iter(lambda: 0, None), out_dir=tmp_path, loss_fn=spike_loss,
@@ -297,7 +301,7 @@ def test_trainer_skips_overflowing_steps_and_halves_the_scale(tmp_path):
     # four steps taken, each moving w[0] by lr against its (clipped, constant) gradient
     np.testing.assert_allclose(model.w.numpy()[0], -4 * config.lr, rtol=1e-3)
     resumed = Trainer(
-        Spike(), config.replace(steps=9), iter(lambda: 0, None), out_dir=tmp_path,
+        Spike().to(backend), config.replace(steps=9), iter(lambda: 0, None), out_dir=tmp_path,
         loss_fn=spike_loss, loss_scaler=LossScaler(),
     )  # fmt: skip
     resumed.load(tmp_path / "checkpoints" / "step-000008")

@@ -13,6 +13,10 @@ trainer then
    product overflowed float16's 65504) the step is skipped and S halved; after
    ``growth_interval`` good steps in a row S doubles, to probe for the largest safe scale.
 
+A compiled step (JAX) runs the same rule on the device, ``next_state``, with S and the
+count of good steps as arrays it takes and returns, so no step waits to read its gradient
+norm back; the trainer calls ``check`` when it reads the steps' numbers.
+
 S starts at 2^16 and settles within a few steps. Powers of two make the scaling exact: a
 float times 2^k changes only its exponent. bfloat16 has float32's range and needs none of
 this.
@@ -25,6 +29,10 @@ this.
 """
 
 import math
+
+import numpy as np
+
+from ..backend import to_numpy
 
 
 class LossScaler:
@@ -54,24 +62,34 @@ class LossScaler:
         Raises ``FloatingPointError`` once S falls below ``min_scale``: then the gradients
         overflow at every scale, and the run has diverged rather than met float16's limits.
         """
-        if not finite:
-            self.scale *= self.backoff_factor
-            self.good_steps = 0
-            if self.scale < self.min_scale:
-                raise FloatingPointError(
-                    f"the float16 gradients overflowed at every loss scale down to "
-                    f"{self.scale / self.backoff_factor:g}: training diverged. Try a lower "
-                    "--lr, --grad-clip 1.0, or --dtype bfloat16 (on JAX) or float32"
-                )
-            return False
-        self.good_steps += 1
-        if self.good_steps == self.growth_interval:
-            self.scale *= self.growth_factor
-            self.good_steps = 0
-        return True
+        scale, good_steps = self.next_state(
+            np.float64(self.scale), np.int64(self.good_steps), np.bool_(finite), np
+        )
+        self.scale, self.good_steps = float(scale), int(good_steps)
+        self.check()
+        return bool(finite)
+
+    def next_state(self, scale, good_steps, finite, xp):
+        """The rule in array operations of ``xp`` (inside a compiled step too): S and the
+        count of good steps after a step whose gradients were (a 0-d boolean) ``finite``."""
+        grow = finite & (good_steps + 1 >= self.growth_interval)
+        kept = xp.where(grow, scale * self.growth_factor, scale)
+        scale = xp.where(finite, kept, scale * self.backoff_factor)
+        good_steps = xp.where(finite & ~grow, good_steps + 1, 0)
+        return scale, good_steps
+
+    def check(self):
+        """Raise ``FloatingPointError`` if S has fallen below ``min_scale``."""
+        scale = float(to_numpy(self.scale))
+        if scale < self.min_scale:
+            raise FloatingPointError(
+                f"the float16 gradients overflowed at every loss scale down to "
+                f"{scale / self.backoff_factor:g}: training diverged. Try a lower "
+                "--lr, --grad-clip 1.0, or --dtype bfloat16 (on JAX) or float32"
+            )
 
     def state_dict(self):
-        return {"scale": self.scale, "good_steps": self.good_steps}
+        return {"scale": float(to_numpy(self.scale)), "good_steps": int(to_numpy(self.good_steps))}
 
     def load_state_dict(self, state):
         scale, good_steps = float(state["scale"]), int(state["good_steps"])

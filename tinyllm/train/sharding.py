@@ -287,6 +287,10 @@ class ShardingPlan:
                 placed[key] = {n: self._put(a, self.state_spec(a.shape)) for n, a in arrays.items()}
         return placed
 
+    def place_whole(self, arrays):
+        """``{name: array}`` placed whole on every device (small numbers a step carries)."""
+        return {name: self._put(a, self._whole()) for name, a in arrays.items()}
+
     def place_batch(self, batch, uneven="error"):
         """Every array in ``batch`` (a tuple, list or dict of them) cut along its first
         axis. Every process passes the same global batch and keeps its own rows. An array

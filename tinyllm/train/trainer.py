@@ -29,16 +29,19 @@ Eagerly, a step never reads a number back to the host: the loss, the gradient no
 the metrics stay device arrays, AdamW skips a non-finite step on the device
 (``step(only_if=...)``), and all of them are copied back in one transfer only at a log,
 evaluation or checkpoint step (``_read_back``), which then raises for a step that diverged
-(with the weights from before it). So a GPU queues step after step without waiting. Under
-float16's loss scaling the scale's rule reads each step's gradient norm, as does an
+(with the weights from before it). So a GPU queues step after step without waiting. Eagerly,
+float16's loss scaling reads each step's gradient norm for the scale's rule, as does an
 optimizer that cannot skip on the device.
 Under JAX the whole step, ``_gradients`` and the optimizer's pure ``update``, is one
-function ``(params, opt_state, micro_batches, lr, step, scale) -> (params, opt_state, loss,
-grad_norm, metrics)`` compiled with ``jax.jit`` (``scale``: float16's loss scale, or None): tinyllm's autograd is traced into it.
+function ``(params, opt_state, micro_batches, lr, step, guard) -> (params, opt_state, loss,
+grad_norm, metrics, guard)`` compiled with ``jax.jit``: tinyllm's autograd is traced into
+it. ``guard`` carries from step to step whether every step so far was finite and, under
+float16, the loss scale and its rule's count of good steps, so the compiled step reads
+nothing back either: its numbers wait on the device for ``_read_back`` as the eager ones do.
 It is traced and compiled once, at the first step (``compile_seconds``, logged with that
 step), and then only run. Its parameters and optimizer state are *donated*: XLA writes the
 new ones into the old ones' memory, so a step keeps one copy of them, not two (the old
-arrays are gone after the call; a step whose loss is not finite returns them unchanged).
+arrays are gone after the call; a step that is not taken returns them unchanged).
 
 With ``config.shard`` (or ``config.devices`` > 1) the compiled step runs over several JAX
 devices, each on its rows of the batch, with the parameters and AdamW's moments laid out
@@ -207,6 +210,9 @@ class Trainer:
             xp = self.backend.xp
             counts = {n: xp.asarray(c, dtype=xp.int32) for n, c in self.opt_state["step"].items()}
             self.opt_state = {**self.opt_state, "step": counts}
+        self._stop, self._pending, self._all_finite = None, [], None
+        if self.compiled:
+            self._start_guard()
         if self.plan is not None:
             self._place_on_devices()
             if c.progress:
@@ -216,7 +222,6 @@ class Trainer:
         plotted = session_start  # when loss.png was last drawn
         step_seconds, session_tokens = 0.0, 0  # the steps' own time: no eval, no saving
         bar = tqdm(total=c.steps, initial=self.step, disable=not c.progress, desc=self.title)
-        self._stop, self._pending, self._all_finite = None, [], None
         with _StopOnSignals(self):
             while self.step < c.steps and self._stop is None:
                 lr = self.learning_rate(self.step)
@@ -229,9 +234,6 @@ class Trainer:
                 if compiled_now:  # tokens/s counts running steps, not compiling them
                     step_seconds -= self.compile_seconds
                 self.step += 1
-                n_tokens = int(metrics.pop("tokens", 0))
-                self.tokens_seen += n_tokens
-                session_tokens += n_tokens
                 eval_due = c.eval_interval and self.step % c.eval_interval == 0
                 evaluated = (eval_due or self.step == c.steps) and self._stop is None
                 logged = self.step % c.log_interval == 0 or evaluated or compiled_now
@@ -243,15 +245,17 @@ class Trainer:
                 if not (logged or save_due or self._stop is not None):
                     continue  # the step's numbers stay on the device until the next read
                 read_start = time.perf_counter()  # the wait for the device is the steps' time
-                self.last_loss, grad_norm, metrics = self._read_back()
+                self.last_loss, grad_norm, metrics, n_tokens = self._read_back()
                 step_seconds += time.perf_counter() - read_start
+                self.tokens_seen += n_tokens
+                session_tokens += n_tokens
                 elapsed = time.perf_counter() - session_start
                 rate = session_tokens / max(step_seconds, 1e-9)
                 bar.update(self.step - bar.n)
                 bar.set_postfix(loss=f"{self.last_loss:.4f}", tok_s=f"{rate:,.0f}")
                 row = {"step": self.step, "loss": self.last_loss, "lr": lr, "grad_norm": grad_norm}
                 row |= metrics
-                if n_tokens:
+                if session_tokens:
                     row |= {"tokens": self.tokens_seen, "tokens_per_s": rate}
                 row["seconds"] = self.seconds + elapsed
                 if compiled_now:
@@ -442,19 +446,19 @@ class Trainer:
             return loss, norm, metrics
         if self.plan is not None:
             micro_batches = [self.plan.place_batch(batch) for batch in micro_batches]
-        args = (self._params(), self.opt_state, micro_batches, lr, self.step, scale)
+        guard = self._guard()
+        args = (self._params(), self.opt_state, micro_batches, lr, self.step, guard)
         if self.compile_seconds is None:  # trace and compile now, timed; the call reuses it
             start = time.perf_counter()
             self.step_program = self._compiled_step.lower(*args).compile()
             self.compile_seconds = time.perf_counter() - start
-        params, self.opt_state, loss, norm, metrics = self._compiled_step(*args)
+        params, self.opt_state, loss, norm, metrics, new_guard = self._compiled_step(*args)
         for name, p in self.optimizer.named_parameters():  # the old arrays were donated
             p.data = params[name]
-        loss, norm, metrics = self._floats(loss, norm, metrics, scale)
-        self._pending.append((self.step + 1, loss, norm, metrics, None, lr))
-        if self._overflowed(loss, norm, scale):
-            return loss, norm, metrics  # the step kept the old weights; scale halved
-        self._check_finite(loss, norm, lr)  # the step kept the old weights if not finite
+        self._set_guard(new_guard)
+        if scale is not None:  # the scale this step used, logged with it
+            metrics = {**metrics, "loss_scale": guard["scale"]}
+        self._pending.append((self.step + 1, loss, norm, metrics, {}, lr))  # nothing read
         return loss, norm, metrics
 
     def _step_on_device(self, loss, norm, metrics, lr):
@@ -475,25 +479,36 @@ class Trainer:
     def _read_back(self):
         """The numbers of the steps since the last read, copied to the host in one transfer
         (``backend.to_numpy``, the trainer's only read); returns the last step's (loss,
-        gradient norm, metrics) as floats. A step whose loss or gradient norm was not finite
-        (so it and the steps after it changed nothing) raises ``TrainingDiverged``."""
+        gradient norm, metrics) as floats and the tokens of all those steps. A step that
+        diverged (so it and the steps after it changed nothing) raises ``TrainingDiverged``;
+        loss scaling fallen below its floor raises ``FloatingPointError``."""
         pending, self._pending = self._pending, []
         values = [v for step in pending for v in (step[1], step[2], *step[3].values())]
         if any(not isinstance(v, (float, int)) for v in values):  # arrays, NumPy scalars
             xp = self.backend.xp
-            stacked = xp.stack([xp.asarray(v, dtype=xp.float64).reshape(()) for v in values])
+            # float32, which every backend has: the numbers are float32 on the device, and
+            # a step's token count is exact below 2^24
+            stacked = xp.stack([xp.asarray(v, dtype=xp.float32).reshape(()) for v in values])
             values = self.backend.to_numpy(stacked).tolist()
-        at = 0
+        at, tokens = 0, 0
         for step, _, _, metrics, counts, lr in pending:
             loss, norm = values[at], values[at + 1]
             metrics = dict(zip(metrics, values[at + 2 : at + 2 + len(metrics)]))
             at += 2 + len(metrics)
-            if counts is not None and not (math.isfinite(loss) and math.isfinite(norm)):
+            tokens += metrics.pop("tokens", 0)
+            if counts is not None and self._diverged(loss, norm):
                 self.step = step - 1  # the steps from this one on changed nothing
-                self.optimizer.state["step"].update(counts)
-                self._all_finite = None
+                self.optimizer.state["step"].update(counts)  # (compiled: kept on the device)
                 self._check_finite(loss, norm, lr)
-        return loss, norm, metrics
+        if self.compiled and self.loss_scaler is not None:
+            self.loss_scaler.check()
+        return loss, norm, metrics, int(tokens)
+
+    def _diverged(self, loss, norm):
+        """Whether a step's loss and gradient norm mean the run diverged: a non-finite loss,
+        or a non-finite norm without loss scaling (with it, an overflow: a skipped step)."""
+        finite_norm = math.isfinite(norm) or self.loss_scaler is not None
+        return not (math.isfinite(loss) and finite_norm)
 
     @staticmethod
     def _floats(loss, norm, metrics, scale):
@@ -512,17 +527,54 @@ class Trainer:
             and not self.loss_scaler.update(math.isfinite(norm))
         )
 
-    def _pure_step(self, params, opt_state, micro_batches, lr, step, scale=None):
-        """The whole step as a pure function of arrays, for ``jax.jit``."""
+    def _pure_step(self, params, opt_state, micro_batches, lr, step, guard):
+        """The whole step as a pure function of arrays, for ``jax.jit``. ``guard`` carries
+        from step to step whether every step so far was finite, and the loss scale's state
+        (``_guard``)."""
+        scale = guard.get("scale")
         loss, grads, norm, metrics = self._gradients(params, micro_batches, step, scale)
         new_params, new_state = self.optimizer.update(params, grads, opt_state, lr)
         xp = self.backend.xp
-        finite = xp.isfinite(loss) & xp.isfinite(norm)  # else: keep what came in
-        params = _where(finite, new_params, params)
-        opt_state = _where(finite, new_state, opt_state)
+        finite_loss, finite_norm = xp.isfinite(loss), xp.isfinite(norm)
+        take = finite_loss & finite_norm & guard["all_finite"]  # else: keep what came in
+        params = _where(take, new_params, params)
+        opt_state = _where(take, new_state, opt_state)
         if self.plan is not None:
             params, opt_state = self.plan.constrain(params, opt_state)
-        return params, opt_state, loss, norm, metrics
+        diverged = ~finite_loss if scale is not None else ~(finite_loss & finite_norm)
+        new_guard = {"all_finite": guard["all_finite"] & ~diverged}
+        if scale is not None:  # an overflow halves the scale; good steps in a row double it
+            new_guard["scale"], new_guard["good_steps"] = self.loss_scaler.next_state(
+                scale, guard["good_steps"], finite_norm, xp
+            )
+        return params, opt_state, loss, norm, metrics, new_guard
+
+    def _start_guard(self):
+        """The compiled step's ``guard`` at the start of ``fit``: every step finite so far,
+        and the loss scale's state as device arrays (laid out whole over a plan's devices)."""
+        xp = self.backend.xp
+        guard = {"all_finite": True}
+        if self.loss_scaler is not None:
+            guard |= self.loss_scaler.state_dict()  # scale, good_steps
+        dtypes = {"all_finite": bool, "scale": xp.float32, "good_steps": xp.int32}
+        guard = {key: xp.asarray(value, dtype=dtypes[key]) for key, value in guard.items()}
+        if self.plan is not None:
+            guard = self.plan.place_whole(guard)
+        self._set_guard(guard)
+
+    def _guard(self):
+        guard = {"all_finite": self._all_finite}
+        if self.loss_scaler is not None:
+            guard |= {"scale": self.loss_scaler.scale, "good_steps": self.loss_scaler.good_steps}
+        return guard
+
+    def _set_guard(self, guard):
+        self._all_finite = guard["all_finite"]
+        if self.loss_scaler is not None:
+            self.loss_scaler.scale, self.loss_scaler.good_steps = (
+                guard["scale"],
+                guard["good_steps"],
+            )
 
     def _bound_loss(self, tensors, batch, key=None, scale=None):
         """``(loss, metrics)`` of ``loss_fn`` with ``tensors`` in place of the parameters;
