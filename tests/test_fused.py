@@ -210,17 +210,31 @@ def test_adamw_equals_its_in_place_passes_and_torch():
             np.testing.assert_allclose(p.numpy(), q.detach().numpy(), rtol=1e-6, atol=1e-6)
 
 
-def test_a_step_with_only_if_false_changes_nothing_but_the_count():
-    w = tinyllm.nn.Parameter(rand((3, 2), 0))
-    opt = AdamW([w], lr=0.1)
-    w.grad = rand((3, 2), 1)
-    opt.step()
-    before, state = w.numpy().copy(), {k: v.copy() for k, v in opt.state_dict()["exp_avg"].items()}
-    w.grad = np.full((3, 2), np.nan, np.float32)
-    opt.step(only_if=np.array(False))
-    np.testing.assert_array_equal(w.numpy(), before)
-    np.testing.assert_array_equal(opt.state_dict()["exp_avg"]["0"], state["0"])
-    assert opt.state["step"]["0"] == 2
+def test_a_step_with_only_if_false_changes_nothing_and_does_not_count():
+    """A step not taken (a float16 overflow, say) is as if it never happened: the steps
+    after it match an AdamW that never saw it, bias corrections included (PyTorch's
+    GradScaler skips ``optimizer.step`` the same way), and ``state_dict`` counts only the
+    steps taken."""
+    w, twin = tinyllm.nn.Parameter(rand((3, 2), 0)), tinyllm.nn.Parameter(rand((3, 2), 0))
+    opt, twin_opt = AdamW([w], lr=0.1), AdamW([twin], lr=0.1)
+    for i, taken in enumerate([True, False, False, True, True]):
+        before = w.numpy().copy()
+        w.grad = rand((3, 2), i + 1) if taken else np.full((3, 2), np.nan, np.float32)
+        opt.step(only_if=np.array(taken))
+        if taken:
+            twin.grad = w.grad.copy()
+            twin_opt.step()
+            np.testing.assert_allclose(w.numpy(), twin.numpy(), rtol=1e-6, atol=1e-7)
+        else:
+            np.testing.assert_array_equal(w.numpy(), before)
+    assert opt.state["step"]["0"] == 5 and int(opt.skipped) == 2  # settled by state_dict:
+    state, twin_state = opt.state_dict(), twin_opt.state_dict()
+    assert state["step"]["0"] == twin_state["step"]["0"] == 3 and opt.skipped is None
+    np.testing.assert_allclose(state["exp_avg"]["0"], twin_state["exp_avg"]["0"], rtol=1e-6)
+    other = tinyllm.nn.Parameter(rand((2,), 9))
+    both = AdamW([w, other], lr=0.1)
+    with pytest.raises(ValueError, match=r"needs a gradient for every parameter; \['1'\]"):
+        both.step(only_if=np.array(True))
     sgd = SGD([w], lr=0.1)
     with pytest.raises(TypeError, match="SGD.step cannot skip a step on the device"):
         sgd.step(only_if=np.array(True))

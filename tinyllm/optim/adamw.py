@@ -85,9 +85,13 @@ class AdamW(Optimizer):
         """
         lr, (beta1, beta2), eps, weight_decay = (group[k] for k in self.hyperparameters)
         backend = params[0].backend
-        t = step + 1
-        c1, c2 = 1 - beta1**t, 1 - beta2**t  # the bias corrections
-        step_size, eps_hat = lr * math.sqrt(c2) / c1, eps * math.sqrt(c2)
+        t = step + 1  # an int, or an array counted on the device (``Optimizer.step``)
+        c1, c2 = _bias_correction(beta1, t), _bias_correction(beta2, t)
+        step_size, eps_hat = lr * c2**0.5 / c1, eps * c2**0.5
+        if not isinstance(t, numbers.Integral):  # 0-d arrays in the update's dtype
+            step_size, eps_hat = (
+                backend.xp.asarray(x, dtype=grad.dtype) for x in (step_size, eps_hat)
+            )
         m, v = state["exp_avg"], state["exp_avg_sq"]
         backend.update_in_place(
             fused.adamw_moments, grad, m, v, beta1, beta2, step_size, eps_hat, where=only_if

@@ -57,6 +57,7 @@ class Optimizer:
         self._state = None  # made on first use, so init_state/update alone allocate nothing
         self._flat = None  # per group: flat buffers on NumPy/CuPy, None on JAX
         self._compiled_update = None
+        self.skipped = None  # steps step(only_if=...) did not take: a 0-d int array, or None
 
     # --- settings ----------------------------------------------------------------------
     def _check(self, key, value, group=None):
@@ -166,20 +167,23 @@ class Optimizer:
         """Update every parameter that has a ``.grad``; the others are left as they are.
 
         ``only_if``, a 0-d boolean array, makes the step conditional without reading it back
-        to the host: where it is False, parameters and state stay as they were (the step
-        counts still advance). How a training loop skips a non-finite step on a GPU; only
-        optimizers with ``skips_on_device`` (AdamW) take it.
+        to the host: where it is False, parameters and state stay as they were, and the step
+        does not count. How a training loop skips a non-finite step on a GPU; only
+        optimizers with ``skips_on_device`` (AdamW) take it, and every parameter needs a
+        gradient. The counts in ``state["step"]`` advance on the host all the same, and
+        ``skipped``, on the device, counts the steps not taken; the bias corrections
+        subtract it there, and ``settle_counts`` (which ``state_dict`` calls) takes it off
+        the counts.
         """
-        if only_if is not None and not self.skips_on_device:
-            raise TypeError(
-                f"{type(self).__name__}.step cannot skip a step on the device (only_if)"
-            )
+        if only_if is not None:
+            self._check_skippable()
         condition = {} if only_if is None else {"only_if": only_if}
         self._check_before_step()
         steps = self.state["step"]
+        skipped = 0 if self.skipped is None else self.skipped
         for group, flat in zip(self.param_groups, self._flat):
             if flat is None:
-                self._step_functional(group, only_if)
+                self._step_functional(group, only_if, skipped)
             else:
                 for start, stop in _runs(group, steps):
                     params = group["params"][start:stop]
@@ -187,11 +191,37 @@ class Optimizer:
                     grad = flat["grad"][lo:hi]  # (n,) scratch the update may overwrite
                     backend_of(grad).xp.concatenate([p.grad.reshape(-1) for p in params], out=grad)
                     state = {key: flat[key][lo:hi] for key in self.state_keys}
-                    step = steps[group["names"][start]]
+                    step = steps[group["names"][start]] - skipped  # the steps taken
                     self._step_in_place(group, params, grad, state, step, **condition)
             for name, p in zip(group["names"], group["params"]):
                 if p.grad is not None:
                     steps[name] += 1
+        if only_if is not None:
+            not_taken = (~backend_of(only_if).xp.asarray(only_if)).astype(np.int32)
+            self.skipped = not_taken + skipped
+
+    def settle_counts(self, skipped=None):
+        """Take the steps ``step(only_if=...)`` did not take off the counts: ``skipped``,
+        their number when the caller has read it already, else one read of ``self.skipped``."""
+        if self.skipped is None:
+            return
+        if skipped is None:
+            skipped = int(backend_of(self.skipped).to_numpy(self.skipped))
+        self.skipped = None
+        for name in self.state["step"]:
+            self.state["step"][name] -= int(skipped)
+
+    def _check_skippable(self):
+        if not self.skips_on_device:
+            raise TypeError(
+                f"{type(self).__name__}.step cannot skip a step on the device (only_if)"
+            )
+        missing = [name for name, p in self.named_parameters() if p.grad is None]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__}.step(only_if=...) needs a gradient for every "
+                f"parameter; {missing} have none"
+            )
 
     def _check_before_step(self):
         """Every setting (one may have been set in param_groups) and gradient shape, so a
@@ -206,7 +236,7 @@ class Optimizer:
                         f"{tuple(p.grad.shape)}, expected {tuple(p.data.shape)}"
                     )
 
-    def _step_functional(self, group, only_if=None):
+    def _step_functional(self, group, only_if=None, skipped=0):
         """A step for immutable (JAX) arrays: the compiled pure update, then store its output."""
         live = [(n, p) for n, p in zip(group["names"], group["params"]) if p.grad is not None]
         if not live:
@@ -216,6 +246,7 @@ class Optimizer:
             self._compiled_update = backend.jit(self._update_group, static_argnames="hyper")
         keys = ("step", *self.state_keys)
         state = {key: {n: self.state[key][n] for n, _ in live} for key in keys}
+        state["step"] = {n: count - skipped for n, count in state["step"].items()}  # taken
         new_params, new_state = self._compiled_update(
             {n: p.data for n, p in live},
             {n: p.grad for n, p in live},
@@ -258,7 +289,9 @@ class Optimizer:
         own); left out, the optimizer's. Settings (lr, betas, ...) are not included: give
         them to the constructor, and drive lr from the step count with a schedule.
         """
-        state = self.state if state is None else state
+        if state is None:
+            self.settle_counts()
+            state = self.state
         out = {"step": {name: int(step) for name, step in state["step"].items()}}
         for key in self.state_keys:
             out[key] = {name: np.array(backend_of(a).to_numpy(a)) for name, a in state[key].items()}
@@ -283,6 +316,7 @@ class Optimizer:
                         f"expected {params[name].shape}"
                     )
         self._state = {"step": {name: int(s) for name, s in state_dict["step"].items()}}
+        self.skipped = None
         for key in self.state_keys:
             self._state[key] = {
                 name: p.backend.asarray(np.asarray(state_dict[key][name], dtype=p.dtype))

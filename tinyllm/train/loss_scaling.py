@@ -13,9 +13,9 @@ trainer then
    product overflowed float16's 65504) the step is skipped and S halved; after
    ``growth_interval`` good steps in a row S doubles, to probe for the largest safe scale.
 
-A compiled step (JAX) runs the same rule on the device, ``next_state``, with S and the
-count of good steps as arrays it takes and returns, so no step waits to read its gradient
-norm back; the trainer calls ``check`` when it reads the steps' numbers.
+The trainer runs the same rule on the device, ``next_state`` (inside the compiled step on
+JAX), with S and the count of good steps as arrays each step takes and returns, so no step
+waits to read its gradient norm back; it calls ``check`` when it reads the steps' numbers.
 
 S starts at 2^16 and settles within a few steps. Powers of two make the scaling exact: a
 float times 2^k changes only its exponent. bfloat16 has float32's range and needs none of

@@ -6,19 +6,21 @@ One function, ``_gradients``, makes a step's loss, metrics, clipped gradients an
 norm: micro-batch by micro-batch through ``value_and_grad``, each with its own dropout key
 ``(seed, step, micro-batch)``. Both executions run it. On NumPy and CuPy it runs eagerly
 and the optimizer then updates the parameters in place (a few passes over flat buffers).
-Eagerly, a step never reads a number back to the host: the loss, the gradient norm and
-the metrics stay device arrays, AdamW skips a non-finite step on the device
-(``step(only_if=...)``), and all of them are copied back in one transfer only at a log,
-evaluation or checkpoint step (``_read_back``), which then raises for a step that diverged
-(with the weights from before it). So a GPU queues step after step without waiting. Eagerly,
-float16's loss scaling reads each step's gradient norm for the scale's rule, as does an
-optimizer that cannot skip on the device.
 Under JAX the whole step, ``_gradients`` and the optimizer's pure ``update``, is one
 function ``(params, opt_state, micro_batches, lr, step, guard) -> (params, opt_state, loss,
 grad_norm, metrics, guard)`` compiled with ``jax.jit``: tinyllm's autograd is traced into
-it. ``guard`` carries from step to step whether every step so far was finite and, under
-float16, the loss scale and its rule's count of good steps, so the compiled step reads
-nothing back either: its numbers wait on the device for ``_read_back`` as the eager ones do.
+it.
+
+Neither execution reads a number back to the host inside a step. The loss, the gradient
+norm and the metrics stay device arrays, and whether to take the step is decided on the
+device from the *guard* (``_next_guard``) that each step hands to the next: whether every
+step so far was finite and, under float16, the loss scale and its rule's count of good
+steps. Eagerly AdamW takes or skips the step there (``step(only_if=...)``; a skipped step
+does not count for its bias corrections); the compiled step keeps its old arrays. All the
+numbers are copied back in one transfer only at a log, evaluation or checkpoint step
+(``_read_back``), which then raises for a step that diverged (with the weights from before
+it). So a GPU queues step after step without waiting. Only an optimizer that cannot skip on
+the device reads each step's numbers.
 It is traced and compiled once, at the first step (``compile_seconds``, logged with that
 step), and then only run. Its parameters and optimizer state are *donated*: XLA writes the
 new ones into the old ones' memory, so a step keeps one copy of them, not two (the old
@@ -106,10 +108,10 @@ class StepExecution:
             for name, p in self.optimizer.named_parameters():
                 p.grad = grads[name]
             self.optimizer.lr = lr
-            if scale is None and self.optimizer.skips_on_device:
+            if self.on_device:
                 return self._step_on_device(loss, norm, metrics, lr)
             loss, norm, metrics = self._floats(loss, norm, metrics, scale)
-            self._pending.append((self.step + 1, loss, norm, metrics, None, lr))
+            self._pending.append((self.step + 1, loss, norm, metrics, lr))
             if self._overflowed(loss, norm, scale):
                 return loss, norm, metrics  # float16 overflowed: step skipped, scale halved
             self._check_finite(loss, norm, lr)  # before the weights change
@@ -126,25 +128,23 @@ class StepExecution:
         params, self.opt_state, loss, norm, metrics, new_guard = self._compiled_step(*args)
         for name, p in self.optimizer.named_parameters():  # the old arrays were donated
             p.data = params[name]
-        self._set_guard(new_guard)
-        if scale is not None:  # the scale this step used, logged with it
-            metrics = {**metrics, "loss_scale": guard["scale"]}
-        self._pending.append((self.step + 1, loss, norm, metrics, {}, lr))  # nothing read
-        return loss, norm, metrics
+        return self._pend(loss, norm, metrics, lr, guard, new_guard)
 
     def _step_on_device(self, loss, norm, metrics, lr):
-        """The optimizer step, taken only if this step's loss and gradient norm - and every
-        step's since the last read - are finite, decided on the device: nothing is read back
-        here, so a GPU never waits for the host inside a step. ``_read_back`` raises for a
-        step that was not finite; the weights are then those from before it."""
-        xp = self.backend.xp
-        finite = xp.isfinite(loss) & xp.isfinite(norm)  # a 0-d boolean array
-        if self._all_finite is not None:
-            finite = finite & self._all_finite  # once a step is skipped, all that follow are
-        self._all_finite = finite
-        counts = dict(self.optimizer.state["step"])  # to rewind them to a skipped step
-        self.optimizer.step(only_if=finite)
-        self._pending.append((self.step + 1, loss, norm, metrics, counts, lr))
+        """The eager optimizer step, taken or not as the guard decides on the device
+        (``_next_guard``): nothing is read back here, so a GPU never waits for the host
+        inside a step. A step not taken does not count for AdamW's bias corrections."""
+        guard = self._guard()
+        take, new_guard = self._next_guard(guard, loss, norm)
+        self.optimizer.step(only_if=take)
+        return self._pend(loss, norm, metrics, lr, guard, new_guard)
+
+    def _pend(self, loss, norm, metrics, lr, guard, new_guard):
+        """Keep a step's numbers (and the loss scale it used) for ``_read_back``."""
+        self._set_guard(new_guard)
+        if "scale" in guard:  # the scale this step used, logged with it
+            metrics = {**metrics, "loss_scale": guard["scale"]}
+        self._pending.append((self.step + 1, loss, norm, metrics, lr))
         return loss, norm, metrics
 
     def _read_back(self):
@@ -155,23 +155,27 @@ class StepExecution:
         loss scaling fallen below its floor raises ``FloatingPointError``."""
         pending, self._pending = self._pending, []
         values = [v for step in pending for v in (step[1], step[2], *step[3].values())]
+        skipped = self.optimizer.skipped  # the eager steps not taken, counted on the device
+        if skipped is not None:
+            values.append(skipped)
         if any(not isinstance(v, (float, int)) for v in values):  # arrays, NumPy scalars
             xp = self.backend.xp
             # float32, which every backend has: the numbers are float32 on the device, and
             # a step's token count is exact below 2^24
             stacked = xp.stack([xp.asarray(v, dtype=xp.float32).reshape(()) for v in values])
             values = self.backend.to_numpy(stacked).tolist()
+        if skipped is not None:
+            self.optimizer.settle_counts(values.pop())
         at, tokens = 0, 0
-        for step, _, _, metrics, counts, lr in pending:
+        for step, _, _, metrics, lr in pending:
             loss, norm = values[at], values[at + 1]
             metrics = dict(zip(metrics, values[at + 2 : at + 2 + len(metrics)]))
             at += 2 + len(metrics)
             tokens += metrics.pop("tokens", 0)
-            if counts is not None and self._diverged(loss, norm):
+            if self._diverged(loss, norm):
                 self.step = step - 1  # the steps from this one on changed nothing
-                self.optimizer.state["step"].update(counts)  # (compiled: kept on the device)
                 self._check_finite(loss, norm, lr)
-        if self.compiled and self.loss_scaler is not None:
+        if self.on_device and self.loss_scaler is not None:
             self.loss_scaler.check()
         return loss, norm, metrics, int(tokens)
 
@@ -199,30 +203,40 @@ class StepExecution:
         )
 
     def _pure_step(self, params, opt_state, micro_batches, lr, step, guard):
-        """The whole step as a pure function of arrays, for ``jax.jit``. ``guard`` carries
-        from step to step whether every step so far was finite, and the loss scale's state
-        (``_guard``)."""
-        scale = guard.get("scale")
-        loss, grads, norm, metrics = self._gradients(params, micro_batches, step, scale)
+        """The whole step as a pure function of arrays, for ``jax.jit``."""
+        loss, grads, norm, metrics = self._gradients(
+            params, micro_batches, step, guard.get("scale")
+        )
         new_params, new_state = self.optimizer.update(params, grads, opt_state, lr)
-        xp = self.backend.xp
-        finite_loss, finite_norm = xp.isfinite(loss), xp.isfinite(norm)
-        take = finite_loss & finite_norm & guard["all_finite"]  # else: keep what came in
-        params = _where(take, new_params, params)
+        take, guard = self._next_guard(guard, loss, norm)
+        params = _where(take, new_params, params)  # else: keep what came in
         opt_state = _where(take, new_state, opt_state)
         if self.plan is not None:
             params, opt_state = self.plan.constrain(params, opt_state)
-        diverged = ~finite_loss if scale is not None else ~(finite_loss & finite_norm)
+        return params, opt_state, loss, norm, metrics, guard
+
+    # --- the guard: what a step carries to the next on the device --------------------------
+    def _next_guard(self, guard, loss, norm):
+        """``(take, guard)`` after a step with ``loss`` and gradient ``norm``, all in array
+        operations (so inside the compiled step too). ``guard["all_finite"]``: no step so far
+        diverged - a non-finite loss, or without loss scaling a non-finite norm; once one
+        has, no later step is taken either. Under loss scaling an overflow (a finite loss, a
+        non-finite norm) skips the step and halves the scale, and good steps in a row double
+        it (``LossScaler.next_state``)."""
+        xp = self.backend.xp
+        finite_loss, finite_norm = xp.isfinite(loss), xp.isfinite(norm)
+        take = finite_loss & finite_norm & guard["all_finite"]
+        diverged = ~finite_loss if "scale" in guard else ~(finite_loss & finite_norm)
         new_guard = {"all_finite": guard["all_finite"] & ~diverged}
-        if scale is not None:  # an overflow halves the scale; good steps in a row double it
+        if "scale" in guard:
             new_guard["scale"], new_guard["good_steps"] = self.loss_scaler.next_state(
-                scale, guard["good_steps"], finite_norm, xp
+                guard["scale"], guard["good_steps"], finite_norm, xp
             )
-        return params, opt_state, loss, norm, metrics, new_guard
+        return take, new_guard
 
     def _start_guard(self):
-        """The compiled step's ``guard`` at the start of ``fit``: every step finite so far,
-        and the loss scale's state as device arrays (laid out whole over a plan's devices)."""
+        """The guard at the start of ``fit``: every step finite so far, and the loss
+        scale's state, as device arrays (laid out whole over a plan's devices)."""
         xp = self.backend.xp
         guard = {"all_finite": True}
         if self.loss_scaler is not None:
@@ -242,10 +256,8 @@ class StepExecution:
     def _set_guard(self, guard):
         self._all_finite = guard["all_finite"]
         if self.loss_scaler is not None:
-            self.loss_scaler.scale, self.loss_scaler.good_steps = (
-                guard["scale"],
-                guard["good_steps"],
-            )
+            scaler = self.loss_scaler
+            scaler.scale, scaler.good_steps = guard["scale"], guard["good_steps"]
 
     def _bound_loss(self, tensors, batch, key=None, scale=None):
         """``(loss, metrics)`` of ``loss_fn`` with ``tensors`` in place of the parameters;

@@ -143,6 +143,9 @@ class Trainer(StepExecution):
             loss_scaler = LossScaler()
         self.loss_scaler = loss_scaler
         self.compiled = self.backend.name == "jax"
+        # whether steps decide on the device to be taken, so that none reads back: the
+        # compiled step, and eager optimizers that can skip (step(only_if=...))
+        self.on_device = self.compiled or self.optimizer.skips_on_device
         self.step = 0
         self.seconds = 0.0  # wall time before this session (from a checkpoint)
         self.tokens_seen = 0
@@ -178,7 +181,7 @@ class Trainer(StepExecution):
             counts = {n: xp.asarray(c, dtype=xp.int32) for n, c in self.opt_state["step"].items()}
             self.opt_state = {**self.opt_state, "step": counts}
         self._stop, self._pending, self._all_finite = None, [], None
-        if self.compiled:
+        if self.on_device:
             self._start_guard()
         if self.plan is not None:
             self._place_on_devices()
