@@ -61,6 +61,11 @@ import contextlib
 import contextvars
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_HELP = (  # --dtype's help, for training and for generation alike
+    "the dtype of matmuls and attention (the weights stay float32, and in training the "
+    "gradients and AdamW's moments): bfloat16 on JAX, float16 on JAX or CuPy (training "
+    "with loss scaling)"
+)
 SUPPORTED = {  # backend name -> the compute dtypes its products run in
     "numpy": ("float32",),
     "jax": ("float32", "bfloat16", "float16"),

@@ -6,7 +6,7 @@ import dataclasses
 import math
 import types
 
-from tinyllm.backend.precision import COMPUTE_DTYPES
+from tinyllm.backend.precision import COMPUTE_DTYPES, DTYPE_HELP
 
 
 def add_dataclass_flags(parser, cls, title, defaults=None):
@@ -150,6 +150,5 @@ def add_dtype_flag(parser):
         "--dtype",
         choices=COMPUTE_DTYPES,
         default="float32",
-        help="the dtype of matmuls and attention (the weights stay float32): bfloat16 on the "
-        "JAX backend, float16 on JAX or CuPy (default: %(default)s)",
+        help=f"{DTYPE_HELP} (default: %(default)s)",
     )

@@ -22,7 +22,7 @@ ValueError: TrainConfig: steps=0 must be an integer >= 1
 import dataclasses
 from dataclasses import field
 
-from ..backend.precision import COMPUTE_DTYPES
+from ..backend.precision import COMPUTE_DTYPES, DTYPE_HELP
 from ..config import Config
 from ..optim import SCHEDULES
 from .sharding import SHARD_MODES, process_settings_problem
@@ -65,8 +65,7 @@ class TrainConfig(Config):
     dtype: str = field(
         default="float32",
         metadata={
-            "help": "the dtype of matmuls and attention (weights, gradients and AdamW stay "
-            "float32): bfloat16 on JAX, float16 with loss scaling on JAX or CuPy",
+            "help": DTYPE_HELP,
             "choices": COMPUTE_DTYPES,
         },
     )
