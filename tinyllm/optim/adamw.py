@@ -85,10 +85,12 @@ class AdamW(Optimizer):
         """
         lr, (beta1, beta2), eps, weight_decay = (group[k] for k in self.hyperparameters)
         backend = params[0].backend
-        t = step + 1  # an int, or an array counted on the device (``Optimizer.step``)
-        c1, c2 = _bias_correction(beta1, t), _bias_correction(beta2, t)
-        step_size, eps_hat = lr * c2**0.5 / c1, eps * c2**0.5
-        if not isinstance(t, numbers.Integral):  # 0-d arrays in the update's dtype
+        t = step + 1  # an int, or a 0-d int array counted on the device (``Optimizer.step``)
+        on_host = isinstance(t, int)  # (a NumPy integer would make float64 numbers strong)
+        sqrt = math.sqrt if on_host else backend.xp.sqrt
+        c1, c2 = 1 - beta1**t, 1 - beta2**t  # the bias corrections, in float64 either way
+        step_size, eps_hat = lr * sqrt(c2) / c1, eps * sqrt(c2)
+        if not on_host:  # the same numbers, as 0-d arrays rounded to the update's dtype
             step_size, eps_hat = (
                 backend.xp.asarray(x, dtype=grad.dtype) for x in (step_size, eps_hat)
             )
