@@ -199,6 +199,26 @@ def test_moe_sorted_dispatch_equals_dense_and_counts_add_up():
     assert moe.expert_counts.sum() == 3 * 7 * 2 and moe.expert_counts.shape == (4,)
 
 
+def test_moe_on_a_backend_that_reads_nothing_back_dispatches_densely(monkeypatch):
+    """On CuPy (``reads_values`` False: a read would wait for the GPU) the experts' slice
+    sizes are not read: the dense dispatch runs, with the same output, and the counts are
+    read only when asked for."""
+    moe = MoE(16, 24, n_expert=4, top_k=2, seed=1)
+    x = np.random.default_rng(0).standard_normal((3, 7, 16)).astype(np.float32)
+    sorted_y = moe(x)[0].numpy()
+    sorted_counts = moe.expert_counts
+    backend, reads = moe.router.weight.backend, []
+    monkeypatch.setattr(backend, "reads_values", lambda array: False)
+    monkeypatch.setattr(backend, "to_numpy", lambda array: reads.append(array) or np.asarray(array))
+    called = []
+    monkeypatch.setattr(moe, "_sorted", lambda *args: called.append("sorted"))
+    y = moe(x)[0]
+    assert not reads and not called
+    np.testing.assert_allclose(y.data, sorted_y, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(moe.expert_counts, sorted_counts)
+    assert len(reads) == 1  # read when asked for
+
+
 def test_moe_routing_and_load_balancing_loss_match_transformers():
     torch = pytest.importorskip("torch")
     mixtral = pytest.importorskip("transformers.models.mixtral.modeling_mixtral")

@@ -28,9 +28,11 @@ Under uniform routing it equals ``top_k``; it grows as routing piles onto a few 
 
 The experts run vectorized over tokens: the (token, choice) slots are sorted by expert,
 each expert takes its contiguous slice in one batched call, and the outputs are put back
-in token order. Under ``jax.jit`` slice sizes must be known at compile time, so there
-every expert runs on every token and the gates zero out the ones not chosen - the same
-function, more arithmetic.
+in token order. The slices' sizes are the counts, read to the host. Under ``jax.jit`` they
+are not known until the program runs, and on CuPy reading them would make the CPU wait for
+the GPU inside every step, so there every expert runs on every token and the gates zero
+out the ones not chosen - the same function, more arithmetic (``n_expert / top_k`` times the
+experts' work), and nothing read back.
 
 >>> import numpy as np
 >>> moe = MoE(d_model=8, d_ff=16, n_expert=4, top_k=2, seed=0)
@@ -43,6 +45,7 @@ import numpy as np
 
 from .. import functional as F
 from ..autograd import Tensor
+from ..backend import to_numpy
 from .layers import Linear
 from .mlp import MLP, SwiGLU
 from .module import Module
@@ -65,7 +68,8 @@ class MoE(Module):
     """``n_expert`` feed-forward experts (SwiGLU or GELU), ``top_k`` of them per token.
 
     ``forward(x)`` returns ``(y, aux_loss)``; after a forward outside ``jax.jit``,
-    ``expert_counts`` holds how many tokens each expert received (a NumPy array).
+    ``expert_counts`` holds how many tokens each expert received (a NumPy array, read from
+    the device when asked for).
     """
 
     def __init__(
@@ -91,7 +95,13 @@ class MoE(Module):
         self.experts = [
             expert(d_model, d_ff, bias, std=std, out_std=out_std, seed=rng) for _ in range(n_expert)
         ]
-        self.expert_counts = None
+        self._counts = None  # the last forward's, on the device
+
+    @property
+    def expert_counts(self):
+        """(n_expert,) slots routed to each expert in the last forward outside ``jax.jit``,
+        as a NumPy array (None before any)."""
+        return None if self._counts is None else to_numpy(self._counts)
 
     def forward(self, x, dense=False):
         """``x`` (B, T, d) -> ``(y (B, T, d), aux_loss)``; ``dense=True`` forces the dense dispatch."""
@@ -109,13 +119,12 @@ class MoE(Module):
         counts = one_hot.sum(axis=(0, 1))  # (E,) slots routed to each expert
         aux_loss = load_balancing_loss(probs, counts)
 
-        traced = backend.is_traced(tokens.data)  # under jax.jit counts are not known yet
-        if not traced:
-            self.expert_counts = backend.to_numpy(counts)  # on the host: for plots and slicing
-        if traced or dense:
+        if not backend.is_traced(counts):
+            self._counts = counts
+        if dense or not backend.reads_values(counts):  # jax.jit, CuPy: nothing read back
             y = self._dense(tokens, gates, one_hot)
         else:
-            y = self._sorted(tokens, gates, chosen, self.expert_counts)
+            y = self._sorted(tokens, gates, chosen, backend.to_numpy(counts))
         return y.reshape(B, T, d), aux_loss
 
     def _sorted(self, tokens, gates, chosen, counts):
