@@ -62,7 +62,7 @@ class StepExecution:
     compiled program, and the numbers each step leaves on the device until ``_read_back``.
     A base of ``Trainer``, whose ``__init__`` sets what these methods read: ``model``,
     ``config``, ``optimizer``, ``loss_fn``, ``loss_scaler``, ``backend``, ``compiled``,
-    ``plan``, ``step``, ``out_dir`` and the compiled ``_compiled_step``."""
+    ``on_device``, ``plan``, ``step``, ``out_dir`` and the compiled ``_compiled_step``."""
 
     # --- one step ---------------------------------------------------------------------------
     def _gradients(self, params, micro_batches, step, scale=None):
