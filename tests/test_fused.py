@@ -241,9 +241,9 @@ def test_a_step_with_only_if_false_changes_nothing_and_does_not_count():
 
 
 # --- no host read inside a training step ------------------------------------------------
-def small_trainer(backend="numpy", **changes):
+def small_trainer(backend="numpy", preset="tiny", **changes):
     tokens = np.random.default_rng(0).integers(0, 65, 2000)
-    preset = get_preset("tiny", n_layer=1, d_model=16, n_head=2, context_length=8)
+    preset = get_preset(preset, n_layer=1, d_model=16, n_head=2, context_length=8)
     model = Transformer(preset, seed=0).to(backend)
     config = TrainConfig(
         **{"steps": 7, "batch_size": 2, "warmup_steps": 1, "lr": 1e-2, "eval_interval": 0,
@@ -252,8 +252,16 @@ def small_trainer(backend="numpy", **changes):
     return Trainer(model, config, RandomBatches(tokens, 2, 8, seed=0))
 
 
-def test_a_training_step_reads_nothing_back_between_log_steps(monkeypatch):
-    trainer = small_trainer()
+@pytest.mark.parametrize(
+    "backend, preset, dtype",
+    [("numpy", "tiny", "float32"), ("cupy", "tiny-moe", "float32"), ("cupy", "tiny", "float16")],
+)
+def test_a_training_step_reads_nothing_back_between_log_steps(monkeypatch, backend, preset, dtype):
+    """On CuPy a mixture of experts, and float16's loss scaling, read nothing back either
+    (CuPy needs a CUDA GPU)."""
+    if backend == "cupy":
+        cupy_backend()
+    trainer = small_trainer(backend, preset, dtype=dtype)
     reads, to_numpy = [], trainer.backend.to_numpy
 
     def recording(x):
