@@ -155,6 +155,18 @@ def test_jit_is_the_identity_on_numpy_and_compiles_under_jax():
     assert float(compiled(jax.numpy.ones(()))) == 2.0
 
 
+@pytest.mark.parametrize("name", ["numpy", "cupy", "jax"])
+def test_to_floats_reads_arrays_and_numbers_in_one_go(name):
+    works, detail = tinyllm.available_backends()[name]
+    if not works:
+        pytest.skip(detail)
+    backend = tinyllm.get_backend(name)
+    xp = backend.xp
+    values = [xp.asarray(1.5, dtype=xp.float32), 2, xp.asarray(3, dtype=xp.int32), 0.25]
+    floats = backend.to_floats(values)
+    assert floats == [1.5, 2.0, 3.0, 0.25] and all(type(f) is float for f in floats)
+
+
 def test_backend_of_tells_arrays_apart_without_importing_gpu_libraries():
     assert backend_of(np.zeros(2)).name == "numpy"
     assert backend_of(3.0) is None

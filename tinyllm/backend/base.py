@@ -64,6 +64,13 @@ class Backend:
         """A NumPy array with the values of ``x`` (an array of this backend)."""
         return np.asarray(x)
 
+    def to_floats(self, values):
+        """``values`` (0-d arrays of this backend, and numbers) as Python floats, read in one
+        transfer: stacked in float32 (every backend has it; a count is exact below 2^24)."""
+        xp = self.xp
+        stacked = xp.stack([xp.asarray(v, dtype=xp.float32).reshape(()) for v in values])
+        return self.to_numpy(stacked).tolist()
+
     def owns(self, x):
         """True when ``x`` is an array of this backend."""
         return isinstance(x, (np.ndarray, np.generic))

@@ -149,7 +149,7 @@ class StepExecution:
 
     def _read_back(self):
         """The numbers of the steps since the last read, copied to the host in one transfer
-        (``backend.to_numpy``, the trainer's only read); returns the last step's (loss,
+        (``backend.to_floats``, the trainer's only read); returns the last step's (loss,
         gradient norm, metrics) as floats and the tokens of all those steps. A step that
         diverged (so it and the steps after it changed nothing) raises ``TrainingDiverged``;
         loss scaling fallen below its floor raises ``FloatingPointError``."""
@@ -159,11 +159,7 @@ class StepExecution:
         if skipped is not None:
             values.append(skipped)
         if any(not isinstance(v, (float, int)) for v in values):  # arrays, NumPy scalars
-            xp = self.backend.xp
-            # float32, which every backend has: the numbers are float32 on the device, and
-            # a step's token count is exact below 2^24
-            stacked = xp.stack([xp.asarray(v, dtype=xp.float32).reshape(()) for v in values])
-            values = self.backend.to_numpy(stacked).tolist()
+            values = self.backend.to_floats(values)
         if skipped is not None:
             self.optimizer.settle_counts(values.pop())
         at, tokens = 0, 0

@@ -177,8 +177,11 @@ class Trainer(StepExecution):
         if self.compiled and self.opt_state is None:
             self.opt_state = self.optimizer.init_state(self._params())
         if self.compiled:  # step counts as int32 arrays, as the step returns them: one trace
-            xp = self.backend.xp
-            counts = {n: xp.asarray(c, dtype=xp.int32) for n, c in self.opt_state["step"].items()}
+            xp, owns = self.backend.xp, self.backend.owns
+            counts = {
+                n: c if owns(c) else xp.asarray(c, dtype=xp.int32)  # (from init_state, load)
+                for n, c in self.opt_state["step"].items()
+            }
             self.opt_state = {**self.opt_state, "step": counts}
         self._stop, self._pending, self._all_finite = None, [], None
         if self.on_device:
