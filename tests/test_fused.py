@@ -17,6 +17,7 @@ from tinyllm.data import RandomBatches
 from tinyllm.models import Transformer, get_preset
 from tinyllm.optim import SGD, AdamW
 from tinyllm.train import TrainConfig, Trainer, TrainingDiverged
+from tinyllm.train.loss_scaling import LossScaler
 
 C, K = math.sqrt(2 / math.pi), 0.044715
 SHAPES = [((7,), (7,)), ((3, 5), (3, 1)), ((2, 3, 8), (8,)), ((4, 1, 6), (1, 5, 6))]
@@ -253,15 +254,24 @@ def small_trainer(backend="numpy", preset="tiny", **changes):
 
 
 @pytest.mark.parametrize(
-    "backend, preset, dtype",
-    [("numpy", "tiny", "float32"), ("cupy", "tiny-moe", "float32"), ("cupy", "tiny", "float16")],
+    "backend, preset, dtype, scaled",
+    [
+        ("numpy", "tiny", "float32", False),
+        ("numpy", "tiny", "float32", True),
+        ("cupy", "tiny-moe", "float32", False),
+        ("cupy", "tiny", "float16", True),
+    ],
 )
-def test_a_training_step_reads_nothing_back_between_log_steps(monkeypatch, backend, preset, dtype):
-    """On CuPy a mixture of experts, and float16's loss scaling, read nothing back either
-    (CuPy needs a CUDA GPU)."""
+def test_a_training_step_reads_nothing_back_between_log_steps(
+    monkeypatch, backend, preset, dtype, scaled
+):
+    """Nor does loss scaling (its rule does not depend on the dtype), and on CuPy a mixture
+    of experts and float16 read nothing back either (CuPy needs a CUDA GPU)."""
     if backend == "cupy":
         cupy_backend()
     trainer = small_trainer(backend, preset, dtype=dtype)
+    if scaled and trainer.loss_scaler is None:
+        trainer.loss_scaler = LossScaler()
     reads, to_numpy = [], trainer.backend.to_numpy
 
     def recording(x):

@@ -78,9 +78,10 @@ class LossScaler:
         good_steps = xp.where(finite & ~grow, good_steps + 1, 0)
         return scale, good_steps
 
-    def check(self):
-        """Raise ``FloatingPointError`` if S has fallen below ``min_scale``."""
-        scale = float(to_numpy(self.scale))
+    def check(self, scale=None):
+        """Raise ``FloatingPointError`` if S has fallen below ``min_scale``; ``scale``: S as
+        the caller has read it already, else it is read here."""
+        scale = float(to_numpy(self.scale) if scale is None else scale)
         if scale < self.min_scale:
             raise FloatingPointError(
                 f"the float16 gradients overflowed at every loss scale down to "

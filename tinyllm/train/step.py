@@ -155,6 +155,9 @@ class StepExecution:
         loss scaling fallen below its floor raises ``FloatingPointError``."""
         pending, self._pending = self._pending, []
         values = [v for step in pending for v in (step[1], step[2], *step[3].values())]
+        scaled = self.on_device and self.loss_scaler is not None
+        if scaled:  # the scale after the last step, to check it has not fallen too far
+            values.append(self.loss_scaler.scale)
         skipped = self.optimizer.skipped  # the eager steps not taken, counted on the device
         if skipped is not None:
             values.append(skipped)
@@ -162,6 +165,7 @@ class StepExecution:
             values = self.backend.to_floats(values)
         if skipped is not None:
             self.optimizer.settle_counts(values.pop())
+        scale = values.pop() if scaled else None
         at, tokens = 0, 0
         for step, _, _, metrics, lr in pending:
             loss, norm = values[at], values[at + 1]
@@ -171,8 +175,8 @@ class StepExecution:
             if self._diverged(loss, norm):
                 self.step = step - 1  # the steps from this one on changed nothing
                 self._check_finite(loss, norm, lr)
-        if self.on_device and self.loss_scaler is not None:
-            self.loss_scaler.check()
+        if scaled:
+            self.loss_scaler.check(scale)
         return loss, norm, metrics, int(tokens)
 
     def _diverged(self, loss, norm):
