@@ -5,6 +5,7 @@
 | `config.py`     | `TrainConfig`: steps, batch, learning-rate schedule, AdamW, intervals |
 | `trainer.py`    | `Trainer`: steps, evaluation, logging, checkpoints, signals, NaN stop |
 | `step.py`       | how a step runs: eager or compiled, devices, dtype, reads to the host |
+| `run_folder.py` | what a checkpoint holds, the exported model, resuming a run         |
 | `checkpoint.py` | atomic checkpoint folders that resume exactly                        |
 | `metrics.py`    | the metrics JSONL log and the loss-curve PNG                          |
 | `sft.py`        | supervised fine-tuning's loss on packed conversations                 |
