@@ -282,7 +282,7 @@ class ShardingPlan:
         placed = {}
         for key, arrays in state.items():
             if key == "step":
-                placed[key] = {n: self._put(np.int32(c), self._whole()) for n, c in arrays.items()}
+                placed[key] = self.place_whole({n: np.int32(c) for n, c in arrays.items()})
             else:
                 placed[key] = {n: self._put(a, self.state_spec(a.shape)) for n, a in arrays.items()}
         return placed

@@ -44,6 +44,8 @@ gradients before clipping, and skips a step whose gradients overflowed (logged w
 import math
 import time
 
+import numpy as np
+
 from ..autograd import Tensor, no_grad, value_and_grad
 from ..backend import backend_of
 from ..backend.precision import precision
@@ -172,18 +174,18 @@ class StepExecution:
             metrics = dict(zip(metrics, values[at + 2 : at + 2 + len(metrics)]))
             at += 2 + len(metrics)
             tokens += metrics.pop("tokens", 0)
-            if self._diverged(loss, norm):
+            if self._diverged(np.isfinite(loss), np.isfinite(norm)):
                 self.step = step - 1  # the steps from this one on changed nothing
                 self._check_finite(loss, norm, lr)
         if scaled:
             self.loss_scaler.check(scale)
         return loss, norm, metrics, int(tokens)
 
-    def _diverged(self, loss, norm):
-        """Whether a step's loss and gradient norm mean the run diverged: a non-finite loss,
-        or a non-finite norm without loss scaling (with it, an overflow: a skipped step)."""
-        finite_norm = math.isfinite(norm) or self.loss_scaler is not None
-        return not (math.isfinite(loss) and finite_norm)
+    def _diverged(self, finite_loss, finite_norm):
+        """Whether a step diverged, from whether its loss and gradient norm were finite
+        (booleans, or boolean arrays inside a step): a non-finite loss, or a non-finite norm
+        without loss scaling (with it, an overflow: a skipped step)."""
+        return ~finite_loss | (~finite_norm if self.loss_scaler is None else False)
 
     @staticmethod
     def _floats(loss, norm, metrics, scale):
@@ -226,8 +228,7 @@ class StepExecution:
         xp = self.backend.xp
         finite_loss, finite_norm = xp.isfinite(loss), xp.isfinite(norm)
         take = finite_loss & finite_norm & guard["all_finite"]
-        diverged = ~finite_loss if "scale" in guard else ~(finite_loss & finite_norm)
-        new_guard = {"all_finite": guard["all_finite"] & ~diverged}
+        new_guard = {"all_finite": guard["all_finite"] & ~self._diverged(finite_loss, finite_norm)}
         if "scale" in guard:
             new_guard["scale"], new_guard["good_steps"] = self.loss_scaler.next_state(
                 guard["scale"], guard["good_steps"], finite_norm, xp
