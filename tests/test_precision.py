@@ -1,6 +1,7 @@
 """Mixed precision: the compute-dtype policy, bfloat16 / float16 products that sum and return
-float32 (matmul and attention, forward and backward), float32 master weights and AdamW
-moments through a compiled JAX run, dynamic loss scaling, generation's ``dtype`` and the
+float32 (matmul and attention, forward and backward), attention through a library's fused
+kernel (cuDNN's under JAX on a GPU), float32 master weights and AdamW moments through a
+compiled JAX run, dynamic loss scaling, generation's ``dtype`` and the
 ``--dtype`` flags; NumPy and CuPy refusing what they cannot do.
 
 Tests named ``jax`` run on the CPU, and on a GPU where JAX sees one; those named ``cupy``
@@ -157,13 +158,25 @@ def test_jax_bfloat16_matmul_rounds_its_inputs_as_torch_does():
     assert np.all(np.abs(ours_bf16 - torch_bf16) <= ulp + 1e-6)
 
 
-def run_attention(q, k, v, dtype, mask=None, seed=0):
+def run_attention(q, k, v, dtype, mask=None, seed=0, grad=None):
+    """Attention's output and the gradients of q, k and v, backward from ``grad`` (random
+    numbers drawn from ``seed`` unless given)."""
     q, k, v = (tinyllm.Tensor(x, requires_grad=True) for x in (q, k, v))
     with tinyllm.precision(dtype):
         out = scaled_dot_product_attention(q, k, v, mask=mask)
-        grad = np.random.default_rng(seed).standard_normal(out.shape).astype(np.float32)
-        (out * tinyllm.Tensor(grad).to(out.backend.name)).sum().backward()
+        if grad is None:
+            grad = np.random.default_rng(seed).standard_normal(out.shape).astype(np.float32)
+            grad = tinyllm.Tensor(grad).to(out.backend.name).data
+        (out * tinyllm.Tensor(grad)).sum().backward()
     return out.data, q.grad, k.grad, v.grad
+
+
+def compiled_attention(q, k, v, grad, dtype):
+    """``run_attention`` compiled by ``jax.jit``, and the text of the program it lowers to."""
+    import jax
+
+    compiled = jax.jit(lambda q, k, v, grad: run_attention(q, k, v, dtype, grad=grad))
+    return compiled(q, k, v, grad), compiled.lower(q, k, v, grad).as_text()
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -180,6 +193,93 @@ def test_jax_attention_in_16_bits_matches_float32_and_returns_float32(dtype):
         full = run_attention(*moved, "float32", mask=mask)
     errors = [close(x, ref, tolerance(dtype)) for x, ref in zip(low, full)]
     assert max(errors) > 1e-5
+
+
+def spy_library_attention(monkeypatch, kernel):
+    """Set the JAX backend's attention kernel to ``kernel``; returns the list of the
+    implementations ``jax.nn.dot_product_attention`` is then called with."""
+    import jax
+
+    calls, library = [], jax.nn.dot_product_attention
+
+    def spy(*args, implementation=None, **kwargs):
+        calls.append(implementation)
+        return library(*args, implementation=implementation, **kwargs)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
+    monkeypatch.setattr(get_backend("jax"), "flash_kernel", kernel)
+    return calls
+
+
+def grouped_qkv(T=8):
+    """q (2, 4, T, 16), k and v (2, 2, T, 16) and a gradient for the output, on JAX."""
+    rng = np.random.default_rng(3)
+    shapes = [(2, 4, T, 16), (2, 2, T, 16), (2, 2, T, 16), (2, 4, T, 16)]  # grouped-query
+    with tinyllm.use_backend("jax"):
+        return [tinyllm.Tensor(rng.standard_normal(s).astype(np.float32)).data for s in shapes]
+
+
+def test_jax_attention_through_the_library_kernel_matches_float32(monkeypatch):
+    """The library-kernel path (here jax.nn's XLA kernel, which a CPU has; cuDNN's on a GPU):
+    the head layout, grouped-query heads, scale and backward, compiled, against tinyllm's own
+    attention in float32. Only unmasked causal self-attention takes it. (bfloat16 only: in
+    float16 jax.nn's XLA kernel asks for a float16 product summed in float32, which XLA's CPU
+    dot refuses.)"""
+    pytest.importorskip("jax")
+    dtype = "bfloat16"
+    q, k, v, grad = grouped_qkv()
+    with tinyllm.use_backend("jax"):
+        full = run_attention(q, k, v, "float32", grad=grad)
+    calls = spy_library_attention(monkeypatch, "xla")
+    with tinyllm.use_backend("jax"):
+        low, _ = compiled_attention(q, k, v, grad, dtype)
+        assert calls == ["xla"]  # traced once
+        errors = [close(x, ref, tolerance(dtype)) for x, ref in zip(low, full)]
+        assert max(errors) > 1e-5  # it did run in 16 bits
+        run_attention(q, k, v, dtype, mask=np.ones((2, 1, 1, 8), bool))  # a mask: its own
+        run_attention(q, k, v, "float32")  # float32: its own
+    assert calls == ["xla"]
+
+
+def test_jax_attention_without_the_kernel_says_so_and_computes_it_itself(monkeypatch):
+    jax = pytest.importorskip("jax")
+    if jax.default_backend() == "gpu":
+        pytest.skip("JAX sees a GPU here, where cuDNN's kernel may well run")
+    moved = grouped_qkv()[:3]
+    with tinyllm.use_backend("jax"):
+        own = run_attention(*moved, "bfloat16")
+    calls = spy_library_attention(monkeypatch, "cudnn")
+    with tinyllm.use_backend("jax"), pytest.warns(UserWarning, match="'cudnn' kernel cannot run"):
+        fallback = run_attention(*moved, "bfloat16")
+    assert calls == ["cudnn"]
+    for x, ref in zip(fallback, own):
+        np.testing.assert_array_equal(tinyllm.to_numpy(x), tinyllm.to_numpy(ref))
+
+
+def test_jax_chooses_cudnn_attention_on_a_gpu_only():
+    jax = pytest.importorskip("jax")
+    backend = get_backend("jax")
+    assert backend.flash_kernel == "auto"
+    q, k, v, _ = grouped_qkv()
+    taken = backend.flash_attention(q, k, v, 0.25, jax.numpy.bfloat16) is not None
+    assert taken == (jax.default_backend() == "gpu")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_jax_gpu_training_attention_runs_cudnn_flash_attention(dtype):
+    """On an NVIDIA GPU, a 16-bit step's attention is cuDNN's fused kernel (custom calls to
+    ``__cudnn$fmhaSoftmax`` and its backward in the program), and agrees with tinyllm's own
+    in float32."""
+    jax = pytest.importorskip("jax")
+    if jax.default_backend() != "gpu":
+        pytest.skip("needs JAX on a GPU (cuDNN's attention kernel)")
+    q, k, v, grad = grouped_qkv(T=128)
+    with tinyllm.use_backend("jax"):
+        full = run_attention(q, k, v, "float32", grad=grad)
+        low, program = compiled_attention(q, k, v, grad, dtype)
+    assert "__cudnn$fmhaSoftmax" in program and "__cudnn$fmhaSoftmaxBackward" in program
+    for x, ref in zip(low, full):
+        close(x, ref, tolerance(dtype))
 
 
 # --- training ------------------------------------------------------------------------------------

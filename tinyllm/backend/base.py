@@ -179,6 +179,16 @@ class Backend:
         for target, result in zip(args, results):
             self.xp.copyto(target, result, where=where)
 
+    def flash_attention(self, q, k, v, scale, dtype):
+        """Causal attention through a library's fused kernel, or None where there is none.
+
+        ``q`` (B, H, T, D), ``k`` and ``v`` (B, H_kv, T, D), float32; products in ``dtype``.
+        Returns ``(out, backward)``: ``out`` float32 (B, H, T, D), ``backward(grad_out)`` the
+        float32 gradients of q, k and v. ``functional/attention.py`` computes attention itself
+        where this returns None: here, always.
+        """
+        return None
+
     # --- randomness and compilation ---------------------------------------------------
     def uniform(self, seed, shape, dtype=np.float32):
         """Uniform [0, 1) numbers drawn on the host from ``seed``, then moved here."""

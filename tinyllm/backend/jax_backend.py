@@ -7,6 +7,8 @@ in-place spellings NumPy allows are offered functionally by the backend instead
 Importing this file never imports JAX; creating ``JaxBackend()`` does.
 """
 
+import warnings
+
 import numpy as np
 
 from .base import Backend, BackendUnavailable
@@ -76,6 +78,36 @@ class JaxBackend(Backend):
         for part in parts:
             key = self.jax.random.fold_in(key, part)
         return self.jax.random.uniform(key, shape, dtype)
+
+    # The kernel of jax.nn.dot_product_attention that causal attention in 16 bits takes:
+    # "cudnn" (cuDNN's FlashAttention, NVIDIA GPUs), "xla" (the same math as tinyllm's own,
+    # which lets a CPU test this path) or None (tinyllm's own). "auto": cuDNN on a GPU.
+    flash_kernel = "auto"
+
+    def flash_attention(self, q, k, v, scale, dtype):
+        kernel = self.flash_kernel
+        if kernel == "auto":
+            kernel = "cudnn" if self.jax.default_backend() == "gpu" else None
+        if kernel is None:
+            return None
+        jax = self.jax
+
+        def attend(q, k, v):  # tinyllm's (B, H, T, D) is jax.nn's (B, T, H, D), transposed
+            q, k, v = (x.astype(dtype).swapaxes(1, 2) for x in (q, k, v))
+            out = jax.nn.dot_product_attention(
+                q, k, v, scale=scale, is_causal=True, implementation=kernel
+            )
+            return out.swapaxes(1, 2).astype(self.xp.float32)
+
+        try:  # jax checks cuDNN, the card and the shapes while it traces
+            return jax.vjp(attend, q, k, v)  # (out, backward)
+        except (RuntimeError, ValueError, NotImplementedError) as err:
+            warnings.warn(
+                f"attention: the {kernel!r} kernel cannot run q {tuple(q.shape)} in "
+                f"{np.dtype(dtype).name} here ({err}); tinyllm computes attention itself",
+                stacklevel=2,
+            )
+            return None
 
     def update_in_place(self, chain, *args, where=True):
         raise TypeError(

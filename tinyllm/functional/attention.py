@@ -32,6 +32,12 @@ six products (two forward, four backward) take bfloat16 / float16 inputs and sum
 return float32; the mask, the softmax and ``rowsum(dO * O)`` stay float32. The forward
 keeps its product inputs (q, k, v and P) in the compute dtype for backward.
 
+Where a backend has a fused attention kernel (``Backend.flash_attention``: under JAX on an
+NVIDIA GPU, cuDNN's FlashAttention through ``jax.nn.dot_product_attention``), causal
+self-attention in 16 bits - no ``mask``, no ``window``, as many keys as queries, as in a
+training step - runs through it instead, forward and backward. It computes the same thing in
+tiles of keys and never writes the (T, S) scores to memory (lesson 13).
+
 >>> import numpy as np, tinyllm
 >>> q = k = v = tinyllm.Tensor(np.eye(2, dtype=np.float32).reshape(1, 1, 2, 2))
 >>> scaled_dot_product_attention(q, k, v).numpy()[0, 0, 0]   # query 0 sees only key 0
@@ -109,6 +115,12 @@ class ScaledDotProductAttention(Function):
         scale = 1.0 / math.sqrt(D) if scale is None else scale
 
         dtype = product_dtype(backend)  # None: float32, the policy is off
+        if causal and window is None and mask is None and S == T and dtype is not None:
+            kernel = backend.flash_attention(q, k, v, scale, dtype)  # None: none here
+            if kernel is not None:
+                out, ctx.kernel_backward = kernel
+                return out
+        ctx.kernel_backward = None
         mm = operator.matmul if dtype is None else matmul_f32  # (matmul_f32: float32 out)
         q_scaled = (q * scale).reshape(B, H_kv, G * T, D)  # query heads of a group stacked
         q_scaled, k, v = lower(q_scaled, dtype), lower(k, dtype), lower(v, dtype)
@@ -138,6 +150,8 @@ class ScaledDotProductAttention(Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.kernel_backward is not None:  # the library kernel's own backward
+            return ctx.kernel_backward(grad)
         q_scaled, k, v, probs, out = ctx.saved
         xp, backend, mm = ctx.xp, ctx.backend, ctx.mm
         dtype = None if mm is operator.matmul else v.dtype  # the forward's compute dtype
