@@ -3,7 +3,7 @@
 # repository root:  bash benchmarks/gpu_checks.sh [OUT_DIR [PART...]]
 #
 # 1. tests: the backend, generation, KV-cache and fused-kernel tests, with CuPy and JAX on the
-#    GPU (180 s);
+#    GPU, cuDNN's attention under JAX among them (180 s);
 # 2. bench_generate: bench_generate.py's backend table, compiled JAX and CuPy decoding
 #    against NumPy's (100 s);
 # 3. speedrun_cupy, speedrun_jax: the speedrun's pretraining stage (the gpu preset, cut to 200

@@ -29,6 +29,7 @@ class JaxBackend(Backend):
             ) from None
         self.jax = jax
         self.xp = jnp
+        self._kernel_runs = {}  # flash_attention's (kernel, shapes, dtype, scale) -> it compiles
 
     def to_numpy(self, x):
         if isinstance(x, self.jax.Array) and not x.is_fully_addressable:
@@ -99,15 +100,34 @@ class JaxBackend(Backend):
             )
             return out.swapaxes(1, 2).astype(self.xp.float32)
 
-        try:  # jax checks cuDNN, the card and the shapes while it traces
-            return jax.vjp(attend, q, k, v)  # (out, backward)
-        except (RuntimeError, ValueError, NotImplementedError) as err:
-            warnings.warn(
-                f"attention: the {kernel!r} kernel cannot run q {tuple(q.shape)} in "
-                f"{np.dtype(dtype).name} here ({err}); tinyllm computes attention itself",
-                stacklevel=2,
-            )
-            return None
+        key = (kernel, q.shape, k.shape, np.dtype(dtype).name, scale)
+        if key not in self._kernel_runs:  # compile it alone once, forward and backward
+            error = self._compile_error(attend, q, k, v)
+            if error is not None:
+                warnings.warn(
+                    f"attention: the {kernel!r} kernel cannot run q {tuple(q.shape)} in "
+                    f"{key[3]} here ({error}); tinyllm computes attention itself",
+                    stacklevel=2,
+                )
+            self._kernel_runs[key] = error is None
+        return jax.vjp(attend, q, k, v) if self._kernel_runs[key] else None  # (out, backward)
+
+    def _compile_error(self, attend, *inputs):
+        """What stops ``attend`` and its backward from compiling for arrays shaped as
+        ``inputs`` (jax checks cuDNN, the card and the shapes as it traces, XLA the rest as
+        it compiles), or None."""
+        jax = self.jax
+
+        def forward_backward(*inputs):
+            out, backward = jax.vjp(attend, *inputs)
+            return out, backward(out)
+
+        shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in inputs]
+        try:
+            jax.jit(forward_backward).lower(*shapes).compile()
+        except Exception as err:  # noqa: BLE001 - whatever jax or XLA refuse, fall back
+            return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+        return None
 
     def update_in_place(self, chain, *args, where=True):
         raise TypeError(
