@@ -167,6 +167,36 @@ def test_to_floats_reads_arrays_and_numbers_in_one_go(name):
     assert floats == [1.5, 2.0, 3.0, 0.25] and all(type(f) is float for f in floats)
 
 
+@pytest.mark.parametrize("name", ["numpy", "cupy", "jax"])
+def test_constants_are_made_once_per_key_and_only_the_last_few_kept(name, monkeypatch):
+    """``Backend.constant``: an op's mask is built once per shape, the backend holds it (JAX:
+    the NumPy array, a literal of the program under jit), and old shapes are let go."""
+    works, detail = tinyllm.available_backends()[name]
+    if not works:
+        pytest.skip(detail)
+    from tinyllm.backend import base
+
+    backend = type(tinyllm.get_backend(name))()  # a fresh one: nothing kept yet
+    monkeypatch.setattr(base, "KEPT_CONSTANTS", 3)
+    made = []
+
+    def make(n):
+        made.append(n)
+        return np.full(2, n, np.float32)
+
+    first = backend.constant(("n", 1), lambda: make(1))
+    assert tinyllm.to_numpy(first).tolist() == [1.0, 1.0]
+    if name == "jax":  # the NumPy array, made while tracing: under jit, a literal of the program
+        assert isinstance(first, np.ndarray)
+        return
+    assert isinstance(first, backend.xp.ndarray)
+    assert backend.constant(("n", 1), lambda: make(1)) is first and made == [1]
+    for n in (2, 3, 4):  # the fourth key lets the oldest go
+        backend.constant(("n", n), lambda n=n: make(n))
+    backend.constant(("n", 1), lambda: make(1))
+    assert made == [1, 2, 3, 4, 1]
+
+
 def test_backend_of_tells_arrays_apart_without_importing_gpu_libraries():
     assert backend_of(np.zeros(2)).name == "numpy"
     assert backend_of(3.0) is None

@@ -77,6 +77,7 @@ def test_norm_and_softmax_chains_equal_their_unfused_expressions(shape, other):
     close(got, row64 * (g64 - row2_64 / n - x64 * (row64 / n)), 1e-5)
     close(fused.norm_backward(np, g, x, row, 0.0, row2, n), row64 * (g64 - x64 * row2_64 / n), 1e-5)
 
+    close(fused.shifted_exp(np, x, row), np.exp(x64 - row64), 1e-5)
     close(fused.softmax_exp(np, x, row), np.exp(x64 - row64), 1e-5)
     close(fused.normalise(np, x, row), x64 / row64)
     close(fused.softmax_backward(np, x, g, row), x64 * (g64 - row64), 1e-5)
@@ -385,6 +386,7 @@ CUPY_CASES = {
     "norm_scale": ((5, 7), (5, 1), (7,)),
     "norm_scale_shift": ((5, 7), (5, 1), (7,), (7,)),
     "norm_backward": ((5, 7), (5, 7), (5, 1), (5, 1), (5, 1), 7),
+    "shifted_exp": ((4, 9), (4, 1)),
     "softmax_exp": ((4, 9), (4, 1)),
     "normalise": ((4, 9), (4, 1)),
     "softmax_backward": ((4, 9), (4, 9), (4, 1)),

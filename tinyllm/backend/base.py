@@ -29,6 +29,8 @@ import math
 
 import numpy as np
 
+KEPT_CONSTANTS = 64  # Backend.constant's arrays: masks for as many shapes (prompt lengths)
+
 
 class BackendUnavailable(RuntimeError):
     """Raised when a backend is asked for but cannot run here; the message says why."""
@@ -54,6 +56,7 @@ class Backend:
 
     def __init__(self):
         self.xp = np
+        self._constants = {}  # constant()'s arrays, by key
 
     # --- moving arrays ----------------------------------------------------------------
     def asarray(self, x, dtype=None):
@@ -131,6 +134,21 @@ class Backend:
         """
         target[index] = values
         return target
+
+    def constant(self, key, make):
+        """The array ``make()`` builds with NumPy, held where this backend holds arrays and
+        made once per ``key`` (of the last ``KEPT_CONSTANTS``): a mask an op adds at every
+        call, say.
+
+        >>> backend = Backend()
+        >>> backend.constant(("ones", 2), lambda: np.ones(2)) is backend.constant(("ones", 2), None)
+        True
+        """
+        if key not in self._constants:
+            if len(self._constants) >= KEPT_CONSTANTS:  # drop the oldest
+                self._constants.pop(next(iter(self._constants)))
+            self._constants[key] = self.asarray(make())
+        return self._constants[key]
 
     # --- reductions the fused ops share -----------------------------------------------
     def sum_last(self, x):

@@ -62,6 +62,7 @@ class CupyBackend(Backend):
             raise BackendUnavailable(
                 f"CuPy {cupy.__version__} is installed but no CUDA device is visible"
             )
+        super().__init__()
         self.xp = cupy
         self._kernels = {}  # compiled on first use: {chain: kernel}
 

@@ -104,6 +104,11 @@ def norm_backward(xp, g, xhat, r, g_sum, g_dot_xhat, n):
 
 
 # --- softmax and cross-entropy -------------------------------------------------------------
+def shifted_exp(xp, x, row_max):
+    """``exp(x - row_max)``: softmax's numerator, for rows with a finite maximum."""
+    return xp.exp(x - row_max)
+
+
 def softmax_exp(xp, x, row_max):
     """``exp(x - row_max)``; a row whose maximum is -inf (every entry hidden) gives zeros."""
     return xp.exp(x - xp.where(row_max == -xp.inf, 0.0, row_max))
@@ -155,6 +160,7 @@ CHAINS = (
     norm_scale,
     norm_scale_shift,
     norm_backward,
+    shifted_exp,
     softmax_exp,
     normalise,
     softmax_backward,

@@ -27,6 +27,7 @@ class JaxBackend(Backend):
                 "the 'jax' backend needs JAX, which is not installed "
                 f"({err}); install it with: pip install 'tinyllm[jax]'"
             ) from None
+        super().__init__()
         self.jax = jax
         self.xp = jnp
         self._kernel_runs = {}  # flash_attention's (kernel, shapes, dtype, scale) -> it compiles
@@ -47,6 +48,11 @@ class JaxBackend(Backend):
         if all(v.is_fully_addressable for v in values if isinstance(v, jax.Array)):
             return [float(v) for v in jax.device_get(list(values))]
         return super().to_floats(values)
+
+    def constant(self, key, make):
+        # The NumPy array itself: under jax.jit it is then a literal of the program, which XLA
+        # folds into the operations that use it (a jax.Array would be read from memory).
+        return make()
 
     def owns(self, x):
         # Concrete arrays and the tracers jax.jit passes in are both jax.Array.

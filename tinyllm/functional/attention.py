@@ -102,6 +102,22 @@ def _grouped(mask, H_kv, G):
     return mask.reshape(b, H_kv, G, t, s) if h > 1 else mask.reshape(b, 1, 1, t, s)
 
 
+def _causal_bias(T, S, window, G):
+    """(G*T, S) float32, made with NumPy: 0 where query i (at position S - T + i) may see a key,
+    -inf where the key lies in its future or ``window`` or more positions back; once for each
+    of the G query heads a group stacks.
+
+    >>> _causal_bias(2, 3, None, 1)
+    array([[  0.,   0., -inf],
+           [  0.,   0.,   0.]], dtype=float32)
+    """
+    visible = np.tril(np.ones((T, S), dtype=bool), k=S - T)  # (T, S)
+    if window is not None:
+        visible &= ~np.tril(np.ones((T, S), dtype=bool), k=S - T - window)
+    bias = np.where(visible, 0.0, -np.inf).astype(np.float32)  # (T, S)
+    return np.tile(bias, (G, 1))  # (G*T, S)
+
+
 class ScaledDotProductAttention(Function):
     @staticmethod
     def forward(ctx, q, k, v, causal=True, scale=None, window=None, mask=None):
@@ -125,22 +141,21 @@ class ScaledDotProductAttention(Function):
         q_scaled = (q * scale).reshape(B, H_kv, G * T, D)  # query heads of a group stacked
         q_scaled, k, v = lower(q_scaled, dtype), lower(k, dtype), lower(v, dtype)
         scores = mm(q_scaled, xp.swapaxes(k, -1, -2))  # (B, H_kv, G*T, S)
-        bias = 0.0  # (B|1, H_kv|1, G|1, T, S): 0 where a query may see a key, -inf where not
+        # Masks add 0 where a query may see a key and -inf where not.
         if causal:  # -inf where a key lies in a query's future (or too far in its past)
-            visible = xp.tril(xp.ones((T, S), dtype=bool), k=S - T)  # (T, S)
-            if window is not None:
-                visible &= ~xp.tril(xp.ones((T, S), dtype=bool), k=S - T - window)
-            bias = bias + xp.where(visible, 0.0, -xp.inf)  # (T, S)
+            key = ("causal attention", T, S, window, G)
+            scores = scores + backend.constant(key, lambda: _causal_bias(T, S, window, G))
         if mask is not None:  # the caller's mask: booleans become 0 / -inf, floats stay
-            mask_bias = xp.where(mask, 0.0, -xp.inf) if mask.dtype == bool else mask
-            bias = bias + _grouped(mask_bias, H_kv, G)  # (B|1, H_kv|1, G|1, T|1, S|1)
-        if causal or mask is not None:
-            scores = scores.reshape(B, H_kv, G, T, S) + bias.astype(scores.dtype)
-            scores = scores.reshape(B, H_kv, G * T, S)
+            bias = xp.where(mask, 0.0, -xp.inf) if mask.dtype == bool else mask
+            bias = _grouped(bias, H_kv, G).astype(scores.dtype)  # (B|1, H_kv|1, G|1, T|1, S|1)
+            scores = (scores.reshape(B, H_kv, G, T, S) + bias).reshape(B, H_kv, G * T, S)
         row_max = backend.max_last(scores)  # (B, H_kv, G*T, 1); -inf where no key is visible
-        e = backend.fused(fused.softmax_exp)(scores, row_max)  # softmax over keys: exp(S - max)
-        total = backend.sum_last(e)  # >= 1 where a key is visible, 0 where none is
-        probs = backend.fused(fused.normalise)(e, total)  # a row that sees nothing stays all 0
+        if mask is None:  # every query sees a key (causal keeps the diagonal): a plain softmax
+            e = backend.fused(fused.shifted_exp)(scores, row_max)  # exp(S - max)
+            probs = e / backend.sum_last(e)
+        else:  # a query may see no key at all (padding): its row of probabilities stays 0
+            e = backend.fused(fused.softmax_exp)(scores, row_max)  # exp(S - max), or 0
+            probs = backend.fused(fused.normalise)(e, backend.sum_last(e))
         probs = lower(probs, dtype)
         out = mm(probs, v)  # (B, H_kv, G*T, D)
 
