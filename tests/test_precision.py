@@ -339,6 +339,17 @@ def test_jax_bfloat16_training_follows_float32_with_float32_master_weights(tmp_p
     assert low.loss_scaler is None  # bfloat16 needs no loss scaling
 
 
+def test_jax_bfloat16_training_through_the_library_kernel_follows_float32(tmp_path, monkeypatch):
+    """The compiled step, donated buffers and all, with attention through jax.nn's kernel."""
+    pytest.importorskip("jax")
+    calls = spy_library_attention(monkeypatch, "xla")
+    _, low_losses = train(tmp_path, "bfloat16", "jax")
+    _, full_losses = train(tmp_path, "float32", "numpy")
+    assert calls and set(calls) == {"xla"}
+    np.testing.assert_allclose(low_losses, full_losses, rtol=0.02)
+    assert low_losses[-1] < low_losses[0] - 1.0  # it learns
+
+
 def test_jax_float16_training_scales_its_loss_and_follows_float32(tmp_path):
     pytest.importorskip("jax")
     low, low_losses = train(tmp_path, "float16", "jax")
