@@ -327,7 +327,7 @@ TRICKS = [
     (
         "ex09_preference_tuning",
         "from tinyllm import functional as F\nf = F.log_sigmoid",
-        "(that is tinyllm.functional.elementwise.log_sigmoid)",
+        "(that is tinyllm.functional.activations.log_sigmoid)",
     ),
     (
         "ex09_preference_tuning",

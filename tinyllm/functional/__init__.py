@@ -2,7 +2,8 @@
 
 | file             | ops                                                             |
 |------------------|-----------------------------------------------------------------|
-| `elementwise.py` | add sub mul div neg pow astype exp log sqrt tanh relu gelu silu swiglu log_sigmoid dropout |
+| `elementwise.py` | add sub mul div neg pow astype exp log sqrt tanh                 |
+| `activations.py` | relu gelu silu swiglu log_sigmoid dropout                       |
 | `reduce.py`      | sum mean max                                                    |
 | `shape.py`       | reshape transpose permute concat stack                          |
 | `indexing.py`    | getitem embedding where                                         |
@@ -13,24 +14,19 @@
 | `rope.py`        | apply_rope (rotary position embedding)                          |
 """
 
+from .activations import dropout, gelu, log_sigmoid, relu, silu, swiglu
 from .attention import scaled_dot_product_attention
 from .elementwise import (
     add,
     astype,
     div,
-    dropout,
     exp,
-    gelu,
     log,
-    log_sigmoid,
     mul,
     neg,
     pow,
-    relu,
-    silu,
     sqrt,
     sub,
-    swiglu,
     tanh,
     unbroadcast,
 )

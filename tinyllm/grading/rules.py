@@ -124,8 +124,8 @@ RULES = {
             "tinyllm.train.preference",
             "tinyllm.models.reward",
             "tinyllm.recipes.dpo",  # the losses, imported there
-            "tinyllm.functional.elementwise.log_sigmoid",
-            "tinyllm.functional.elementwise.LogSigmoid",
+            "tinyllm.functional.activations.log_sigmoid",
+            "tinyllm.functional.activations.LogSigmoid",
             "tinyllm.functional.softmax",  # log-softmax and cross-entropy
         ),
     ),

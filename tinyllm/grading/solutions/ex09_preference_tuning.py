@@ -1,7 +1,7 @@
 """Reference answers for exercises/ex09_preference_tuning.py: tinyllm's preference tuning.
 
 The exercises work on plain NumPy arrays, so each answer is a thin adapter around the
-library's code - the fused ``log_sigmoid`` (tinyllm/functional/elementwise.py), the losses and
+library's code - the fused ``log_sigmoid`` (tinyllm/functional/activations.py), the losses and
 ``sequence_logps`` of tinyllm/train/preference.py, ``RewardModel.forward``
 (tinyllm/models/reward.py) - never a second copy of their arithmetic. Where the library takes a
 model, a stand-in hands it the given arrays: logits, hidden states or scores.
