@@ -8,9 +8,10 @@ Two training shapes, every library on the same random token batches in the same 
   50257 padded to a multiple of 64, as nanoGPT trains it), batch 12.
 
 A training step is forward, backward, clipping at 1.0 and AdamW. tinyllm runs through its own
-``Trainer`` (under JAX the whole step is one ``jax.jit`` program; CuPy runs eagerly), float32.
-The PyTorch peer is ``common.torch_gpt`` in nanoGPT's loop (fused AdamW on a GPU), eager and
-through ``torch.compile``, each in float32 and under ``torch.autocast`` to bfloat16. Each
+``Trainer`` (under JAX the whole step is one ``jax.jit`` program; CuPy runs eagerly), in
+float32 and in 16 bits: JAX in bfloat16 (attention through cuDNN's fused kernel), CuPy in
+float16 with loss scaling (CuPy has no bfloat16). The PyTorch peer is ``common.torch_gpt`` in
+nanoGPT's loop (fused AdamW on a GPU), eager and through ``torch.compile``, each in float32 and under ``torch.autocast`` to bfloat16. Each
 column warms up (the first steps compile; their time, less the steps, is the compile column),
 then runs as many steps as ``--seconds`` allows (at least 3), synchronised before the clock is
 read. MFU is nanoGPT's: (6 N + 12 L H Q T) FLOPs per token, against the bfloat16 matrix
@@ -70,6 +71,7 @@ SHAPES = {  # name: (preset, changes, batch size, title)
 }  # fmt: skip
 QUICK_CHANGES = dict(n_layer=1, n_head=2, d_model=32, context_length=16)  # --quick: tiny models
 QUICK_BATCH = 2
+LOW_PRECISION = {"jax": "bfloat16", "cupy": "float16"}  # tinyllm's 16 bits (CuPy has no bf16)
 # (label, library, dtype): tinyllm's backends, then torch eager and compiled
 TRAIN_COLUMNS = [
     ("tinyllm-JAX", "jax", "float32"),
@@ -273,8 +275,9 @@ def matmul_rates(n, repeat):
 
 
 def own_rate_name(library, dtype):
-    """The matrix-product rate a column's float32 MFU is read against: its library's own."""
-    if dtype == "bfloat16":
+    """The matrix-product rate a column's float32 MFU is read against: its library's own
+    (16-bit columns: the bfloat16 rate; float16's tensor-core rate is the same)."""
+    if dtype in ("bfloat16", "float16"):
         return "torch bfloat16"
     return {"jax": "jax float32", "cupy": "cupy float32"}.get(library, "torch float32")
 
@@ -573,8 +576,8 @@ def main(argv=None):
     for name, rate in rates.items():
         print(f"  {name}: {_num(rate, '.2f') if isinstance(rate, float) else rate}")
     option = tinyllm_dtype_option()
-    tinyllm_dtypes = ["float32"] + (["bfloat16"] if option else [])
-    print(f"tinyllm compute dtypes: {', '.join(tinyllm_dtypes)}"
+    low = LOW_PRECISION if option else {}  # each backend's 16-bit dtype, if tinyllm has one
+    print("tinyllm compute dtypes: float32" + "".join(f", {d} ({b})" for b, d in low.items())
           + ("" if option else " (this version has no compute-dtype option)"))  # fmt: skip
 
     def column_limit():
@@ -594,9 +597,10 @@ def main(argv=None):
              "MFU (own dtype's rate)", "compile s", "peak GB", "steps"],
         )  # fmt: skip
         columns = [
-            *((label, lib, dt) for label, lib, _ in TRAIN_COLUMNS[:2] for dt in tinyllm_dtypes),
+            *((label, lib, dt) for label, lib, _ in TRAIN_COLUMNS[:2]
+              for dt in ("float32", low.get(lib)) if dt),  # tinyllm: float32, then 16 bits
             *TRAIN_COLUMNS[2:],
-        ]
+        ]  # fmt: skip
         for label, library, dtype in columns:
             limit = column_limit()
             if not limit:

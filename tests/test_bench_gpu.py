@@ -49,11 +49,15 @@ def test_every_training_column_runs_or_says_why(quick_run, bench_gpu):
     for key in [("torch eager", "float32"), ("torch eager", "bfloat16"),
                 ("torch.compile", "float32"), ("torch.compile", "bfloat16")]:  # fmt: skip
         assert rows[key]["status"] == "ok", rows[key]
+    # tinyllm's columns in float32 and in each backend's 16 bits (CuPy has no bfloat16)
+    assert {("tinyllm-JAX", "bfloat16"), ("tinyllm-CuPy", "float16")} <= set(rows)
     if _works("jax"):
-        assert rows["tinyllm-JAX", "float32"]["status"] == "ok", rows["tinyllm-JAX", "float32"]
+        for dtype in ("float32", "bfloat16"):
+            assert rows["tinyllm-JAX", dtype]["status"] == "ok", rows["tinyllm-JAX", dtype]
     if not _works("cupy"):  # no CuPy here: the column says so, and the run goes on
-        status = rows["tinyllm-CuPy", "float32"]["status"]
-        assert status.startswith("unavailable: ") and "cupy" in status.lower(), status
+        for dtype in ("float32", "float16"):
+            status = rows["tinyllm-CuPy", dtype]["status"]
+            assert status.startswith("unavailable: ") and "cupy" in status.lower(), status
     for row in figures["train"]:
         assert row["status"] == "ok" or row["status"].split(":")[0] in ("unavailable", "error")
         assert row["status"].split(":")[0] != "error", row  # a failure here is a bug in the script
