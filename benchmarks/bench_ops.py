@@ -1,10 +1,12 @@
 """Forward + backward time of tinyllm's core ops against PyTorch eager on the CPU.
 
-Each op runs at transformer-like sizes in float32, once with tinyllm on the NumPy backend
-and once with PyTorch, in the same process. One timed call is: build the output from
-leaves that require gradients, then ``backward`` with a fixed upstream gradient (or from
-the scalar loss), then drop the gradients so the next call starts clean. After warm-up
-runs, the median of the repeats is reported, with the ratio tinyllm / torch.
+Each op runs at transformer-like sizes in float32, with tinyllm on the NumPy backend, with
+tinyllm on the JAX backend compiled, and with PyTorch, in the same process. One timed call
+is: build the output from leaves that require gradients, then ``backward`` with a fixed
+upstream gradient (or from the scalar loss), then drop the gradients so the next call starts
+clean; under JAX the call is one ``jax.jit`` program returning the output and the gradients
+(as in tinyllm's compiled training step), timed to ``block_until_ready``. After warm-up runs,
+the median of the repeats is reported, with the ratios tinyllm / torch.
 
     python benchmarks/bench_ops.py              # both shapes, 30 repeats
     python benchmarks/bench_ops.py --quick      # tiny shape only, 10 repeats
@@ -59,6 +61,24 @@ def forward_backward(run, leaves, upstream):
             leaf.grad = None
 
     return step
+
+
+def compiled_forward_backward(run, arrays, grad_flags, upstream):
+    """The same call on the JAX backend as one ``jax.jit`` program: inputs and the upstream
+    gradient in, the output and the gradients out. Call it inside ``use_backend("jax")``."""
+    import jax
+
+    moved = [tinyllm.Tensor(a).data for a in arrays]
+    upstream = None if upstream is None else tinyllm.Tensor(upstream).data
+
+    def program(arrays, upstream):
+        leaves = [tinyllm.Tensor(a, requires_grad=g) for a, g in zip(arrays, grad_flags)]
+        out = run(*leaves)
+        out.backward(None if upstream is None else tinyllm.Tensor(upstream))
+        return out.data, [leaf.grad for leaf in leaves if leaf.requires_grad]
+
+    compiled = jax.jit(program)
+    return lambda: jax.block_until_ready(compiled(moved, upstream))
 
 
 def cases(shape, rng):
@@ -123,7 +143,7 @@ def cases(shape, rng):
         torch_targets = torch.from_numpy(targets)
         yield (
             f"cross_entropy ({rows},{vocab})",
-            lambda z, t=targets: F.cross_entropy(z, t),
+            lambda z, t=targets: F.cross_entropy(z, tinyllm.Tensor(t)),  # on z's backend
             lambda z, t=torch_targets: TF.cross_entropy(z, t),
             [logits],
             [True],
@@ -131,7 +151,7 @@ def cases(shape, rng):
         )
 
 
-def bench_case(case, warmup, repeat):
+def bench_case(case, warmup, repeat, jax_works):
     label, tinyllm_fn, torch_fn, arrays, grad_flags, upstream = case
     assert all(a.dtype != np.float64 for a in arrays), f"{label}: inputs must be float32"
     ours = [tinyllm.Tensor(a, requires_grad=g) for a, g in zip(arrays, grad_flags)]
@@ -139,8 +159,13 @@ def bench_case(case, warmup, repeat):
     up_ours = None if upstream is None else tinyllm.Tensor(upstream)
     up_theirs = None if upstream is None else torch.tensor(upstream)
     ms_ours = median_ms(forward_backward(tinyllm_fn, ours, up_ours), warmup, repeat)
+    ms_jax = None
+    if jax_works:
+        with tinyllm.use_backend("jax"):
+            step = compiled_forward_backward(tinyllm_fn, arrays, grad_flags, upstream)
+            ms_jax = median_ms(step, warmup, repeat)
     ms_theirs = median_ms(forward_backward(torch_fn, theirs, up_theirs), warmup, repeat)
-    return label, ms_ours, ms_theirs
+    return label, ms_ours, ms_jax, ms_theirs
 
 
 def main():
@@ -158,15 +183,22 @@ def main():
 
     print(machine())
     print(f"float32, forward+backward, median of {args.repeat} after {args.warmup} warm-up\n")
-    print("| shape | op | tinyllm ms | torch ms | tinyllm/torch |")
-    print("|---|---|---:|---:|---:|")
+    jax_works, why = tinyllm.available_backends()["jax"]
+    if not jax_works:
+        print(f"(no tinyllm-JAX column: {why})\n")
+    print("| shape | op | tinyllm ms | tinyllm-JAX ms | torch ms | tinyllm/torch | JAX/torch |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     rng = np.random.default_rng(0)
     with tinyllm.use_backend("numpy"):
         for name in names:
             for case in cases(SHAPES[name], rng):
-                label, ours, theirs = bench_case(case, args.warmup, args.repeat)
+                label, ours, jax_ms, theirs = bench_case(case, args.warmup, args.repeat, jax_works)
+                jax_cells = (
+                    ("-", "-") if jax_ms is None else (f"{jax_ms:.2f}", f"{jax_ms / theirs:.2f}")
+                )
                 print(
-                    f"| {name} | {label} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f} |",
+                    f"| {name} | {label} | {ours:.2f} | {jax_cells[0]} | {theirs:.2f} | "
+                    f"{ours / theirs:.2f} | {jax_cells[1]} |",
                     flush=True,
                 )
 
