@@ -106,13 +106,14 @@ class JaxBackend(Backend):
             )
             return out.swapaxes(1, 2).astype(self.xp.float32)
 
-        key = (kernel, q.shape, k.shape, np.dtype(dtype).name, scale)
+        dtype_name = np.dtype(dtype).name
+        key = (kernel, q.shape, k.shape, dtype_name, scale)
         if key not in self._kernel_runs:  # compile it alone once, forward and backward
             error = self._compile_error(attend, q, k, v)
             if error is not None:
                 warnings.warn(
                     f"attention: the {kernel!r} kernel cannot run q {tuple(q.shape)} in "
-                    f"{key[3]} here ({error}); tinyllm computes attention itself",
+                    f"{dtype_name} here ({error}); tinyllm computes attention itself",
                     stacklevel=2,
                 )
             self._kernel_runs[key] = error is None

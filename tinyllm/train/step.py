@@ -9,7 +9,10 @@ and the optimizer then updates the parameters in place (a few passes over flat b
 Under JAX the whole step, ``_gradients`` and the optimizer's pure ``update``, is one
 function ``(params, opt_state, micro_batches, lr, step, guard) -> (params, opt_state, loss,
 grad_norm, metrics, guard)`` compiled with ``jax.jit``: tinyllm's autograd is traced into
-it.
+it. It is traced and compiled once, at the first step (``compile_seconds``, logged with that
+step), and then only run. Its parameters and optimizer state are *donated*: XLA writes the
+new ones into the old ones' memory, so a step keeps one copy of them, not two (the old
+arrays are gone after the call; a step that is not taken returns them unchanged).
 
 Neither execution reads a number back to the host inside a step. The loss, the gradient
 norm and the metrics stay device arrays, and whether to take the step is decided on the
@@ -21,10 +24,6 @@ numbers are copied back in one transfer only at a log, evaluation or checkpoint 
 (``_read_back``), which then raises for a step that diverged (with the weights from before
 it). So a GPU queues step after step without waiting. Only an optimizer that cannot skip on
 the device reads each step's numbers.
-It is traced and compiled once, at the first step (``compile_seconds``, logged with that
-step), and then only run. Its parameters and optimizer state are *donated*: XLA writes the
-new ones into the old ones' memory, so a step keeps one copy of them, not two (the old
-arrays are gone after the call; a step that is not taken returns them unchanged).
 
 With ``config.shard`` (or ``config.devices`` > 1) the compiled step runs over several JAX
 devices, each on its rows of the batch, with the parameters and AdamW's moments laid out
