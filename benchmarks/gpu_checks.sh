@@ -3,7 +3,8 @@
 # repository root:  bash benchmarks/gpu_checks.sh [OUT_DIR [PART...]]
 #
 # 1. tests: the backend, generation, KV-cache and fused-kernel tests, with CuPy and JAX on the
-#    GPU, cuDNN's attention under JAX among them (180 s);
+#    GPU, cuDNN's attention under JAX among them (180 s); a failure does not stop the others (up
+#    to 30), so that one run shows all that fails, each named in the summary at the end;
 # 2. shakespeare_char: nanoGPT's Shakespeare-character GPU recipe - 6 layers, 6 heads, d_model
 #    384, context 256, dropout 0.2, batch 64, 5000 iterations, lr 1e-3 cosine to 1e-4 after 100
 #    warm-up steps, AdamW betas 0.9 / 0.99 - trained by tinyllm-JAX in bfloat16, validation loss
@@ -32,6 +33,8 @@ PARTS=" ${*:2} "
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 export TINYLLM_CACHE=${TINYLLM_CACHE:-/tmp/tinyllm-cache}
+RUNS=$(mktemp -d /tmp/gpu-checks-runs.XXXXXX)  # the training runs' folders, new each time: a
+# second call on the same machine must not find the first call's run there (pretrain refuses)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
 python3 -c "import numpy, cupy, jax; print('numpy', numpy.__version__, '| cupy', cupy.__version__, '| jax', jax.__version__, jax.devices())" 2>&1 | tee -a "$OUT/machine.txt"
 python3 -m tinyllm.cli info 2>&1 | tee -a "$OUT/machine.txt"
@@ -47,18 +50,18 @@ part() {  # part NAME SECONDS COMMAND...: run it, unless other parts were named
   echo "=== $name: exit $status after $((SECONDS - start)) s"
 }
 
-part tests 180 python3 -m pytest -q -x -p no:cacheprovider tests/test_backends.py \
+part tests 180 python3 -m pytest -q -rfE --maxfail=30 -p no:cacheprovider tests/test_backends.py \
   tests/test_generate_jax.py tests/test_kv_cache.py tests/test_batched_generate.py \
   tests/test_speculative.py tests/test_precision.py tests/test_fused.py -k "jax or cupy or gpu or backend"
 part shakespeare_char 300 python3 -m tinyllm.cli pretrain --preset small --tokenizer char \
   --backend jax --dtype bfloat16 --steps 5000 --batch-size 64 --eval-interval 1000 \
-  --eval-batches 200 --samples 0 --no-progress --out /tmp/shakespeare-char ${SHAKESPEARE_ARGS:-}
-cp /tmp/shakespeare-char/metrics.jsonl "$OUT/shakespeare_char.jsonl" 2>/dev/null
+  --eval-batches 200 --samples 0 --no-progress --out "$RUNS/shakespeare-char" ${SHAKESPEARE_ARGS:-}
+cp "$RUNS/shakespeare-char/metrics.jsonl" "$OUT/shakespeare_char.jsonl" 2>/dev/null
 part bench_generate 100 python3 benchmarks/bench_generate.py --only backends
 for backend in cupy jax; do  # the first also trains the BPE tokenizer (then cached)
   part "speedrun_$backend" $([ $backend = cupy ] && echo 150 || echo 110) python3 -m tinyllm.cli speedrun --backend "$backend" \
-    --steps 200 --no-progress --out "/tmp/speedrun-$backend"
-  cp "/tmp/speedrun-$backend/report.md" "$OUT/speedrun_$backend.md" 2>/dev/null
+    --steps 200 --no-progress --out "$RUNS/speedrun-$backend"
+  cp "$RUNS/speedrun-$backend/report.md" "$OUT/speedrun_$backend.md" 2>/dev/null
 done
 BUDGET=${BENCH_GPU_BUDGET:-420}
 part bench_gpu $((BUDGET + 60)) python3 benchmarks/bench_gpu.py --budget "$BUDGET" --out "$OUT/bench_gpu.json"
