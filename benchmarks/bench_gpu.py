@@ -17,7 +17,8 @@ column warms up (the first steps compile; their time, less the steps, is the com
 then runs as many steps as ``--seconds`` allows (at least 3), synchronised before the clock is
 read. MFU is nanoGPT's: (6 N + 12 L H Q T) FLOPs per token, against the bfloat16 matrix
 product rate measured at the start (torch, n x n x n), and for float32 runs also against the
-float32 rate the same library reaches with its default precision (TF32 or not).
+float32 rate the same library reaches at the precision the column runs in: full float32, no
+TF32 (torch's and CuPy's default; tinyllm's JAX backend asks JAX for it).
 
 Generation: greedy tokens/s with the KV cache at the nanoGPT shape, batch 1 and batch 8:
 tinyllm-JAX (compiled decoding over a ``StaticKVCache``), tinyllm-CuPy (eager, ``KVCache``)
@@ -213,7 +214,8 @@ def release(library):
 def matmul_rates(n, repeat):
     """``{name: TFLOP/s or the reason it is missing}`` of an (n, n) @ (n, n) product: torch in
     bfloat16 (the peak MFU is read against) and float32 (its default, and TF32 on a GPU), JAX
-    in bfloat16 and float32 (its default precision), CuPy in float32."""
+    in bfloat16 and float32 (at the precision tinyllm's JAX backend sets: full float32, no
+    TF32), CuPy in float32."""
     rates = {}
 
     def measure(name, make, multiply, sync):
@@ -255,6 +257,9 @@ def matmul_rates(n, repeat):
     try:
         import jax.numpy as jnp
 
+        import tinyllm
+
+        tinyllm.get_backend("jax")  # float32 products as tinyllm asks for them: no TF32
         for dtype in ("bfloat16", "float32"):
             measure(
                 f"jax {dtype}", lambda d=dtype: [jnp.asarray(x, dtype=d) for x in host],

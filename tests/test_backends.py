@@ -1,6 +1,7 @@
 """Choosing a backend, what happens when one can't run, and compiled steps under JAX."""
 
 import contextvars
+import os
 import subprocess
 import sys
 
@@ -153,6 +154,36 @@ def test_jit_is_the_identity_on_numpy_and_compiles_under_jax():
         compiled = tinyllm.jit(f)
     assert compiled is not f and hasattr(compiled, "lower")
     assert float(compiled(jax.numpy.ones(()))) == 2.0
+
+
+@pytest.mark.parametrize(
+    "env, expected", [({}, "highest"), ({"JAX_DEFAULT_MATMUL_PRECISION": "tensorfloat32"}, None)]
+)
+def test_jax_multiplies_float32_in_full_float32_unless_told_otherwise(env, expected):
+    """JAX's own default on a recent NVIDIA GPU is TF32; creating the backend asks for float32,
+    and leaves a precision the user chose alone. (A fresh process: the setting is global.)"""
+    pytest.importorskip("jax")
+    code = (
+        "import jax, tinyllm; tinyllm.get_backend('jax'); "
+        "print(jax.config.jax_default_matmul_precision)"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **env}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (expected or env["JAX_DEFAULT_MATMUL_PRECISION"])
+
+
+def test_jax_float32_products_on_a_gpu_are_not_rounded_through_tf32():
+    """Runs where JAX sees a GPU: a float32 product agrees with float64's to float32's accuracy
+    (TF32's 10-bit mantissa would be off by about 1e-3)."""
+    jax = pytest.importorskip("jax")
+    if jax.default_backend() != "gpu":
+        pytest.skip(f"JAX runs on {jax.default_backend()!r}, not a GPU")
+    a, b = np.random.default_rng(0).standard_normal((2, 512, 512)).astype(np.float32)
+    with tinyllm.use_backend("jax") as backend:
+        product = np.asarray(backend.asarray(a) @ backend.asarray(b))
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.max(np.abs(product - exact)) / np.max(np.abs(exact)) < 1e-5
 
 
 @pytest.mark.parametrize("name", ["numpy", "cupy", "jax"])

@@ -4,6 +4,13 @@ JAX arrays are immutable, which is why no tinyllm op mutates an array in place: 
 in-place spellings NumPy allows are offered functionally by the backend instead
 (``scatter_add`` here becomes ``target.at[index].add(values)``).
 
+float32 means float32 here as on the other backends: on an NVIDIA GPU since Ampere, JAX's
+default precision multiplies float32 arrays through TF32, rounding each input to 10 bits of
+mantissa (a relative 1e-3), where NumPy, CuPy and PyTorch multiply in full float32 unless
+asked. So creating the backend sets ``jax_default_matmul_precision`` to ``"highest"``, unless
+it was already set (``JAX_DEFAULT_MATMUL_PRECISION=tensorfloat32`` keeps TF32). The fast
+products are asked for by name: ``tinyllm.precision("bfloat16")`` (``precision.py``).
+
 Importing this file never imports JAX; creating ``JaxBackend()`` does.
 """
 
@@ -28,6 +35,8 @@ class JaxBackend(Backend):
                 f"({err}); install it with: pip install 'tinyllm[jax]'"
             ) from None
         super().__init__()
+        if jax.config.jax_default_matmul_precision is None:  # float32 products in float32
+            jax.config.update("jax_default_matmul_precision", "highest")
         self.jax = jax
         self.xp = jnp
         self._kernel_runs = {}  # flash_attention's (kernel, shapes, dtype, scale) -> it compiles
