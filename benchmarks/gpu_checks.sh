@@ -33,6 +33,9 @@ PARTS=" ${*:2} "
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 export TINYLLM_CACHE=${TINYLLM_CACHE:-/tmp/tinyllm-cache}
+# JAX takes 75% of the card at its first use unless told not to; CuPy shares the card with it
+# in the test and generation parts
+export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
 RUNS=$(mktemp -d /tmp/gpu-checks-runs.XXXXXX)  # the training runs' folders, new each time: a
 # second call on the same machine must not find the first call's run there (pretrain refuses)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
