@@ -4,7 +4,8 @@
 #
 # 1. tests: the backend, generation, KV-cache and fused-kernel tests, with CuPy and JAX on the
 #    GPU, cuDNN's attention under JAX among them (180 s); a failure does not stop the others (up
-#    to 30), so that one run shows all that fails, each named in the summary at the end;
+#    to 30), so that one run shows all that fails, and each test's result is written as it ends,
+#    so a part cut off at its limit still says which passed; four test processes share the card;
 # 2. shakespeare_char: nanoGPT's Shakespeare-character GPU recipe - 6 layers, 6 heads, d_model
 #    384, context 256, dropout 0.2, batch 64, 5000 iterations, lr 1e-3 cosine to 1e-4 after 100
 #    warm-up steps, AdamW betas 0.9 / 0.99 - trained by tinyllm-JAX in bfloat16, validation loss
@@ -53,7 +54,7 @@ part() {  # part NAME SECONDS COMMAND...: run it, unless other parts were named
   echo "=== $name: exit $status after $((SECONDS - start)) s"
 }
 
-part tests 180 python3 -m pytest -q -rfE --maxfail=30 -p no:cacheprovider tests/test_backends.py \
+part tests 180 python3 -m pytest -n 4 --dist loadfile -v --tb=short -rfE --maxfail=30 -p no:cacheprovider tests/test_backends.py \
   tests/test_generate_jax.py tests/test_kv_cache.py tests/test_batched_generate.py \
   tests/test_speculative.py tests/test_precision.py tests/test_fused.py -k "jax or cupy or gpu or backend"
 part shakespeare_char 300 python3 -m tinyllm.cli pretrain --preset small --tokenizer char \
