@@ -157,20 +157,23 @@ def test_jit_is_the_identity_on_numpy_and_compiles_under_jax():
 
 
 @pytest.mark.parametrize(
-    "env, expected", [({}, "highest"), ({"JAX_DEFAULT_MATMUL_PRECISION": "tensorfloat32"}, None)]
+    "chosen, expected", [(None, "highest"), ("tensorfloat32", "tensorfloat32")]
 )
-def test_jax_multiplies_float32_in_full_float32_unless_told_otherwise(env, expected):
+def test_jax_multiplies_float32_in_full_float32_unless_told_otherwise(chosen, expected):
     """JAX's own default on a recent NVIDIA GPU is TF32; creating the backend asks for float32,
     and leaves a precision the user chose alone. (A fresh process: the setting is global.)"""
     pytest.importorskip("jax")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("JAX_DEFAULT_MATMUL_PRECISION", None)
+    if chosen is not None:
+        env["JAX_DEFAULT_MATMUL_PRECISION"] = chosen
     code = (
         "import jax, tinyllm; tinyllm.get_backend('jax'); "
         "print(jax.config.jax_default_matmul_precision)"
     )
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", **env}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == (expected or env["JAX_DEFAULT_MATMUL_PRECISION"])
+    assert out.stdout.strip() == expected
 
 
 def test_jax_float32_products_on_a_gpu_are_not_rounded_through_tf32():
