@@ -8,6 +8,7 @@ Tests named ``jax`` run on the CPU, and on a GPU where JAX sees one; those named
 need CuPy and a GPU and skip without them.
 """
 
+import re
 import types
 
 import numpy as np
@@ -137,6 +138,22 @@ def test_jax_matmul_keeps_its_16_bit_inputs_for_backward():
         _, ctx, _ = out._node
         assert [str(x.dtype) for x in ctx.saved] == ["bfloat16", "bfloat16"]  # half the memory
         assert str(out.dtype) == "float32"
+
+
+@pytest.mark.parametrize("dtype, precision", [("float32", "HIGHEST"), ("bfloat16", "DEFAULT")])
+def test_jax_asks_full_precision_for_float32_products_only(dtype, precision):
+    """float32 products ask XLA for float32 proper (no TF32 on a GPU, ``jax_backend.py``);
+    16-bit ones keep the default, so that XLA runs them as 16-bit products."""
+    jax = pytest.importorskip("jax")
+    with tinyllm.use_backend("jax"):
+        a = tinyllm.Tensor(np.ones((4, 8), np.float32)).data
+
+        def product(a):
+            with tinyllm.precision(dtype):
+                return (tinyllm.Tensor(a) @ tinyllm.Tensor(a.T)).data
+
+        program = jax.jit(product).lower(a).as_text()
+    assert re.findall(r"precision = \[(\w+), (\w+)\]", program) == [(precision, precision)]
 
 
 def test_jax_bfloat16_matmul_rounds_its_inputs_as_torch_does():

@@ -147,12 +147,14 @@ def lower(x, dtype):
 def matmul_f32(a, b):
     """``a @ b`` of two bfloat16 or float16 arrays, summed in float32 and returned in float32.
 
-    JAX asks XLA for float32 sums and a float32 result (``preferred_element_type``). CuPy's
-    float16 product sums in float32 inside cuBLAS and writes float16, widened here.
+    JAX asks XLA for float32 sums and a float32 result (``preferred_element_type``), at the
+    default precision: the JAX backend's ``"highest"`` (``jax_backend.py``) is for float32
+    products, and the inputs here are 16-bit already. CuPy's float16 product sums in float32
+    inside cuBLAS and writes float16, widened here.
     """
     xp = _namespace(a)
     if xp.__name__.startswith("jax"):
-        return xp.matmul(a, b, preferred_element_type=xp.float32)
+        return xp.matmul(a, b, preferred_element_type=xp.float32, precision="default")
     return xp.matmul(a, b).astype(xp.float32)
 
 
