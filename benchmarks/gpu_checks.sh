@@ -24,9 +24,9 @@
 #    written after every row, so a run cut short keeps what it measured.
 # Each part has a time limit of its own, so that one slow part cannot use up the run; all of
 # them take at most 22 minutes, so name the parts wanted after OUT_DIR to run fewer. Within 15
-# minutes of a GPU, start-up included, two calls:
+# minutes of a GPU, start-up (1-2 minutes) included, two calls:
 #   bash benchmarks/gpu_checks.sh gpu-checks tests shakespeare_char   # at most 480 s
-#   BENCH_GPU_BUDGET=300 bash benchmarks/gpu_checks.sh gpu-checks bench_gpu
+#   BENCH_GPU_BUDGET=240 bash benchmarks/gpu_checks.sh gpu-checks bench_gpu   # at most 300 s
 # What each part prints goes to OUT_DIR (default: gpu-checks/) as well as to the screen.
 set -u
 OUT=${1:-gpu-checks}
