@@ -12,13 +12,14 @@ A training step is forward, backward, clipping at 1.0 and AdamW. tinyllm runs th
 ``Trainer`` (under JAX the whole step is one ``jax.jit`` program; CuPy runs eagerly), in
 float32 and in 16 bits: JAX in bfloat16 (attention through cuDNN's fused kernel), CuPy in
 float16 with loss scaling (CuPy has no bfloat16). The PyTorch peer is ``common.torch_gpt`` in
-nanoGPT's loop (fused AdamW on a GPU), eager and through ``torch.compile``, each in float32 and under ``torch.autocast`` to bfloat16. Each
-column warms up (the first steps compile; their time, less the steps, is the compile column),
-then runs as many steps as ``--seconds`` allows (at least 3), synchronised before the clock is
-read. MFU is nanoGPT's: (6 N + 12 L H Q T) FLOPs per token, against the bfloat16 matrix
-product rate measured at the start (torch, n x n x n), and for float32 runs also against the
-float32 rate the same library reaches at the precision the column runs in: full float32, no
-TF32 (torch's and CuPy's default; tinyllm's JAX backend asks JAX for it).
+nanoGPT's loop (fused AdamW on a GPU), eager and through ``torch.compile``, each in float32
+and under ``torch.autocast`` to bfloat16. Each column warms up (the first steps compile; their
+time, less the steps, is the compile column), then runs as many steps as ``--seconds`` allows
+(at least 3), synchronised before the clock is read. MFU is nanoGPT's: (6 N + 12 L H Q T)
+FLOPs per token, against the bfloat16 matrix product rate measured at the start (torch,
+n x n x n), and for float32 runs also against the float32 rate the same library reaches at
+the precision the column runs in: full float32, no TF32 (torch's and CuPy's default;
+tinyllm's JAX backend asks JAX for it).
 
 Generation: greedy tokens/s with the KV cache at the nanoGPT shape, batch 1 and batch 8:
 tinyllm-JAX (compiled decoding over a ``StaticKVCache``), tinyllm-CuPy (eager, ``KVCache``)

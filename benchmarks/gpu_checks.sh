@@ -54,9 +54,10 @@ part() {  # part NAME SECONDS COMMAND...: run it, unless other parts were named
   echo "=== $name: exit $status after $((SECONDS - start)) s"
 }
 
-part tests 180 python3 -m pytest -n 4 --dist loadfile -v --tb=short -rfE --maxfail=30 -p no:cacheprovider tests/test_backends.py \
-  tests/test_generate_jax.py tests/test_kv_cache.py tests/test_batched_generate.py \
-  tests/test_speculative.py tests/test_precision.py tests/test_fused.py -k "jax or cupy or gpu or backend"
+part tests 180 python3 -m pytest -n 4 --dist loadfile -v --tb=short -rfE --maxfail=30 \
+  -p no:cacheprovider tests/test_backends.py tests/test_generate_jax.py tests/test_kv_cache.py \
+  tests/test_batched_generate.py tests/test_speculative.py tests/test_precision.py \
+  tests/test_fused.py -k "jax or cupy or gpu or backend"
 part shakespeare_char 300 python3 -m tinyllm.cli pretrain --preset small --tokenizer char \
   --backend jax --dtype bfloat16 --steps 5000 --batch-size 64 --eval-interval 1000 \
   --eval-batches 200 --samples 0 --no-progress --out "$RUNS/shakespeare-char" ${SHAKESPEARE_ARGS:-}
@@ -68,4 +69,5 @@ for backend in cupy jax; do  # the first also trains the BPE tokenizer (then cac
   cp "$RUNS/speedrun-$backend/report.md" "$OUT/speedrun_$backend.md" 2>/dev/null
 done
 BUDGET=${BENCH_GPU_BUDGET:-420}
-part bench_gpu $((BUDGET + 60)) python3 benchmarks/bench_gpu.py --budget "$BUDGET" --out "$OUT/bench_gpu.json"
+part bench_gpu $((BUDGET + 60)) python3 benchmarks/bench_gpu.py --budget "$BUDGET" \
+  --out "$OUT/bench_gpu.json"
