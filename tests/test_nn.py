@@ -77,6 +77,19 @@ def test_state_dict_round_trip_and_clear_errors():
         dst.load_state_dict(state)
 
 
+def test_loaded_arrays_are_stored_in_c_order():
+    """A transposed view (how a file's (out, in) weight often arrives) is stored in C order,
+    as the model makes its own: products then take the same BLAS path, and give the same
+    bits, as in the model that was saved."""
+    net = TinyNet(seed=1)
+    state = net.state_dict()
+    state["blocks.0.weight"] = np.asfortranarray(state["blocks.0.weight"])
+    assert not state["blocks.0.weight"].flags.c_contiguous
+    loaded = TinyNet(seed=2).load_state_dict(state)
+    assert all(p.data.flags.c_contiguous for _, p in loaded.named_parameters())
+    np.testing.assert_array_equal(loaded.blocks[0].weight.numpy(), net.blocks[0].weight.numpy())
+
+
 def test_train_eval_reach_every_submodule_and_dropout_only_trains():
     net = TinyNet()
     ids, targets = batch()

@@ -142,6 +142,17 @@ def test_casts_round_to_nearest_even():
     np.testing.assert_array_equal(formats.dequantize(formats.quantize(w, "f16"), "f16"), f16)
 
 
+@pytest.mark.parametrize("name", ["f16", "bf16", "int8", "q8_0", "q4_1", "q4_0"])
+def test_parts_are_in_c_order_for_a_transposed_matrix(name):
+    """A layer quantizes its (in, out) weight transposed; its parts are C-ordered all the
+    same, as a copy loaded from a folder holds them (so both compute the same bits)."""
+    w = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+    parts = formats.quantize(w.T, name)
+    assert all(part.flags.c_contiguous for part in parts.values())
+    for key, part in formats.quantize(np.ascontiguousarray(w.T), name).items():
+        np.testing.assert_array_equal(parts[key], part)
+
+
 def test_unknown_format_and_bad_rows_are_named():
     with pytest.raises(ValueError, match="'q3'.*q8_0"):
         formats.quantize(np.zeros((1, 32)), "q3")

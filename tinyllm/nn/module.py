@@ -233,7 +233,10 @@ class Module:
                     f"{type(self).__name__}.load_state_dict: {name} has shape {value.shape}, "
                     f"expected {p.shape}"
                 )
-            p.data = p.backend.asarray(value.astype(p.dtype))  # a copy: not tied to `state`
+            # A copy, not tied to ``state``, in C order as the model makes its own: a transposed
+            # view (a file's (in, out) weight, say) would send products down BLAS's transposed
+            # kernels, whose sums may round differently from the same model built here.
+            p.data = p.backend.asarray(value.astype(p.dtype, order="C"))
         return self
 
     @contextlib.contextmanager

@@ -184,8 +184,9 @@ _QUANTIZERS = {
 
 def quantize(w, name):
     """The parts of format ``name`` for the float matrix ``w`` (rows, cols): a dict of
-    NumPy arrays (see the module docstring)."""
-    return _QUANTIZERS[check_format(name)](w)
+    NumPy arrays (see the module docstring), in C order whatever the order of ``w`` (a
+    transposed view would otherwise give parts a reloaded copy of the layer does not have)."""
+    return _QUANTIZERS[check_format(name)](np.ascontiguousarray(w))
 
 
 def dequantize(parts, name, xp=np):
