@@ -8,12 +8,16 @@ clean; under JAX the call is one ``jax.jit`` program returning the output and th
 (as in tinyllm's compiled training step), timed to ``block_until_ready``. After warm-up runs,
 the median of the repeats is reported, with the ratios tinyllm / torch.
 
-    python benchmarks/bench_ops.py              # both shapes, 30 repeats
+    python benchmarks/bench_ops.py              # every shape, 30 repeats
     python benchmarks/bench_ops.py --quick      # tiny shape only, 10 repeats
     python benchmarks/bench_ops.py --repeat 50 --shape small
+    python benchmarks/bench_ops.py --shape long --query-blocks 1   # attention in one block
 
 Shapes follow DESIGN.md: "tiny" is nanoGPT's CPU recipe (batch 12, context 64, width 128,
-4 heads, vocab 65); "small" is batch 12, context 256, width 384, 6 heads.
+4 heads, vocab 65); "small" is batch 12, context 256, width 384, 6 heads; "long" is GPT-2
+small's context and width (batch 2, context 1024, width 768, 12 heads), where causal
+attention runs in blocks of queries (``functional/attention.py``; ``--query-blocks`` sets
+how many, 1 for the plain one-block attention).
 """
 
 import argparse
@@ -24,6 +28,7 @@ from common import machine, median_ms
 
 import tinyllm
 import tinyllm.functional as F
+from tinyllm.functional import attention
 
 try:
     import torch
@@ -44,6 +49,7 @@ class Shape:
 SHAPES = {
     "tiny": Shape("tiny", batch=12, context=64, width=128, n_head=4),
     "small": Shape("small", batch=12, context=256, width=384, n_head=6),
+    "long": Shape("long", batch=2, context=1024, width=768, n_head=12),
 }
 
 
@@ -174,7 +180,14 @@ def main():
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs before timing")
     parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
     parser.add_argument("--quick", action="store_true", help="tiny shape only, 10 repeats")
+    parser.add_argument(
+        "--query-blocks", type=int, default=attention.QUERY_BLOCKS,
+        help="blocks of queries long causal attention runs in (1: one block, no tile skipped)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.query_blocks < 1:
+        parser.error(f"--query-blocks must be 1 or more, got {args.query_blocks}")
+    attention.QUERY_BLOCKS = args.query_blocks
     if torch is None:
         raise SystemExit("bench_ops.py compares against PyTorch: pip install 'tinyllm[dev]'")
     if args.quick:
@@ -182,7 +195,10 @@ def main():
     names = list(SHAPES) if args.shape == "all" else [args.shape]
 
     print(machine())
-    print(f"float32, forward+backward, median of {args.repeat} after {args.warmup} warm-up\n")
+    print(
+        f"float32, forward+backward, median of {args.repeat} after {args.warmup} warm-up; "
+        f"blocks of queries in long causal attention: {args.query_blocks}\n"
+    )
     jax_works, why = tinyllm.available_backends()["jax"]
     if not jax_works:
         print(f"(no tinyllm-JAX column: {why})\n")

@@ -11,6 +11,7 @@ import pytest
 import tinyllm
 import tinyllm.functional as F
 from tinyllm import Tensor, gradcheck
+from tinyllm.functional import attention
 from tinyllm.models import Transformer, get_preset
 from tinyllm.nn import CausalSelfAttention
 
@@ -89,12 +90,14 @@ def _forward_backward(q, k, v, **kwargs):
     return [tinyllm.to_numpy(a) for a in _attention_and_gradients(q, k, v, **kwargs)]
 
 
+@pytest.mark.parametrize("T, S", [(3, 5), (9, 11)])  # (9, 11): in four blocks of queries
 @pytest.mark.parametrize("kind", ["bool", "float"])
-def test_jax_matches_numpy_with_a_mask(kind):
+def test_jax_matches_numpy_with_a_mask(monkeypatch, kind, T, S):
     jax = pytest.importorskip("jax")
+    monkeypatch.setattr(attention, "MIN_QUERY_BLOCK", 2)
     rng = np.random.default_rng(1)
-    q, k, v = qkv(rng, 2, 4, 2, 3, 5, 4, np.float32)
-    mask = left_padding_mask([5, 2], 5)
+    q, k, v = qkv(rng, 2, 4, 2, T, S, 4, np.float32)
+    mask = left_padding_mask([S, 2], S)
     mask = mask if kind == "bool" else np.where(mask, 0.0, -np.inf).astype(np.float32)
     expected = _forward_backward(q, k, v, mask=mask)
     with tinyllm.use_backend("jax"):
@@ -152,6 +155,22 @@ def test_causal_and_mask_both_apply(kind, T, S):
     in_window = ~np.tril(np.ones((T, S), bool), k=S - T - window)
     both = torch.tensor(visible & causal & in_window)
     _compare_with_torch(q, k, v, both, causal=True, window=window, mask=mask)
+
+
+@pytest.mark.parametrize("T, S", [(8, 8), (9, 12)])
+def test_blocked_causal_attention_with_a_mask_matches_torch(monkeypatch, T, S):
+    """Long causal attention runs in blocks of queries (see ``functional/attention.py``); a
+    padding mask and a per-query mask are cut into the same blocks."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(attention, "MIN_QUERY_BLOCK", 2)  # blocks from 8 queries on
+    assert len(attention._query_blocks(T, S, True, None)) == attention.QUERY_BLOCKS
+    rng = np.random.default_rng(S)
+    q, k, v = qkv(rng, 2, 6, 2, T, S, 8)
+    causal = np.tril(np.ones((T, S), bool), k=S - T)
+    padding = left_padding_mask([S, S - 3], S)  # (2, 1, 1, S)
+    _compare_with_torch(q, k, v, torch.tensor(padding & causal), causal=True, mask=padding)
+    visible = rng.random((2, 1, T, S)) < 0.7
+    _compare_with_torch(q, k, v, torch.tensor(visible & causal), causal=True, mask=visible)
 
 
 def test_large_negative_additive_mask_matches_torch_in_float32():

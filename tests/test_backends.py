@@ -12,6 +12,7 @@ import tinyllm
 import tinyllm.functional as F
 from tinyllm import Tensor
 from tinyllm.backend import backend_of
+from tinyllm.functional import attention
 
 
 def in_fresh_context(fn):
@@ -244,12 +245,16 @@ def test_backend_of_tells_arrays_apart_without_importing_gpu_libraries():
     assert out.stdout.split() == ["False", "False"]
 
 
+@pytest.mark.parametrize("query_blocks", [False, True])
 @pytest.mark.parametrize("name", ["cupy", "jax"])
-def test_gpu_backends_match_numpy_on_a_training_step(name):
-    """Runs where the backend works (CuPy needs a CUDA GPU; JAX runs on CPU or GPU)."""
+def test_gpu_backends_match_numpy_on_a_training_step(name, query_blocks, monkeypatch):
+    """Runs where the backend works (CuPy needs a CUDA GPU; JAX runs on CPU or GPU). With
+    ``query_blocks`` the 5 queries take long causal attention's blocked path."""
     works, detail = tinyllm.available_backends()[name]
     if not works:
         pytest.skip(detail)
+    if query_blocks:
+        monkeypatch.setattr(attention, "MIN_QUERY_BLOCK", 1)
     params, ids, targets = make_problem()
     step = tinyllm.value_and_grad(transformer_like_loss)
     expected_loss, expected_grads = step(params, Tensor(ids), Tensor(targets))

@@ -17,6 +17,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import tinyllm  # noqa: E402
 import tinyllm.functional as F  # noqa: E402
+from tinyllm.functional import attention  # noqa: E402
 
 FEW = settings(max_examples=12, deadline=None, derandomize=True)
 TOLERANCE = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-5)}
@@ -292,6 +293,48 @@ def test_attention_float32_matches_torch():
     compare(
         lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=True),
         _torch_attention(16, 20, True, scale=None),
+        [q, k, v],
+        [True, True, True],
+        np.float32,
+    )
+
+
+# --- long causal attention, in blocks of queries ------------------------------------------
+@pytest.fixture
+def small_query_blocks(monkeypatch):
+    """Blocks of queries from 4 * 2 queries on, so that small cases take the blocked path."""
+    monkeypatch.setattr(attention, "MIN_QUERY_BLOCK", 2)
+
+
+@pytest.mark.parametrize(
+    "H, H_kv, T, S, window",
+    [
+        (4, 4, 8, 8, None),  # four blocks of 2 queries
+        (6, 2, 11, 14, None),  # grouped-query; 11 queries: blocks of 2, 3, 3, 3; past keys
+        (4, 1, 9, 9, 3),  # a sliding window: later blocks skip the keys long past too
+        (2, 2, 13, 20, 5),
+    ],
+)
+def test_blocked_causal_attention_matches_torch(small_query_blocks, H, H_kv, T, S, window):
+    assert len(attention._query_blocks(T, S, True, window)) == attention.QUERY_BLOCKS
+    rng = np.random.default_rng(T + S)
+    q, k, v = normal(rng, 2, H, T, 8), normal(rng, 2, H_kv, S, 8), normal(rng, 2, H_kv, S, 8)
+    compare(
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=True, window=window),
+        _torch_attention(T, S, True, scale=None, window=window),
+        [q, k, v],
+        [True, True, True],
+    )
+
+
+def test_long_causal_attention_takes_blocks_and_matches_torch_in_float32():
+    """At the default sizes: 512 queries run in four blocks and agree with torch."""
+    assert len(attention._query_blocks(512, 512, True, None)) == 4
+    rng = np.random.default_rng(9)
+    q, k, v = normal(rng, 1, 2, 512, 16), normal(rng, 1, 1, 512, 16), normal(rng, 1, 1, 512, 16)
+    compare(
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=True),
+        _torch_attention(512, 512, True, scale=None),
         [q, k, v],
         [True, True, True],
         np.float32,
