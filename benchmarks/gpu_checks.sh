@@ -2,10 +2,11 @@
 # The checks that need an NVIDIA GPU, as one script for one run on a GPU machine, from the
 # repository root:  bash benchmarks/gpu_checks.sh [OUT_DIR [PART...]]
 #
-# 1. tests: the backend, generation, KV-cache and fused-kernel tests, with CuPy and JAX on the
-#    GPU, cuDNN's attention under JAX among them (180 s); a failure does not stop the others (up
-#    to 30), so that one run shows all that fails, and each test's result is written as it ends,
-#    so a part cut off at its limit still says which passed; four test processes share the card;
+# 1. tests: the backend, every-op, attention-mask, generation, KV-cache and fused-kernel tests,
+#    with CuPy and JAX on the GPU, cuDNN's attention under JAX among them (180 s); a failure
+#    does not stop the others (up to 30), so that one run shows all that fails, and each test's
+#    result is written as it ends, so a part cut off at its limit still says which passed; four
+#    test processes share the card;
 # 2. shakespeare_char: nanoGPT's Shakespeare-character GPU recipe - 6 layers, 6 heads, d_model
 #    384, context 256, dropout 0.2, batch 64, 5000 iterations, lr 1e-3 cosine to 1e-4 after 100
 #    warm-up steps, AdamW betas 0.9 / 0.99 - trained by tinyllm-JAX in bfloat16, validation loss
@@ -55,9 +56,10 @@ part() {  # part NAME SECONDS COMMAND...: run it, unless other parts were named
 }
 
 part tests 180 python3 -m pytest -n 4 --dist loadfile -v --tb=short -rfE --maxfail=30 \
-  -p no:cacheprovider tests/test_backends.py tests/test_generate_jax.py tests/test_kv_cache.py \
-  tests/test_batched_generate.py tests/test_speculative.py tests/test_precision.py \
-  tests/test_fused.py -k "jax or cupy or gpu or backend"
+  -p no:cacheprovider tests/test_backends.py tests/test_ops.py tests/test_attention_mask.py \
+  tests/test_generate_jax.py tests/test_kv_cache.py tests/test_batched_generate.py \
+  tests/test_speculative.py tests/test_precision.py tests/test_fused.py \
+  -k "jax or cupy or gpu or backend"
 part shakespeare_char 300 python3 -m tinyllm.cli pretrain --preset small --tokenizer char \
   --backend jax --dtype bfloat16 --steps 5000 --batch-size 64 --eval-interval 1000 \
   --eval-batches 200 --samples 0 --no-progress --out "$RUNS/shakespeare-char" ${SHAKESPEARE_ARGS:-}

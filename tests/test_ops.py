@@ -1,5 +1,6 @@
 """Every differentiable op: finite-difference gradient checks on random shapes (float64,
-NumPy), and the same op on JAX (CPU) equal to NumPy within float32 tolerance.
+NumPy), and the same op on JAX (CPU or GPU) and CuPy (a GPU) equal to NumPy within float32
+tolerance.
 
 Each case builds its inputs from a seeded generator, shapes included, so hypothesis
 explores shapes by drawing seeds.
@@ -215,15 +216,20 @@ def _forward_backward(fn, inputs):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_jax_matches_numpy(name):
-    pytest.importorskip("jax")
+@pytest.mark.parametrize("backend", ["jax", "cupy"])
+def test_gpu_backends_match_numpy(backend, name):
+    """Every op forward and backward on JAX (CPU or GPU) and on CuPy (a CUDA GPU), against
+    NumPy; skipped, with the reason, where the backend cannot run."""
+    works, detail = tinyllm.available_backends()[backend]
+    if not works:
+        pytest.skip(detail)
     seed = 1234
     fn, np_inputs = CASES[name](np.random.default_rng(seed), np.float32)
     expected = _forward_backward(fn, np_inputs)
-    with tinyllm.use_backend("jax"):
-        fn, jax_inputs = CASES[name](np.random.default_rng(seed), np.float32)
-        assert all(t.backend.name == "jax" for t in jax_inputs)
-        got = _forward_backward(fn, jax_inputs)
+    with tinyllm.use_backend(backend):
+        fn, inputs = CASES[name](np.random.default_rng(seed), np.float32)
+        assert all(t.backend.name == backend for t in inputs)
+        got = _forward_backward(fn, inputs)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=2e-5, atol=2e-5)
 
