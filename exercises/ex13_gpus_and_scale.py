@@ -5,7 +5,8 @@ moves: for a matrix product and for one decoding step of a model (13.1). A roofl
 two into the best time a processor can reach and says which limit it hits (13.2). Training over
 many devices is a question of who holds which bytes: ZeRO's stages and tinyllm's layouts (13.3).
 Mixed precision rounds float32 to bfloat16, which you do with bit operations on the raw bits
-(13.4).
+(13.4). Causal attention need not compute the scores a mask would hide anyway: in blocks of
+queries, each against only the keys it can see (13.5).
 
 Everything here is plain Python and NumPy. FLOPs count a multiply and an add as two; bytes are
 plain bytes (not bits); rates are per second (FLOP/s, bytes/s).
@@ -135,3 +136,35 @@ def to_bfloat16_bits(x):
 def from_bfloat16_bits(bits):
     """The bits of bfloat16 numbers (uint16, any shape) -> their float32 values, exactly."""
     raise NotImplementedError("Exercise 13.4: bfloat16 bits back to float32")
+
+
+# --- Exercise 13.5 --------------------------------------------------------------------------
+def query_blocks(T, S, n_blocks, window=None):
+    """Causal attention's T queries in ``n_blocks`` blocks, each with the keys it can see.
+
+    The T queries are the last T of S positions: query i sits at position S - T + i and sees
+    key j when j <= S - T + i (and, with a ``window``, only when also j > S - T + i - window).
+    Cut the queries at t = T * b // n_blocks for b = 0, 1, ..., n_blocks, and give each block
+    of rows t0:t1 the smallest range of keys s0:s1 that holds every key one of its queries
+    sees. Returns [(t0, t1, s0, s1), ...], in order.
+
+    T = S = 8 in 4 blocks: [(0, 2, 0, 2), (2, 4, 0, 4), (4, 6, 0, 6), (6, 8, 0, 8)].
+    """
+    raise NotImplementedError("Exercise 13.5: blocks of queries and the keys each can see")
+
+
+def blocked_causal_attention(q, k, v, n_blocks, window=None):
+    """Causal attention computed block by block (``query_blocks``): each block's scores only
+    against its own keys s0:s1, so the tiles of scores that lie wholly in the future (or, with a
+    window, wholly in the past) are never computed.
+
+    ``q`` (B, H, T, D), ``k`` and ``v`` (B, H, S, D), NumPy arrays; the scale is 1 / sqrt(D).
+    Within a block, a key it holds may still be hidden from one of its queries (in its future,
+    or outside its window): add -inf to that score before the softmax, as in exercise 2.2.
+    Returns the (B, H, T, D) output, equal to plain causal attention's.
+
+    Take the products with ``@`` (``np.matmul``): the grader counts their multiply-adds and
+    expects (t1 - t0) * (s1 - s0) * D for each block's scores and as many for its weighted sum
+    of the values, per batch row and head - nothing more.
+    """
+    raise NotImplementedError("Exercise 13.5: attention that skips the hidden tiles")

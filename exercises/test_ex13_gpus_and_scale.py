@@ -6,11 +6,13 @@ shapes; ``tinyllm.train.sharding``: how each layout cuts an array), from the ZeR
 Figure 1, from published accelerator peaks (NVIDIA's A100 and H100 data sheets), and, where
 they are installed, from outside oracles: JAX placing arrays with tinyllm's ``ShardingPlan`` on
 forced host devices (the bytes each device really holds), and the bfloat16 casts of
-``ml_dtypes`` and PyTorch.
+``ml_dtypes`` and PyTorch. Blocked attention is graded against tinyllm's ``query_blocks`` and
+its attention op and, where installed, PyTorch's; its products are counted as it takes them.
 """
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -19,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import tinyllm.functional as F
+from tinyllm import Tensor
 from tinyllm.analysis import (
     KNOWN_MODELS,
     inference_flops_per_token,
@@ -26,6 +30,7 @@ from tinyllm.analysis import (
     parameter_count,
     weight_bytes,
 )
+from tinyllm.functional.attention import query_blocks
 from tinyllm.models import get_preset
 from tinyllm.quant import formats
 from tinyllm.train.sharding import SHARD_MODES, layout_summary, split_axes
@@ -42,6 +47,7 @@ LAYOUT_ORACLES = ["tinyllm", "jax"] if importlib.util.find_spec("jax") else ["ti
 BF16_ORACLES = ["tinyllm"] + [
     name for name in ("ml_dtypes", "torch") if importlib.util.find_spec(name)
 ]
+ATTENTION_ORACLES = ["tinyllm"] + (["torch"] if importlib.util.find_spec("torch") else [])
 
 
 def dense_models():
@@ -383,3 +389,93 @@ def test_bfloat16_matches_the_libraries(exercise, oracle):
     want = (bits.astype(np.uint32) << 16).view(np.float32)
     got = np.asarray(ex.from_bfloat16_bits(bits))
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+# --- 13.5 attention that skips the hidden tiles ----------------------------------------------
+@pytest.mark.exercise("13.5", points=1)
+def test_query_blocks_by_hand(exercise):
+    """query_blocks: blocks cut at T * b // n, each with the keys its queries see"""
+    ex = exercise(EX)
+    assert ex.query_blocks(8, 8, 4) == [(0, 2, 0, 2), (2, 4, 0, 4), (4, 6, 0, 6), (6, 8, 0, 8)]
+    # 11 queries after 3 past keys: cut at 0, 2, 5, 8, 11; query i sees keys up to 3 + i
+    assert ex.query_blocks(11, 14, 4) == [(0, 2, 0, 5), (2, 5, 0, 8), (5, 8, 0, 11), (8, 11, 0, 14)]
+    # a window of 3: query i sees keys i - 2 ... i, so a block starting at t0 needs t0 - 2 on
+    assert ex.query_blocks(9, 9, 3, window=3) == [(0, 3, 0, 3), (3, 6, 1, 6), (6, 9, 4, 9)]
+    assert ex.query_blocks(5, 7, 1) == [(0, 5, 0, 7)]  # one block: every key
+    assert ex.query_blocks(5, 7, 1, window=2) == [(0, 5, 1, 7)]  # but the window's
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        T = int(rng.integers(1, 40))
+        S, n = T + int(rng.integers(0, 10)), int(rng.integers(1, T + 1))
+        window = None if rng.random() < 0.5 else int(rng.integers(1, 12))
+        assert [tuple(b) for b in ex.query_blocks(T, S, n, window)] == query_blocks(
+            T, S, n, window
+        ), (T, S, n, window)
+
+
+class Counted(np.ndarray):
+    """An array that adds the multiply-adds of each matrix product it takes part in (``@``,
+    ``np.matmul``) to ``Counted.macs``; what its operations return is Counted too."""
+
+    macs = 0
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        plain = [x.view(np.ndarray) if isinstance(x, Counted) else x for x in inputs]
+        if "out" in kwargs:
+            kwargs["out"] = tuple(
+                o.view(np.ndarray) if isinstance(o, Counted) else o for o in kwargs["out"]
+            )
+        if ufunc is np.matmul and method == "__call__":
+            a, b = (np.asarray(x) for x in plain[:2])
+            m, n = (a.shape[-2] if a.ndim > 1 else 1), (b.shape[-1] if b.ndim > 1 else 1)
+            batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+            Counted.macs += math.prod(batch) * m * a.shape[-1] * n
+        result = getattr(ufunc, method)(*plain, **kwargs)
+        return result.view(Counted) if type(result) is np.ndarray else result
+
+
+def attention_oracle(oracle, q, k, v, window):
+    """Plain causal attention (the queries are the last T of S positions), all scores."""
+    if oracle == "tinyllm":
+        out = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), window=window)
+        return out.numpy()
+    import torch
+
+    T, S = q.shape[-2], k.shape[-2]
+    query, key = np.arange(S - T, S)[:, None], np.arange(S)[None, :]
+    visible = (key <= query) & (key > query - (window or S + 1))
+    q, k, v = (torch.from_numpy(a) for a in (q, k, v))
+    mask = torch.from_numpy(visible)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).numpy()
+
+
+@pytest.mark.exercise("13.5", points=2)
+@pytest.mark.parametrize("oracle", ATTENTION_ORACLES)
+def test_blocked_attention_matches_and_skips_the_hidden_tiles(exercise, oracle):
+    """blocked_causal_attention: plain causal attention's output (tinyllm's op, PyTorch's), with
+    past keys and a sliding window, from products of exactly the blocks' sizes"""
+    ex = exercise(EX)
+    rng = np.random.default_rng(13)
+    B, H, D = 2, 3, 8
+    for T, S, n, window in [(8, 8, 4, None), (12, 15, 4, None), (12, 12, 3, 5), (9, 20, 2, 6),
+                            (7, 7, 1, None), (16, 16, 16, None)]:  # fmt: skip
+        q = rng.standard_normal((B, H, T, D))
+        k, v = rng.standard_normal((B, H, S, D)), rng.standard_normal((B, H, S, D))
+        Counted.macs = 0
+        got = ex.blocked_causal_attention(
+            q.view(Counted), k.view(Counted), v.view(Counted), n, window
+        )
+        blocks = query_blocks(T, S, n, window)
+        want_macs = 2 * B * H * D * sum((t1 - t0) * (s1 - s0) for t0, t1, s0, s1 in blocks)
+        assert Counted.macs == want_macs, (
+            f"T={T}, S={S}, {n} blocks, window {window}: the products took {Counted.macs} "
+            f"multiply-adds, the blocks need {want_macs} (each block's scores against its own "
+            "keys s0:s1 alone, the products taken with @)"
+        )
+        np.testing.assert_allclose(
+            np.asarray(got), attention_oracle(oracle, q, k, v, window), rtol=1e-9, atol=1e-12
+        )
+    # Four blocks of 256 queries take 10/16 of the one-block products.
+    full, four = (sum((t1 - t0) * (s1 - s0) for t0, t1, s0, s1 in ex.query_blocks(256, 256, n))
+                  for n in (1, 4))  # fmt: skip
+    assert four / full == pytest.approx(10 / 16, abs=0.01)

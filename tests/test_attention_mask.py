@@ -163,7 +163,7 @@ def test_blocked_causal_attention_with_a_mask_matches_torch(monkeypatch, T, S):
     padding mask and a per-query mask are cut into the same blocks."""
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(attention, "MIN_QUERY_BLOCK", 2)  # blocks from 8 queries on
-    assert len(attention._query_blocks(T, S, True, None)) == attention.QUERY_BLOCKS
+    assert len(attention._blocks(T, S, True, None)) == attention.QUERY_BLOCKS
     rng = np.random.default_rng(S)
     q, k, v = qkv(rng, 2, 6, 2, T, S, 8)
     causal = np.tril(np.ones((T, S), bool), k=S - T)

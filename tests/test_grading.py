@@ -429,6 +429,16 @@ TRICKS = [
         "from tinyllm.models.weights import _f32_to_bf16",
         "imports tinyllm.models.weights._f32_to_bf16",
     ),
+    (
+        "ex13_gpus_and_scale",
+        "from tinyllm.functional.attention import query_blocks",
+        "imports tinyllm.functional.attention.query_blocks",
+    ),
+    (
+        "ex13_gpus_and_scale",
+        "import tinyllm.functional as F\nf = F.scaled_dot_product_attention",
+        "tinyllm.functional.attention",
+    ),
     ("ex02_attention", "exec(open('answers.py').read())", "runs code from a string (exec)"),
     (
         "ex02_attention",

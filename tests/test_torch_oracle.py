@@ -316,7 +316,7 @@ def small_query_blocks(monkeypatch):
     ],
 )
 def test_blocked_causal_attention_matches_torch(small_query_blocks, H, H_kv, T, S, window):
-    assert len(attention._query_blocks(T, S, True, window)) == attention.QUERY_BLOCKS
+    assert len(attention._blocks(T, S, True, window)) == attention.QUERY_BLOCKS
     rng = np.random.default_rng(T + S)
     q, k, v = normal(rng, 2, H, T, 8), normal(rng, 2, H_kv, S, 8), normal(rng, 2, H_kv, S, 8)
     compare(
@@ -329,7 +329,7 @@ def test_blocked_causal_attention_matches_torch(small_query_blocks, H, H_kv, T, 
 
 def test_long_causal_attention_takes_blocks_and_matches_torch_in_float32():
     """At the default sizes: 512 queries run in four blocks and agree with torch."""
-    assert len(attention._query_blocks(512, 512, True, None)) == 4
+    assert len(attention._blocks(512, 512, True, None)) == 4
     rng = np.random.default_rng(9)
     q, k, v = normal(rng, 1, 2, 512, 16), normal(rng, 1, 1, 512, 16), normal(rng, 1, 1, 512, 16)
     compare(

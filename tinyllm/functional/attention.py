@@ -119,25 +119,33 @@ QUERY_BLOCKS = 4
 MIN_QUERY_BLOCK = 128
 
 
-def _query_blocks(T, S, causal, window):
-    """[(t0, t1, s0, s1)]: query rows t0:t1 see no key outside s0:s1, so they are computed
-    against those keys alone. Without ``causal`` every query may see every key: one block.
+def query_blocks(T, S, n_blocks, window=None):
+    """Causal attention's T queries (the last T of S positions) in ``n_blocks`` blocks of rows
+    t0:t1, each with the keys s0:s1 one of its queries can see: [(t0, t1, s0, s1), ...].
 
-    >>> _query_blocks(512, 512, True, None)
+    >>> query_blocks(512, 512, 4)
     [(0, 128, 0, 128), (128, 256, 0, 256), (256, 384, 0, 384), (384, 512, 0, 512)]
-    >>> _query_blocks(512, 512, True, 100)   # a sliding window also skips keys long past
+    >>> query_blocks(512, 512, 4, window=100)   # a sliding window also skips keys long past
     [(0, 128, 0, 128), (128, 256, 29, 256), (256, 384, 157, 384), (384, 512, 285, 512)]
-    >>> _query_blocks(256, 256, True, None)
-    [(0, 256, 0, 256)]
     """
-    if not causal or T < QUERY_BLOCKS * MIN_QUERY_BLOCK:
-        return [(0, T, 0, S)]
-    bounds = [T * i // QUERY_BLOCKS for i in range(QUERY_BLOCKS + 1)]
+    bounds = [T * i // n_blocks for i in range(n_blocks + 1)]
     blocks = []
     for t0, t1 in zip(bounds, bounds[1:]):  # queries at positions S - T + t0 ... S - T + t1 - 1
         s0 = 0 if window is None else max(0, S - T + t0 - window + 1)
         blocks.append((t0, t1, s0, S - T + t1))
     return blocks
+
+
+def _blocks(T, S, causal, window):
+    """The blocks this op computes in: QUERY_BLOCKS of them for long causal attention, else one
+    (which, with a window, still skips the keys before it); without ``causal``, every key.
+
+    >>> _blocks(256, 256, True, None)
+    [(0, 256, 0, 256)]
+    """
+    if not causal:
+        return [(0, T, 0, S)]
+    return query_blocks(T, S, QUERY_BLOCKS if T >= QUERY_BLOCKS * MIN_QUERY_BLOCK else 1, window)
 
 
 def _causal_bias(T, S, window, G, block):
@@ -205,7 +213,7 @@ class ScaledDotProductAttention(Function):
             bias = xp.where(mask, 0.0, -xp.inf) if mask.dtype == bool else mask
             bias = _grouped(bias, H_kv, G).astype(q.dtype)  # (B|1, H_kv|1, G|1, T|1, S|1)
 
-        blocks = _query_blocks(T, S, causal, window)
+        blocks = _blocks(T, S, causal, window)
         outs, all_probs = [], []
         for t0, t1, s0, s1 in blocks:
             rows = G * (t1 - t0)  # the group's query heads stacked along time

@@ -178,12 +178,16 @@ RULES = {
             "device_bytes",
             "to_bfloat16_bits",
             "from_bfloat16_bits",
+            "query_blocks",
+            "blocked_causal_attention",
         ),
         off_limits=(
             "tinyllm.analysis",  # the FLOP and byte counts
             "tinyllm.train.sharding",  # how each layout cuts an array
             "tinyllm.quant.formats",  # bf16 among the formats
             "tinyllm.models.weights",  # and its rounding, used for safetensors' BF16
+            "tinyllm.functional.attention",  # the blocks of long causal attention
+            "tinyllm.nn.attention",
         ),
         given=("tinyllm.analysis.parameter_count", "tinyllm.analysis.ParameterCount"),
     ),

