@@ -287,12 +287,16 @@ def test_attention_matches_torch_is_causal_and_enable_gqa():
     )
 
 
-def test_attention_float32_matches_torch():
+@pytest.mark.parametrize(
+    "H, H_kv, T, S, D",
+    [(4, 2, 16, 20, 32), (2, 1, 512, 512, 16)],  # 512 queries: in four blocks (the defaults)
+)
+def test_attention_float32_matches_torch(H, H_kv, T, S, D):
     rng = np.random.default_rng(6)
-    q, k, v = normal(rng, 2, 4, 16, 32), normal(rng, 2, 2, 20, 32), normal(rng, 2, 2, 20, 32)
+    q, k, v = normal(rng, 2, H, T, D), normal(rng, 2, H_kv, S, D), normal(rng, 2, H_kv, S, D)
     compare(
         lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=True),
-        _torch_attention(16, 20, True, scale=None),
+        _torch_attention(T, S, True, scale=None),
         [q, k, v],
         [True, True, True],
         np.float32,
@@ -324,20 +328,6 @@ def test_blocked_causal_attention_matches_torch(small_query_blocks, H, H_kv, T, 
         _torch_attention(T, S, True, scale=None, window=window),
         [q, k, v],
         [True, True, True],
-    )
-
-
-def test_long_causal_attention_takes_blocks_and_matches_torch_in_float32():
-    """At the default sizes: 512 queries run in four blocks and agree with torch."""
-    assert len(attention._blocks(512, 512, True, None)) == 4
-    rng = np.random.default_rng(9)
-    q, k, v = normal(rng, 1, 2, 512, 16), normal(rng, 1, 1, 512, 16), normal(rng, 1, 1, 512, 16)
-    compare(
-        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=True),
-        _torch_attention(512, 512, True, scale=None),
-        [q, k, v],
-        [True, True, True],
-        np.float32,
     )
 
 

@@ -142,6 +142,8 @@ def _blocks(T, S, causal, window):
 
     >>> _blocks(256, 256, True, None)
     [(0, 256, 0, 256)]
+    >>> len(_blocks(512, 512, True, None))
+    4
     """
     if not causal:
         return [(0, T, 0, S)]
