@@ -18,7 +18,7 @@ import tinyllm
 from tinyllm.backend import BackendUnavailable, get_backend
 from tinyllm.backend.precision import check_compute_dtype
 from tinyllm.data import CharVocab, RandomBatches
-from tinyllm.functional import scaled_dot_product_attention
+from tinyllm.functional import attention, scaled_dot_product_attention
 from tinyllm.infer import generate
 from tinyllm.infer.decoder import CachedDecoder
 from tinyllm.models import Transformer, get_preset
@@ -196,9 +196,15 @@ def compiled_attention(q, k, v, grad, dtype):
     return compiled(q, k, v, grad), compiled.lower(q, k, v, grad).as_text()
 
 
+@pytest.mark.parametrize("query_blocks", [False, True])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_jax_attention_in_16_bits_matches_float32_and_returns_float32(dtype):
+def test_jax_attention_in_16_bits_matches_float32_and_returns_float32(
+    dtype, query_blocks, monkeypatch
+):
+    """With ``query_blocks`` the 6 queries take long causal attention's blocked path."""
     pytest.importorskip("jax")
+    if query_blocks:
+        monkeypatch.setattr(attention, "MIN_QUERY_BLOCK", 1)
     rng = np.random.default_rng(3)
     q = rng.standard_normal((2, 4, 6, 16)).astype(np.float32)  # grouped-query: 4 heads over 2
     k, v = (rng.standard_normal((2, 2, 6, 16)).astype(np.float32) for _ in range(2))
