@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import tinyllm
+from tinyllm.functional import attention
 from tinyllm.infer import generate, stream_generate
 from tinyllm.models import Transformer, get_preset
 
@@ -29,8 +30,13 @@ def _alone(model, prompts, n, **kwargs):
     return [generate(model, [prompt], n, **kwargs)[0] for prompt in prompts]
 
 
+@pytest.mark.parametrize("query_blocks", [False, True])
 @pytest.mark.parametrize("case", CASES)
-def test_prompts_of_different_lengths_get_what_they_get_alone(case):
+def test_prompts_of_different_lengths_get_what_they_get_alone(case, query_blocks, monkeypatch):
+    """With ``query_blocks``, the padded prefill (a mask with the causal one) and the uncached
+    steps run long causal attention's blocked path."""
+    if query_blocks:
+        monkeypatch.setattr(attention, "MIN_QUERY_BLOCK", 1)
     model = _model(case)
     together = generate(model, PROMPTS, 10, temperature=0)
     assert isinstance(together, list) and len(together) == 3

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import tinyllm
+from tinyllm.functional import attention
 from tinyllm.infer import KVCache, generate, sample_next
 from tinyllm.models import ModelConfig, Transformer
 
@@ -71,8 +72,13 @@ def recomputed_generate(model, prompt, max_new_tokens, *, seed=0, **settings):
     return ids
 
 
+@pytest.mark.parametrize("query_blocks", [False, True])
 @pytest.mark.parametrize("case", CONFIGS)
-def test_cached_logits_equal_recomputing_the_prefix_at_every_step(case):
+def test_cached_logits_equal_recomputing_the_prefix_at_every_step(case, query_blocks, monkeypatch):
+    """With ``query_blocks``, the prefill and every recomputed prefix of 4 or more tokens run
+    long causal attention's blocked path; the cached steps (one query each) do not."""
+    if query_blocks:
+        monkeypatch.setattr(attention, "MIN_QUERY_BLOCK", 1)
     model = model_of(CONFIGS[case])
     prompt = np.random.default_rng(1).integers(0, 61, (2, 5))
     cached, recomputed = cached_and_recomputed(model, prompt, steps=19)  # up to 24 = context
