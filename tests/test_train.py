@@ -95,6 +95,28 @@ def test_sigterm_saves_a_checkpoint_before_stopping(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
 
 
+@pytest.mark.parametrize("stage", ["_read_back", "save"])
+def test_a_signal_after_a_step_was_checked_still_saves_before_stopping(
+    tmp_path, monkeypatch, stage
+):
+    """A signal that lands after the loop decided what the step does (its reading back, a
+    periodic save) is not lost: the next step finishes, is saved, and the run stops there."""
+    trainer = make_trainer(tmp_path, config(checkpoint_interval=2))
+    during = getattr(trainer, stage)
+
+    def signalled(*args, **kwargs):
+        if trainer.step == 2:
+            signal.raise_signal(signal.SIGINT)
+        return during(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, stage, signalled)
+    result = trainer.fit()
+    assert (result.stopped_by, result.step) == ("SIGINT", 3)
+    assert result.checkpoint.name == "step-000003"
+    assert latest_checkpoint(tmp_path).name == "step-000003"
+    assert [row["step"] for row in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+
+
 def test_a_nan_loss_stops_and_leaves_the_last_checkpoint_intact(tmp_path):
     def poisoned(model, batch):
         loss, metrics = language_model_loss(model, batch)

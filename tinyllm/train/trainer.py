@@ -194,8 +194,9 @@ class Trainer(StepExecution, RunFolder):
         plotted = session_start  # when loss.png was last drawn
         step_seconds, session_tokens = 0.0, 0  # the steps' own time: no eval, no saving
         bar = tqdm(total=c.steps, initial=self.step, disable=not c.progress, desc=self.title)
+        stopping = False  # a signal seen: this step is the last, and is saved
         with _StopOnSignals(self):
-            while self.step < c.steps and self._stop is None:
+            while self.step < c.steps and not stopping:
                 lr = self.learning_rate(self.step)
                 step_start = time.perf_counter()
                 micro_batches = [next(self.train_batches) for _ in range(c.grad_accum)]
@@ -206,15 +207,18 @@ class Trainer(StepExecution, RunFolder):
                 if compiled_now:  # tokens/s counts running steps, not compiling them
                     step_seconds -= self.compile_seconds
                 self.step += 1
+                # Read once: a signal landing after this line is seen after the next step,
+                # which then saves - never between this step's save decision and the loop's.
+                stopping = self._stop is not None
                 eval_due = c.eval_interval and self.step % c.eval_interval == 0
-                evaluated = (eval_due or self.step == c.steps) and self._stop is None
+                evaluated = (eval_due or self.step == c.steps) and not stopping
                 logged = self.step % c.log_interval == 0 or evaluated or compiled_now
                 save_due = self.out_dir is not None and (
                     (c.checkpoint_interval and self.step % c.checkpoint_interval == 0)
                     or self.step == c.steps
-                    or self._stop is not None
+                    or stopping
                 )
-                if not (logged or save_due or self._stop is not None):
+                if not (logged or save_due or stopping):
                     continue  # the step's numbers stay on the device until the next read
                 read_start = time.perf_counter()  # the wait for the device is the steps' time
                 self.last_loss, grad_norm, metrics, n_tokens = self._read_back()
@@ -243,7 +247,7 @@ class Trainer(StepExecution, RunFolder):
                     log.write(row)
                 if save_due:
                     saved = self.save(elapsed=self.seconds + elapsed)
-                    ending = self.step == c.steps or self._stop is not None
+                    ending = self.step == c.steps or stopping
                     redraw = ending or evaluated or time.perf_counter() - plotted >= PLOT_INTERVAL_S
                     if self.writes and redraw:  # drawing takes most of a second
                         plotted = time.perf_counter()
