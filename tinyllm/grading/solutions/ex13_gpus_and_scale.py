@@ -5,8 +5,8 @@ A decoding step's FLOPs and bytes are the sums of tinyllm/analysis.py (``inferen
 ``split_axes``; bfloat16 is the ``bf16`` format of tinyllm/quant/formats.py. What the library
 has no function for - one matrix product's counts, the roofline, the ZeRO paper's table - is
 written out here, each a line or two. The blocks of long causal attention are
-tinyllm/functional/attention.py's ``query_blocks``; the blocked attention is written out in
-NumPy, since the grader counts the products it takes.
+tinyllm/functional/attention.py's ``query_blocks`` (and each block's mask its ``_causal_bias``);
+the blocked attention is written out in NumPy, since the grader counts the products it takes.
 """
 
 import numpy as np
@@ -17,7 +17,7 @@ from tinyllm.analysis import (
     parameter_count,
     weight_bytes,
 )
-from tinyllm.functional.attention import query_blocks
+from tinyllm.functional.attention import _causal_bias, query_blocks
 from tinyllm.quant import formats
 from tinyllm.train.sharding import SHARD_MODES, split_axes
 
@@ -101,13 +101,8 @@ def blocked_causal_attention(q, k, v, n_blocks, window=None):
     T, S, D = q.shape[-2], k.shape[-2], q.shape[-1]
     blocks = []
     for t0, t1, s0, s1 in query_blocks(T, S, n_blocks, window):
-        query = np.arange(t0, t1)[:, None] + S - T  # positions
-        key = np.arange(s0, s1)[None, :]
-        visible = key <= query
-        if window is not None:
-            visible &= key > query - window
         scores = q[..., t0:t1, :] @ np.swapaxes(k[..., s0:s1, :], -1, -2) / np.sqrt(D)
-        scores = np.where(visible, scores, -np.inf)
+        scores = scores + _causal_bias(T, S, window, 1, (t0, t1, s0, s1))  # 0 or -inf
         probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
         probs /= probs.sum(axis=-1, keepdims=True)
         blocks.append(probs @ v[..., s0:s1, :])
