@@ -46,7 +46,10 @@ def _create(name):
     if name == "jax":
         from .jax_backend import JaxBackend
 
-        return JaxBackend()
+        backend = JaxBackend()
+        if backend.jax.default_backend() == "cpu":  # XLA:CPU's buffers are host memory too
+            keep_freed_memory()
+        return backend
     raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(NAMES)}")
 
 
