@@ -20,7 +20,7 @@ def test_keep_freed_memory_applies_and_can_be_disabled(monkeypatch):
     assert keep_freed_memory() is False
 
 
-def test_the_jax_backend_on_the_cpu_keeps_freed_memory_too():
+def test_the_jax_backend_keeps_freed_memory_too():
     """XLA:CPU allocates from the same heap: without this a JAX run that never touches the
     NumPy backend (``tinyllm pretrain --backend jax``) took 40 ms a tiny step, not 28."""
     pytest.importorskip("jax")

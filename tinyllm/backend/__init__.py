@@ -46,10 +46,10 @@ def _create(name):
     if name == "jax":
         from .jax_backend import JaxBackend
 
-        backend = JaxBackend()
-        if backend.jax.default_backend() == "cpu":  # XLA:CPU's buffers are host memory too
-            keep_freed_memory()
-        return backend
+        # On the CPU, XLA's buffers are host memory too. (Asking JAX for its platform here
+        # would start it before jax.distributed.initialize can run.)
+        keep_freed_memory()
+        return JaxBackend()
     raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(NAMES)}")
 
 

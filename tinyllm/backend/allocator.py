@@ -7,9 +7,8 @@ again - more time than the arithmetic for most elementwise ops. Raising both thr
 lets freed blocks be reused; a training step at nanoGPT's CPU shape runs about twice as
 fast (see ``benchmarks/README.md``). XLA's CPU runtime allocates its buffers from the same
 heap, and JAX's compiled step at the ``tiny`` benchmark shape runs about 1.4 times as fast
-with it. The NumPy backend and the JAX backend on the CPU call this when they start. The
-price: the process keeps up to a few hundred megabytes of freed memory instead of
-returning it.
+with it. The NumPy and JAX backends call this when they start. The price: the process
+keeps up to a few hundred megabytes of freed memory instead of returning it.
 
 Linux with glibc only; elsewhere, or with ``TINYLLM_KEEP_MEMORY=0``, nothing changes.
 """
