@@ -24,6 +24,7 @@ from tinyllm.infer.decoder import CachedDecoder
 from tinyllm.models import Transformer, get_preset
 from tinyllm.nn import Module, Parameter
 from tinyllm.train import TrainConfig, Trainer, language_model_loss, read_metrics
+from tinyllm.train import step as step_module
 from tinyllm.train.loss_scaling import LossScaler
 
 TOKENS = np.tile(np.arange(16), 250)  # a pattern a small model starts learning at once
@@ -420,14 +421,18 @@ def spike_loss(model, batch):
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
-@pytest.mark.parametrize("backend", ["numpy", "jax"])
-def test_trainer_skips_overflowing_steps_and_halves_the_scale(tmp_path, backend):
+@pytest.mark.parametrize("backend", ["numpy", "jax", "jax-select"])
+def test_trainer_skips_overflowing_steps_and_halves_the_scale(tmp_path, monkeypatch, backend):
     """In float32 (the scaler's rule does not depend on the dtype), an injected overflow: the
     scale falls from 2^80 to 2^77, where the gradient fits; a skipped step leaves w as it was,
     and after two good steps the scale doubles into overflow again. On NumPy the rule runs on
-    the host after each step, on JAX inside the compiled step."""
-    if backend == "jax":
+    the host after each step, on JAX inside the compiled step ("jax-select": kept as a GPU
+    keeps a skipped step's arrays, by a select rather than the CPU's branch)."""
+    if backend.startswith("jax"):
         pytest.importorskip("jax")
+    if backend == "jax-select":
+        monkeypatch.setattr(step_module, "skips_by_branch", lambda backend: False)
+        backend = "jax"
     config = TrainConfig(
         steps=8, batch_size=1, warmup_steps=0, lr=1e-3, schedule="constant", eval_interval=0,
         log_interval=1, checkpoint_interval=0, progress=False, grad_clip=1.0,

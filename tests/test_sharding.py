@@ -22,6 +22,7 @@ import tinyllm
 from tinyllm.data import RandomBatches
 from tinyllm.models import Transformer, get_preset
 from tinyllm.train import TrainConfig, Trainer, language_model_loss, read_metrics
+from tinyllm.train import step as step_module
 
 pytest.importorskip("jax")
 
@@ -239,7 +240,12 @@ def test_the_compiled_step_traces_once_donates_and_times_its_compile(tmp_path):
         assert len(traces) == 1
 
 
-def test_a_nan_step_keeps_the_donated_weights(tmp_path):
+@pytest.mark.parametrize("by_branch", [True, False], ids=["branch", "select"])
+def test_a_nan_step_keeps_the_donated_weights(tmp_path, monkeypatch, by_branch):
+    """Both ways the compiled step can keep a skipped step's arrays (``skips_by_branch``:
+    the CPU's, and a GPU's select) leave the donated weights as they were."""
+    monkeypatch.setattr(step_module, "skips_by_branch", lambda backend: by_branch)
+
     def nan_loss(model, batch):
         loss, metrics = language_model_loss(model, batch)
         return loss * float("nan"), metrics
@@ -251,6 +257,7 @@ def test_a_nan_step_keeps_the_donated_weights(tmp_path):
                           loss_fn=nan_loss)  # fmt: skip
         with pytest.raises(FloatingPointError, match="the weights were not updated"):
             trainer.fit()
+        assert ("conditional" in trainer.step_program.as_text()) == by_branch
         for name, p in model.named_parameters():
             np.testing.assert_array_equal(p.numpy(), weights[name], err_msg=name)
 

@@ -46,6 +46,7 @@ import time
 import numpy as np
 
 from ..autograd import Tensor, no_grad, value_and_grad
+from ..backend import backend_of
 from ..backend.precision import precision
 from ..nn import dropout_key
 from ..optim import clip_grads, global_norm
@@ -212,12 +213,14 @@ class StepExecution:
         def update(params, opt_state):
             return self.optimizer.update(params, grads, opt_state, lr)
 
-        # A step not taken keeps what came in. As a branch, not a select of new against old
-        # for every array: the select read each old array after its new one could overwrite
-        # it in place, so XLA copied every parameter and moment first (4% of a step).
-        params, opt_state = self.backend.jax.lax.cond(
-            take, update, lambda *kept: kept, params, opt_state
-        )
+        if skips_by_branch(self.backend):
+            params, opt_state = self.backend.jax.lax.cond(
+                take, update, lambda *kept: kept, params, opt_state
+            )
+        else:  # else keep what came in
+            new_params, new_state = update(params, opt_state)
+            params = _where(take, new_params, params)
+            opt_state = _where(take, new_state, opt_state)
         if self.plan is not None:
             params, opt_state = self.plan.constrain(params, opt_state)
         return params, opt_state, loss, norm, metrics, guard
@@ -329,3 +332,21 @@ class StepExecution:
             f"norm {norm} (lr {lr:.3g}); the weights were not updated and {kept}. "
             "Try a lower --lr, a longer --warmup-steps, or --grad-clip 1.0"
         )
+
+
+def skips_by_branch(backend):
+    """Whether the compiled step keeps a skipped step's arrays by a branch (``lax.cond``)
+    rather than a select of each new array against its old one: on the CPU, yes. There the
+    select reads each old array after its new one may have overwritten it in place, so XLA
+    copies every parameter and moment first (4.5% of the small benchmark's step). On a GPU,
+    XLA's conditional copies its predicate to the host and waits for it, which would stall
+    the host inside every step; the select costs a pass over memory there instead."""
+    return backend.jax.default_backend() == "cpu"
+
+
+def _where(condition, new, old):
+    """``new`` where ``condition`` (a 0-d boolean array) holds, else ``old``; over dicts of
+    dicts of arrays, inside the compiled step."""
+    if isinstance(new, dict):
+        return {key: _where(condition, new[key], old[key]) for key in new}
+    return backend_of(new).xp.where(condition, new, old)
