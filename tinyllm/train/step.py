@@ -217,7 +217,7 @@ class StepExecution:
             params, opt_state = self.backend.jax.lax.cond(
                 take, update, lambda *kept: kept, params, opt_state
             )
-        else:  # else keep what came in
+        else:  # a select: the new arrays where the step is taken, else what came in
             new_params, new_state = update(params, opt_state)
             params = _where(take, new_params, params)
             opt_state = _where(take, new_state, opt_state)
