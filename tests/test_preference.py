@@ -243,6 +243,39 @@ def test_the_reward_model_reads_the_last_token_and_learns_the_pairs(tokenizer, t
         model([[1, 2, 3], [4, 5, 6]], lengths=[0, 2])
 
 
+@pytest.mark.parametrize("task", ["dpo-with-sft-term", "reward"])
+def test_the_compiled_jax_step_trains_preferences_as_numpy_does(tokenizer, tmp_path, task):
+    """Under ``jax.jit`` a batch's targets and lengths are traced: the SFT term counts the
+    chosen tokens, and the reward model picks each row's last token, in array operations.
+    (Both once read the values with NumPy and failed to compile: ``tinyllm speedrun
+    --backend jax`` stopped at DPO, ``tinyllm reward --backend jax`` at its first step.) The
+    reference's log-probabilities take NumPy targets into a JAX model. The losses follow
+    NumPy's, step by step."""
+    pytest.importorskip("jax")
+    from tinyllm.train import read_metrics
+
+    rows = preference_rows(tokenizer, PAIRS, context_length=32)
+    losses = {}
+    for backend in ("numpy", "jax"):
+        with tinyllm.use_backend(backend):
+            if task == "reward":
+                model, loss_fn = RewardModel.from_language_model(lm(tokenizer)), reward_loss
+                data = tuple(rows)
+            else:
+                model, loss_fn = lm(tokenizer), dpo_loss(0.5, sft_weight=0.5)
+                data = (*rows, *reference_logps(lm(tokenizer, seed=1), rows, batch_size=2))
+            config = TrainConfig(steps=3, batch_size=3, lr=3e-3, warmup_steps=0,
+                                 eval_interval=0, log_interval=1, progress=False)  # fmt: skip
+            out = tmp_path / backend
+            Trainer(model, config, RowBatches(data, 3, seed=0), loss_fn=loss_fn, out_dir=out).fit()
+        rows_logged = read_metrics(out / "metrics.jsonl")
+        losses[backend] = [row["loss"] for row in rows_logged]
+        if task != "reward":
+            assert all(np.isfinite(row["chosen_nll"]) for row in rows_logged)
+    assert len(losses["jax"]) == 3
+    np.testing.assert_allclose(losses["jax"], losses["numpy"], rtol=1e-4)
+
+
 def test_preference_files_in_trl_and_chat_shapes_load(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps(p) for p in PAIRS) + "\n\n")

@@ -69,13 +69,15 @@ class RewardModel(Module):
     def forward(self, ids, lengths):
         """Scores (B,) of ``ids`` (B, T), each row read at position ``lengths[b] - 1``."""
         x, _ = self.body.hidden_states(ids)  # (B, T, d_model)
-        lengths = np.asarray(lengths)
-        B, T = x.shape[0], x.shape[1]
-        if lengths.shape != (B,) or lengths.min() < 1 or lengths.max() > T:
-            raise ValueError(
-                f"RewardModel: lengths {lengths.tolist()} must be ({B},) values in 1..{T}"
-            )
-        last = x[np.arange(B), lengths - 1]  # (B, d_model)
+        backend, (B, T) = x.backend, x.shape[:2]
+        if not backend.owns(lengths) or backend.reads_values(lengths):  # (not traced)
+            seen = np.asarray(lengths)
+            if seen.shape != (B,) or seen.min() < 1 or seen.max() > T:
+                raise ValueError(
+                    f"RewardModel: lengths {seen.tolist()} must be ({B},) values in 1..{T}"
+                )
+        lengths = backend.asarray(lengths)  # under the compiled step, traced
+        last = x[backend.xp.arange(B), lengths - 1]  # (B, d_model)
         return self.score(last).reshape(B)
 
     def describe(self):

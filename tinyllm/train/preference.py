@@ -45,7 +45,8 @@ def reward_loss(model, batch):
 def sequence_logps(model, ids, targets):
     """The sum over each row of log p(target) where the target is not -100: (B,) Tensor,
     a response's log-probability under ``model`` (a Transformer)."""
-    logits, _ = model(ids)  # (B, T, V)
+    logits, _ = model(ids)  # (B, T, V), on the model's backend, as ids go there
+    targets = logits.backend.asarray(targets)  # NumPy's, say, for a model on JAX or CuPy
     return -F.cross_entropy(logits, targets, reduction="none").sum(axis=-1)
 
 
@@ -98,10 +99,12 @@ def dpo_loss(beta, sft_weight=0.0):
             "reward_margin": margin.mean(), "reward_accuracy": (margin > 0).mean(),
             "tokens": int(np.size(c_ids) * 2),
         }  # fmt: skip
-        if sft_weight:
-            nll = -pi_c.sum() / int((np.asarray(c_targets) != -100).sum())
+        if sft_weight:  # (in array ops: under the compiled step the targets are traced)
+            xp = pi_c.backend.xp
+            scored = xp.sum(xp.asarray(c_targets) != -100)
+            nll = -pi_c.sum() / scored
             loss = loss + sft_weight * nll
-            metrics["chosen_nll"] = nll.item()
+            metrics["chosen_nll"] = nll.data
         return loss, metrics
 
     return loss_fn
