@@ -16,8 +16,8 @@
 #    --eval-batches 1";
 # 3. bench_generate: bench_generate.py's backend table, compiled JAX and CuPy decoding
 #    against NumPy's (100 s);
-# 4. speedrun_cupy, speedrun_jax: the speedrun's pretraining stage (the gpu preset, cut to 200
-#    steps) on CuPy and on JAX (150 s, 110 s);
+# 4. speedrun_cupy, speedrun_jax: the speedrun on CuPy and on JAX, every stage, its pretraining
+#    (the gpu preset's) cut to 200 steps (150 s, 110 s);
 # 5. bench_gpu: bench_gpu.py, training tokens/s and MFU of tinyllm-JAX, tinyllm-CuPy, torch
 #    eager and torch.compile at nanoGPT's GPU shape and GPT-2 small's, generation tokens/s and
 #    CuPy's fused elementwise chains against their unfused form (its own --budget, 420 s unless
