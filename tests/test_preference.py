@@ -205,6 +205,35 @@ def test_response_logps_add_up_the_response_tokens_only(tokenizer):
         np.testing.assert_allclose(ours[row], sum(log_probs[p, t] for p, t in scored), rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_measured_logps_run_compiled_under_jax_once_per_shape(tokenizer, monkeypatch, backend):
+    """What evaluation and DPO's reference use: ``sequence_logps`` in eval mode, as NumPy.
+    Under JAX the model runs as one compiled program per shape (op by op, DPO's held-out
+    measures took twice as long as on NumPy); NumPy runs it each time."""
+    if backend == "jax":
+        pytest.importorskip("jax")
+    from tinyllm.nn.module import inference
+    from tinyllm.train import preference
+
+    runs = []
+    plain = preference.sequence_logps
+    monkeypatch.setattr(preference, "sequence_logps", lambda *args: runs.append(1) or plain(*args))
+    rows = preference_rows(tokenizer, PAIRS, context_length=32)
+    with tinyllm.use_backend(backend):
+        model = lm(tokenizer).train()  # measured in eval mode all the same
+        with inference(model):
+            expected = plain(model, rows.chosen_ids, rows.chosen_targets).numpy()
+        first = preference.measured_logps(model, rows.chosen_ids, rows.chosen_targets)
+        again = preference.measured_logps(model, rows.rejected_ids, rows.rejected_targets)
+        shorter = preference.measured_logps(
+            model, rows.chosen_ids[:, :-2], rows.chosen_targets[:, :-2]
+        )
+    assert model.training and isinstance(first, np.ndarray) and first.shape == (len(PAIRS),)
+    np.testing.assert_allclose(first, expected, rtol=1e-5)
+    assert not np.allclose(again, first) and shorter.shape == (len(PAIRS),)
+    assert len(runs) == (2 if backend == "jax" else 3)  # traced for two shapes, or run thrice
+
+
 def test_dpo_starts_at_log2_with_the_reference_as_policy_and_learns(tokenizer):
     policy, reference = lm(tokenizer), lm(tokenizer)
     rows = preference_rows(tokenizer, PAIRS, context_length=32)

@@ -25,15 +25,11 @@ columns each row's padding takes): a key mask hides the padding from every query
 learned position embeddings get each row's own positions (``padding_keywords``).
 """
 
-import functools
-import weakref
-
 import numpy as np
 
 from ..autograd import Tensor, to_numpy
-from ..backend.precision import compute_dtype
 from ..nn.kv_cache import KVCache, StaticKVCache
-from ..nn.module import inference
+from ..nn.module import compiled, inference
 
 
 class CachedDecoder:
@@ -90,24 +86,6 @@ def _cached_forward(model, params, keys, values, length, ids, mask, positions):
         logits, _ = model(ids, cache=cache, mask=mask, positions=positions)
     keys, values, _ = cache.arrays()
     return logits.data, keys, values
-
-
-_PROGRAMS = weakref.WeakKeyDictionary()  # model -> {name: a compiled forward of it}
-
-
-def compiled(model, forward, donate_argnums=()):
-    """``forward(model, ...)`` compiled for ``model``, once per compute dtype: later calls of
-    ``generate`` reuse the compilation (a new input shape still compiles anew, as ``jit``
-    does). ``donate_argnums`` counts the arguments after ``model``: their buffers may be
-    reused for the outputs (see the module doc)."""
-    programs = _PROGRAMS.setdefault(model, {})
-    name = (forward.__name__, compute_dtype())  # the dtype is read as jit traces: a key
-    if name not in programs:
-        backend = model.token_embedding.weight.backend
-        # a weak reference: the compiled program must not keep the model alive
-        bound = functools.partial(forward, weakref.proxy(model))
-        programs[name] = backend.jit(bound, donate_argnums=donate_argnums)
-    return programs[name]
 
 
 def padding_keywords(model, pads, start, end, keys=None):

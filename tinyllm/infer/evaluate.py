@@ -25,7 +25,7 @@ from ..data.preferences import normalize_pair
 from ..data.sft import IGNORE, assistant_targets, pack, sft_tokens
 from ..nn.module import inference
 from ..tokenizer.chat import END_OF_TURN, format_chat
-from ..train.preference import sequence_logps
+from ..train.preference import measured_logps
 from ..train.sft import sft_loss
 from .generate import generate
 
@@ -157,13 +157,12 @@ def response_logps(model, tokenizer, prompts, responses, *, batch_size=32):
         ids, mask = ids[:context], mask[:context]
         rows.append((ids, assistant_targets(ids, mask)))
     out = []
-    with inference(model):
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            T = max(len(ids) for ids, _ in chunk)
-            ids = np.array([i + [0] * (T - len(i)) for i, _ in chunk])
-            targets = np.array([t + [IGNORE] * (T - len(t)) for _, t in chunk])
-            out.append(sequence_logps(model, ids, targets).numpy())
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        T = max(len(ids) for ids, _ in chunk)
+        ids = np.array([i + [0] * (T - len(i)) for i, _ in chunk])
+        targets = np.array([t + [IGNORE] * (T - len(t)) for _, t in chunk])
+        out.append(measured_logps(model, ids, targets))
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -197,9 +196,7 @@ def sampled_measures(model, reference, tokenizer, examples, samples, seed=0):
         for row, (prompt, new) in enumerate(sampled):
             ids[row, : len(prompt) + len(new)] = prompt + new
             targets[row, len(prompt) - 1 : len(prompt) - 1 + len(new)] = new
-        with inference(model), inference(reference):
-            gap = sequence_logps(model, ids, targets) - sequence_logps(reference, ids, targets)
-        gaps.append(gap.numpy())
+        gaps.append(measured_logps(model, ids, targets) - measured_logps(reference, ids, targets))
     kl = float(np.mean(np.concatenate(gaps))) if gaps else None
     return (float(np.mean(right)) if right else float("nan")), kl
 

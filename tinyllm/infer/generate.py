@@ -36,8 +36,8 @@ import numpy as np
 
 from ..autograd import Tensor, to_numpy
 from ..backend.precision import check_compute_dtype, precision
-from ..nn.module import inference
-from .decoder import CachedDecoder, compiled, padding_keywords
+from ..nn.module import compiled, inference
+from .decoder import CachedDecoder, padding_keywords
 from .sampling import _is_integer, check_sampling_settings, sample_next
 from .speculative import speculative_stream
 from .stream import GenerationStats, Stops

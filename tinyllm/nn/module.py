@@ -42,10 +42,13 @@ of its parameters: see ``tinyllm.autograd.value_and_grad``.
 """
 
 import contextlib
+import functools
+import weakref
 
 import numpy as np
 
 from ..autograd import Tensor, no_grad, to_numpy
+from ..backend.precision import compute_dtype
 
 
 class Parameter(Tensor):
@@ -295,3 +298,22 @@ def inference(model):
     finally:
         if was_training:
             model.train(True)
+
+
+_PROGRAMS = weakref.WeakKeyDictionary()  # model -> {name: a compiled forward of it}
+
+
+def compiled(model, forward, donate_argnums=()):
+    """``forward(model, ...)`` compiled for ``model``, once per compute dtype: later calls
+    reuse the compilation (a new input shape still compiles anew, as ``jit`` does). On NumPy
+    and CuPy it is ``forward`` itself, run eagerly. ``forward`` takes the parameters' arrays
+    and runs the model inside ``model.bind``. ``donate_argnums`` counts the arguments after
+    ``model``: their buffers may be reused for the outputs."""
+    programs = _PROGRAMS.setdefault(model, {})
+    name = (forward.__name__, compute_dtype())  # the dtype is read as jit traces: a key
+    if name not in programs:
+        backend = model.parameters()[0].backend
+        # a weak reference: the compiled program must not keep the model alive
+        bound = functools.partial(forward, weakref.proxy(model))
+        programs[name] = backend.jit(bound, donate_argnums=donate_argnums)
+    return programs[name]

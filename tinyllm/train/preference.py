@@ -20,7 +20,8 @@ they are computed once (``reference_logps``) and travel with the batches.
 import numpy as np
 
 from .. import functional as F
-from ..nn.module import inference
+from ..autograd import Tensor, to_numpy
+from ..nn.module import compiled, inference
 
 
 def bradley_terry_loss(chosen_scores, rejected_scores):
@@ -50,16 +51,29 @@ def sequence_logps(model, ids, targets):
     return -F.cross_entropy(logits, targets, reduction="none").sum(axis=-1)
 
 
+def measured_logps(model, ids, targets):
+    """``sequence_logps`` to measure, not to train: (B,) NumPy floats, in eval mode and
+    without gradients. Under JAX one compiled program per shape of ``ids``, kept for the
+    model's later calls, rather than op by op."""
+    params = {name: p.data for name, p in model.named_parameters()}
+    with inference(model):
+        return to_numpy(compiled(model, _bound_logps)(params, ids, targets))
+
+
+def _bound_logps(model, params, ids, targets):
+    with model.bind({name: Tensor(array) for name, array in params.items()}):
+        return sequence_logps(model, ids, targets).data
+
+
 def reference_logps(reference, rows, batch_size=16):
     """The reference model's log-probabilities (N,) of the chosen and of the rejected
     responses of ``rows`` (``PreferenceRows``), computed once, without gradients."""
     out = ([], [])
-    with inference(reference):
-        for start in range(0, len(rows.chosen_ids), batch_size):
-            part = slice(start, start + batch_size)
-            for side, ids, targets in ((0, rows.chosen_ids, rows.chosen_targets),
-                                       (1, rows.rejected_ids, rows.rejected_targets)):  # fmt: skip
-                out[side].append(sequence_logps(reference, ids[part], targets[part]).numpy())
+    for start in range(0, len(rows.chosen_ids), batch_size):
+        part = slice(start, start + batch_size)
+        for side, ids, targets in ((0, rows.chosen_ids, rows.chosen_targets),
+                                   (1, rows.rejected_ids, rows.rejected_targets)):  # fmt: skip
+            out[side].append(measured_logps(reference, ids[part], targets[part]))
     return np.concatenate(out[0]), np.concatenate(out[1])
 
 
