@@ -22,6 +22,7 @@ from tinyllm.train.preference import (
     bradley_terry_loss,
     dpo_loss,
     dpo_loss_from_logps,
+    measured_logps,
     reference_logps,
     reward_loss,
     sequence_logps,
@@ -206,31 +207,38 @@ def test_response_logps_add_up_the_response_tokens_only(tokenizer):
 
 
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
-def test_measured_logps_run_compiled_under_jax_once_per_shape(tokenizer, monkeypatch, backend):
-    """What evaluation and DPO's reference use: ``sequence_logps`` in eval mode, as NumPy.
-    Under JAX the model runs as one compiled program per shape (op by op, DPO's held-out
-    measures took twice as long as on NumPy); NumPy runs it each time."""
+def test_measuring_runs_compiled_under_jax_once_per_shape(tokenizer, backend):
+    """What evaluation, DPO's reference and distillation's teacher use (``measuring``): a
+    function of the model run in eval mode, giving an array. Under JAX one compiled program
+    per shape, kept for later calls (op by op, DPO's held-out measures took twice NumPy's
+    time); NumPy runs it each time."""
     if backend == "jax":
         pytest.importorskip("jax")
-    from tinyllm.nn.module import inference
-    from tinyllm.train import preference
+    from tinyllm.nn.module import inference, measuring
 
     runs = []
-    plain = preference.sequence_logps
-    monkeypatch.setattr(preference, "sequence_logps", lambda *args: runs.append(1) or plain(*args))
+
+    def counted(model, ids, targets):
+        runs.append(1)
+        return sequence_logps(model, ids, targets)
+
+    measured = measuring(counted)
     rows = preference_rows(tokenizer, PAIRS, context_length=32)
+    chosen, rejected = (
+        (rows.chosen_ids, rows.chosen_targets),
+        (rows.rejected_ids, rows.rejected_targets),
+    )
     with tinyllm.use_backend(backend):
         model = lm(tokenizer).train()  # measured in eval mode all the same
         with inference(model):
-            expected = plain(model, rows.chosen_ids, rows.chosen_targets).numpy()
-        first = preference.measured_logps(model, rows.chosen_ids, rows.chosen_targets)
-        again = preference.measured_logps(model, rows.rejected_ids, rows.rejected_targets)
-        shorter = preference.measured_logps(
-            model, rows.chosen_ids[:, :-2], rows.chosen_targets[:, :-2]
-        )
-    assert model.training and isinstance(first, np.ndarray) and first.shape == (len(PAIRS),)
-    np.testing.assert_allclose(first, expected, rtol=1e-5)
-    assert not np.allclose(again, first) and shorter.shape == (len(PAIRS),)
+            expected = sequence_logps(model, *chosen).numpy()
+        first, again = measured(model, *chosen), measured(model, *rejected)
+        shorter = measured(model, rows.chosen_ids[:, :-2], rows.chosen_targets[:, :-2])
+        library = tinyllm.to_numpy(measured_logps(model, *chosen))
+    assert model.training and tinyllm.to_numpy(first).shape == (len(PAIRS),)
+    np.testing.assert_allclose(tinyllm.to_numpy(first), expected, rtol=1e-5)
+    np.testing.assert_allclose(library, expected, rtol=1e-5)
+    assert not np.allclose(tinyllm.to_numpy(again), expected) and shorter.shape == (len(PAIRS),)
     assert len(runs) == (2 if backend == "jax" else 3)  # traced for two shapes, or run thrice
 
 

@@ -21,9 +21,10 @@ import math
 
 import numpy as np
 
+from ..autograd import to_numpy
 from ..data.preferences import normalize_pair
 from ..data.sft import IGNORE, assistant_targets, pack, sft_tokens
-from ..nn.module import inference
+from ..nn.module import measuring
 from ..tokenizer.chat import END_OF_TURN, format_chat
 from ..train.preference import measured_logps
 from ..train.sft import sft_loss
@@ -107,12 +108,10 @@ def response_perplexity(model, tokenizer, conversations, *, batch_size=8):
     ]
     rows = pack(examples, context)
     total = count = 0.0
-    with inference(model):
-        for start in range(0, len(rows.ids), batch_size):
-            batch = tuple(array[start : start + batch_size] for array in rows)
-            scored = int((batch[1] != -100).sum())
-            loss, _ = sft_loss(model, batch)
-            total, count = total + loss.item() * scored, count + scored
+    for start in range(0, len(rows.ids), batch_size):
+        batch = tuple(array[start : start + batch_size] for array in rows)
+        scored = int((batch[1] != -100).sum())
+        total, count = total + float(_measured_sft_loss(model, batch)) * scored, count + scored
     return math.exp(total / count) if count else float("nan")
 
 
@@ -138,12 +137,15 @@ def text_perplexity(model, tokens, *, batch_size=8, max_windows=None):
     inputs = ids[:-1].reshape(n_windows, context)  # (windows, context)
     targets = ids[1:].reshape(n_windows, context)
     total = 0.0
-    with inference(model):
-        for start in range(0, n_windows, batch_size):
-            end = start + batch_size
-            _, loss = model(inputs[start:end], targets=targets[start:end])
-            total += loss.item() * len(inputs[start:end])
+    for start in range(0, n_windows, batch_size):
+        end = start + batch_size
+        loss = _measured_loss(model, inputs[start:end], targets[start:end])
+        total += float(loss) * len(inputs[start:end])
     return math.exp(total / n_windows)
+
+
+_measured_sft_loss = measuring(lambda model, batch: sft_loss(model, batch)[0])
+_measured_loss = measuring(lambda model, ids, targets: model(ids, targets=targets)[1])
 
 
 def response_logps(model, tokenizer, prompts, responses, *, batch_size=32):
@@ -162,7 +164,7 @@ def response_logps(model, tokenizer, prompts, responses, *, batch_size=32):
         T = max(len(ids) for ids, _ in chunk)
         ids = np.array([i + [0] * (T - len(i)) for i, _ in chunk])
         targets = np.array([t + [IGNORE] * (T - len(t)) for _, t in chunk])
-        out.append(measured_logps(model, ids, targets))
+        out.append(to_numpy(measured_logps(model, ids, targets)))
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -196,7 +198,8 @@ def sampled_measures(model, reference, tokenizer, examples, samples, seed=0):
         for row, (prompt, new) in enumerate(sampled):
             ids[row, : len(prompt) + len(new)] = prompt + new
             targets[row, len(prompt) - 1 : len(prompt) - 1 + len(new)] = new
-        gaps.append(measured_logps(model, ids, targets) - measured_logps(reference, ids, targets))
+        gap = measured_logps(model, ids, targets) - measured_logps(reference, ids, targets)
+        gaps.append(to_numpy(gap))
     kl = float(np.mean(np.concatenate(gaps))) if gaps else None
     return (float(np.mean(right)) if right else float("nan")), kl
 

@@ -43,7 +43,7 @@ from .. import functional as F
 from ..autograd import Tensor, no_grad, to_numpy
 from ..backend import backend_of
 from ..data.sft import IGNORE, document_mask
-from ..nn.module import inference
+from ..nn.module import measuring
 
 
 class TopK(NamedTuple):
@@ -163,11 +163,13 @@ def check_same_vocabulary(teacher, student, teacher_tokenizer=None, student_toke
             )
 
 
-def teacher_logits(teacher, ids, positions, documents):
-    """The teacher's logits (B, T, V), an array, for packed rows (no gradients, no dropout)."""
-    with inference(teacher):
-        logits, _ = teacher(ids, mask=document_mask(documents), positions=positions)
-    return logits.data
+def packed_logits(model, ids, positions, documents):
+    """The logits (B, T, V) of packed rows, each conversation seeing its own keys only."""
+    return model(ids, mask=document_mask(documents), positions=positions)[0]
+
+
+# the teacher's logits, an array (see ``measuring``: no gradients, no dropout, compiled on JAX)
+teacher_logits = measuring(packed_logits)
 
 
 def teacher_topk(teacher, rows, k, batch_size=16):

@@ -20,8 +20,8 @@ they are computed once (``reference_logps``) and travel with the batches.
 import numpy as np
 
 from .. import functional as F
-from ..autograd import Tensor, to_numpy
-from ..nn.module import compiled, inference
+from ..autograd import to_numpy
+from ..nn.module import measuring
 
 
 def bradley_terry_loss(chosen_scores, rejected_scores):
@@ -51,18 +51,8 @@ def sequence_logps(model, ids, targets):
     return -F.cross_entropy(logits, targets, reduction="none").sum(axis=-1)
 
 
-def measured_logps(model, ids, targets):
-    """``sequence_logps`` to measure, not to train: (B,) NumPy floats, in eval mode and
-    without gradients. Under JAX one compiled program per shape of ``ids``, kept for the
-    model's later calls, rather than op by op."""
-    params = {name: p.data for name, p in model.named_parameters()}
-    with inference(model):
-        return to_numpy(compiled(model, _bound_logps)(params, ids, targets))
-
-
-def _bound_logps(model, params, ids, targets):
-    with model.bind({name: Tensor(array) for name, array in params.items()}):
-        return sequence_logps(model, ids, targets).data
+# ``sequence_logps`` to measure, not to train (see ``measuring``): (B,) floats, an array
+measured_logps = measuring(sequence_logps)
 
 
 def reference_logps(reference, rows, batch_size=16):
@@ -73,7 +63,7 @@ def reference_logps(reference, rows, batch_size=16):
         part = slice(start, start + batch_size)
         for side, ids, targets in ((0, rows.chosen_ids, rows.chosen_targets),
                                    (1, rows.rejected_ids, rows.rejected_targets)):  # fmt: skip
-            out[side].append(measured_logps(reference, ids[part], targets[part]))
+            out[side].append(to_numpy(measured_logps(reference, ids[part], targets[part])))
     return np.concatenate(out[0]), np.concatenate(out[1])
 
 
