@@ -112,3 +112,30 @@ def test_a_second_ctrl_c_exits_with_one_line_and_no_traceback(tmp_path, cache):
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("tinyllm pretrain: interrupted; "), stderr
     assert "Traceback" not in stderr
+
+
+def test_a_second_ctrl_c_inside_an_import_is_still_an_interrupt(monkeypatch, capsys):
+    """Python wraps a KeyboardInterrupt raised while a class is being built - during a
+    module's first import, matplotlib's for the loss plot the first Ctrl-C's save draws - in
+    a RuntimeError. CI once saw that second Ctrl-C end the run with a traceback, exit 1."""
+    from tinyllm import cli
+
+    class Interrupted:
+        def __set_name__(self, owner, name):
+            raise KeyboardInterrupt
+
+    def run(args):
+        class Axis:  # as matplotlib.axis defines its classes on import
+            converter = Interrupted()
+
+    def fails(args):
+        raise RuntimeError("something else")
+
+    summary, configure, _ = cli.COMMANDS["info"]
+    monkeypatch.setitem(cli.COMMANDS, "info", (summary, configure, run))
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # (main ignores further ones)
+    assert cli.main(["info"]) == 130
+    assert capsys.readouterr().err.strip() == "tinyllm info: interrupted"
+    monkeypatch.setitem(cli.COMMANDS, "info", (summary, configure, fails))
+    with pytest.raises(RuntimeError, match="something else"):
+        cli.main(["info"])

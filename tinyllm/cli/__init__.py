@@ -83,14 +83,25 @@ def main(argv=None):
         print(f"tinyllm {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C (the first stops training and saves)
-        if threading.current_thread() is threading.main_thread():
-            # Leaving now: one more Ctrl-C while the line is printed and the interpreter
-            # shuts down would end the process by the signal itself (-2), not with 130
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        fresh_line = "\n" if sys.stderr.isatty() else ""  # past a progress bar or "^C"
-        message = f"tinyllm {args.command}: interrupted{_last_checkpoint(args)}"
-        print(fresh_line + message, file=sys.stderr)
-        return 130  # 128 + SIGINT, as a shell reports it
+        return _interrupted(args)
+    except RuntimeError as err:
+        # The same Ctrl-C landing while a class is being built (inside a module's first
+        # import, matplotlib's for the loss plot, say): Python wraps it in a RuntimeError
+        if isinstance(err.__cause__, KeyboardInterrupt):
+            return _interrupted(args)
+        raise
+
+
+def _interrupted(args):
+    """Say so in one line, with the last checkpoint, and return 130."""
+    if threading.current_thread() is threading.main_thread():
+        # Leaving now: one more Ctrl-C while the line is printed and the interpreter
+        # shuts down would end the process by the signal itself (-2), not with 130
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    fresh_line = "\n" if sys.stderr.isatty() else ""  # past a progress bar or "^C"
+    message = f"tinyllm {args.command}: interrupted{_last_checkpoint(args)}"
+    print(fresh_line + message, file=sys.stderr)
+    return 130  # 128 + SIGINT, as a shell reports it
 
 
 def _last_checkpoint(args):
