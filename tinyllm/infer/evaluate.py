@@ -99,6 +99,11 @@ def property_rate(
     return float(np.mean(hits)) if hits else float("nan")
 
 
+# the assistant-token loss of a packed batch, the next-token loss of a batch (``measuring``)
+_measured_sft_loss = measuring(lambda model, batch: sft_loss(model, batch)[0])
+_measured_loss = measuring(lambda model, ids, targets: model(ids, targets=targets)[1])
+
+
 def response_perplexity(model, tokenizer, conversations, *, batch_size=8):
     """exp(mean cross-entropy on the assistant's tokens) over ``conversations``."""
     context = model.config.context_length
@@ -142,10 +147,6 @@ def text_perplexity(model, tokens, *, batch_size=8, max_windows=None):
         loss = _measured_loss(model, inputs[start:end], targets[start:end])
         total += float(loss) * len(inputs[start:end])
     return math.exp(total / n_windows)
-
-
-_measured_sft_loss = measuring(lambda model, batch: sft_loss(model, batch)[0])
-_measured_loss = measuring(lambda model, ids, targets: model(ids, targets=targets)[1])
 
 
 def response_logps(model, tokenizer, prompts, responses, *, batch_size=32):

@@ -38,7 +38,10 @@ active backend, so one seed gives the same model on NumPy, CuPy and JAX.
 
 ``bind(params)`` swaps other arrays in for the parameters for the length of a ``with``
 block. That is how a compiled (``jax.jit``) training step runs a module as a pure function
-of its parameters: see ``tinyllm.autograd.value_and_grad``.
+of its parameters: see ``tinyllm.autograd.value_and_grad``. ``compiled(model, forward)``
+keeps such a program for a model (generation's forwards), and ``measuring(fn)`` runs a
+function of a model to measure it (held-out log-probabilities, perplexities): in eval mode,
+without gradients, compiled under JAX.
 """
 
 import contextlib
@@ -300,7 +303,7 @@ def inference(model):
             model.train(True)
 
 
-_PROGRAMS = weakref.WeakKeyDictionary()  # model -> {name: a compiled forward of it}
+_PROGRAMS = weakref.WeakKeyDictionary()  # model -> {(forward, dtype): its compiled program}
 
 
 def compiled(model, forward, donate_argnums=()):
