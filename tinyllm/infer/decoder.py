@@ -27,7 +27,7 @@ learned position embeddings get each row's own positions (``padding_keywords``).
 
 import numpy as np
 
-from ..autograd import Tensor, to_numpy
+from ..autograd import to_numpy
 from ..nn.kv_cache import KVCache, StaticKVCache
 from ..nn.module import compiled, inference
 
@@ -47,7 +47,7 @@ class CachedDecoder:
         )
         if self.compiled:
             self.params = {name: p.data for name, p in model.named_parameters()}
-            # arguments 1 and 2 (after the bound model): the cache's keys and values
+            # arguments 1 and 2 (after the parameters): the cache's keys and values
             self.step = compiled(model, _cached_forward, donate_argnums=(1, 2))
 
     @property
@@ -78,12 +78,11 @@ class CachedDecoder:
         self.cache.truncate(length)
 
 
-def _cached_forward(model, params, keys, values, length, ids, mask, positions):
+def _cached_forward(model, keys, values, length, ids, mask, positions):
     """The logits (B, T, V) of ``ids`` (B, T) that follow ``length`` cached positions, and
     the cache's new keys and values: one forward over a ``StaticKVCache``, to compile."""
     cache = StaticKVCache.of(keys, values, length, model.token_embedding.weight.backend)
-    with model.bind({name: Tensor(array) for name, array in params.items()}):
-        logits, _ = model(ids, cache=cache, mask=mask, positions=positions)
+    logits, _ = model(ids, cache=cache, mask=mask, positions=positions)
     keys, values, _ = cache.arrays()
     return logits.data, keys, values
 

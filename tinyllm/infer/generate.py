@@ -34,7 +34,7 @@ import numbers
 
 import numpy as np
 
-from ..autograd import Tensor, to_numpy
+from ..autograd import to_numpy
 from ..backend.precision import check_compute_dtype, precision
 from ..nn.module import compiled, inference
 from .decoder import CachedDecoder, padding_keywords
@@ -312,10 +312,9 @@ def _padded_next_logits(model, pads=None):
     return next_logits
 
 
-def _window_logits(model, params, padded, position, mask, positions):
+def _window_logits(model, padded, position, mask, positions):
     """The logits (B, V) at column ``position`` (traced: no retrace) of ``padded`` (B, T)."""
-    with model.bind({name: Tensor(array) for name, array in params.items()}):
-        logits, _ = model(padded, mask=mask, positions=positions)  # (B, T, V)
+    logits, _ = model(padded, mask=mask, positions=positions)  # (B, T, V)
     return logits.data[:, position, :]
 
 

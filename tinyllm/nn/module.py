@@ -307,18 +307,22 @@ _PROGRAMS = weakref.WeakKeyDictionary()  # model -> {(forward, dtype): its compi
 
 
 def compiled(model, forward, donate_argnums=()):
-    """``forward(model, ...)`` compiled for ``model``, once per compute dtype: later calls
-    reuse the compilation (a new input shape still compiles anew, as ``jit`` does). On NumPy
-    and CuPy it is ``forward`` itself, run eagerly. ``forward`` takes the parameters' arrays
-    and runs the model inside ``model.bind``. ``donate_argnums`` counts the arguments after
-    ``model``: their buffers may be reused for the outputs."""
+    """``forward(model, *args)`` compiled for ``model`` as ``program(params, *args)``, where
+    ``params`` ({name: array}) stand in for the model's parameters (``bind``): once per
+    compute dtype, kept for later calls (a new input shape still compiles anew, as ``jit``
+    does). On NumPy and CuPy it runs eagerly. ``donate_argnums`` counts ``params`` as 0:
+    the buffers of those arguments may be reused for the outputs."""
     programs = _PROGRAMS.setdefault(model, {})
     key = (forward, compute_dtype())  # the dtype is read as jit traces: a key
     if key not in programs:
         backend = model.parameters()[0].backend
-        # a weak reference: the compiled program must not keep the model alive
-        bound = functools.partial(forward, weakref.proxy(model))
-        programs[key] = backend.jit(bound, donate_argnums=donate_argnums)
+        bound = weakref.proxy(model)  # the compiled program must not keep the model alive
+
+        def program(params, *args):
+            with bound.bind({name: Tensor(array) for name, array in params.items()}):
+                return forward(bound, *args)
+
+        programs[key] = backend.jit(program, donate_argnums=donate_argnums)
     return programs[key]
 
 
@@ -338,14 +342,13 @@ def measuring(fn):
     4.0
     """
 
-    def bound(model, params, *args):
-        with model.bind({name: Tensor(array) for name, array in params.items()}):
-            return fn(model, *args).data
+    def array_of(model, *args):
+        return fn(model, *args).data
 
     @functools.wraps(fn)
     def measure(model, *args):
         params = {name: p.data for name, p in model.named_parameters()}
         with inference(model):
-            return compiled(model, bound)(params, *args)
+            return compiled(model, array_of)(params, *args)
 
     return measure
