@@ -80,8 +80,9 @@ def chat_prompt(tokenizer, question):
     ).ids
 
 
-def alone(model, tokenizer, prompt, max_tokens, end_ids, *, temperature=0.0, seed=0):
-    """What ``generate`` gives ``prompt`` by itself: (text without the end token, tokens)."""
+def alone(model, tokenizer, prompt, max_tokens, end_ids, *, temperature=0.0, seed=0, skip=True):
+    """What ``generate`` gives ``prompt`` by itself: (text without the end token, tokens);
+    ``skip`` leaves the special tokens out of the text, as the server does by default."""
     rows = generate(
         model,
         [prompt],
@@ -92,7 +93,7 @@ def alone(model, tokenizer, prompt, max_tokens, end_ids, *, temperature=0.0, see
     )
     new = rows[0][len(prompt) :].tolist()
     shown = new[:-1] if new and new[-1] in end_ids else new
-    return tokenizer.decode(shown), len(new)
+    return tokenizer.decode(shown, skip_special_tokens=skip), len(new)
 
 
 # --- a server on a free loopback port, in this process ------------------------------------------
@@ -199,6 +200,26 @@ def test_a_chat_completion_streamed_or_not_is_the_reply_generate_gives(trained, 
     assert {c.object for c in chunks} == {"chat.completion.chunk"} and len(
         {c.id for c in chunks}
     ) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_completion_leaves_special_tokens_out_unless_asked_for_them(trained, app, client, stream):
+    model, tokenizer = trained
+    prompt = chat_prompt(tokenizer, "Who are you?")  # a completion does not stop at <|end|>
+    end_ids = app.state.model_card.end_ids
+    raw, _ = alone(model, tokenizer, prompt, 24, end_ids, skip=False)
+    shown, _ = alone(model, tokenizer, prompt, 24, end_ids)
+    assert "<|end|>" in raw  # the model closed its turn and went on
+    texts = []
+    for skip in (None, False):
+        extra = {} if skip is None else {"skip_special_tokens": skip}
+        request = dict(model="tiny", prompt=prompt, max_tokens=24, temperature=0, extra_body=extra)
+        if stream:
+            chunks = client.completions.create(**request, stream=True)
+            texts.append("".join(c.choices[0].text for c in chunks))
+        else:
+            texts.append(client.completions.create(**request).choices[0].text)
+    assert texts == [shown, raw] and "<|" not in shown
 
 
 def test_n_seeded_samples_are_what_generate_gives_each_seed(trained, app, client):
@@ -575,6 +596,7 @@ def card():
         ({"model": "char", "prompt": "a", "stream_options": {"include_usage": True}}, "stream_options", "only allowed with stream=true"),
         ({"model": "char", "prompt": "a", "logprobs": 2}, "logprobs", "logprobs=2 is not supported by tinyllm"),
         ({"model": "char", "prompt": "a", "stream": "yes"}, "stream", "stream='yes': expected true or false"),
+        ({"model": "char", "prompt": "a", "skip_special_tokens": 0}, "skip_special_tokens", "skip_special_tokens=0: expected true or false"),
     ],
 )  # fmt: skip
 def test_a_bad_completion_field_is_named_with_what_was_expected(card, body, param, message):

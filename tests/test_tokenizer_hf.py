@@ -59,6 +59,7 @@ def test_tinyllm_file_gives_the_same_ids_in_hf(pair_from_tinyllm, text):
     ids = tok.encode(text)
     assert hf_tok.encode(text).ids == ids
     assert hf_tok.decode(ids, skip_special_tokens=False) == tok.decode(ids)
+    assert hf_tok.decode(ids) == tok.decode(ids, skip_special_tokens=True)  # HF's default
 
 
 @moderate
@@ -68,6 +69,7 @@ def test_hf_trained_file_gives_the_same_ids_in_tinyllm(pair_from_hf, text):
     ids = hf_tok.encode(text).ids
     assert tok.encode(text) == ids
     assert tok.decode(ids) == hf_tok.decode(ids, skip_special_tokens=False) == text
+    assert tok.decode(ids, skip_special_tokens=True) == hf_tok.decode(ids, skip_special_tokens=True)
 
 
 def hf_json_merges(hf_tok):

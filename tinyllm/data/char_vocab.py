@@ -57,8 +57,9 @@ class CharVocab:
                 f"{self.vocab_size} characters: expected one of {self.chars[:80]!r}"
             ) from None
 
-    def decode(self, ids):
-        """The characters for ``ids``.
+    def decode(self, ids, *, skip_special_tokens=False):
+        """The characters for ``ids``. A character vocabulary has no special tokens, so
+        ``skip_special_tokens`` (the BPE tokenizer's option) changes nothing.
 
         >>> CharVocab("ab").decode([0, 2])
         Traceback (most recent call last):

@@ -40,6 +40,7 @@ import queue
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -54,7 +55,8 @@ from .stream import Stops
 @dataclass
 class SamplingParams:
     """How one request is sampled: the rules of ``sample_next``, its stops, its seed (None:
-    a fresh one), ``max_tokens`` new tokens at most, ``n`` samples of the prompt."""
+    a fresh one), ``max_tokens`` new tokens at most, ``n`` samples of the prompt. Its text
+    leaves special tokens out unless ``skip_special_tokens`` is False (vLLM's default)."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -66,9 +68,14 @@ class SamplingParams:
     stop_strings: list = field(default_factory=list)
     seed: int | None = None
     n: int = 1
+    skip_special_tokens: bool = True
 
     def __post_init__(self):
         check_sampling_settings(**self.rules())
+        if not isinstance(self.skip_special_tokens, bool):
+            raise ValueError(
+                f"skip_special_tokens={self.skip_special_tokens!r}: expected True or False"
+            )
         for name in ("max_tokens", "n"):
             value = getattr(self, name)
             if not (_is_integer(value) and value >= 1):
@@ -107,7 +114,7 @@ class Sequence:
         self.rng = np.random.default_rng(seed)
         self.stops = Stops(
             1, len(request.prompt), np.asarray(params.stop_token_ids, dtype=np.int64),
-            tuple(params.stop_strings), decode, pad_id=-1,
+            tuple(params.stop_strings), partial(decode, skip=params.skip_special_tokens), pad_id=-1,
         )  # fmt: skip
         self.finish_reason = None
 
@@ -355,8 +362,10 @@ class Engine:
                 self.requests.pop(request.id, None)
         return output
 
-    def _decode_text(self, ids):
-        return self.tokenizer.decode(ids) if self.tokenizer is not None else ""
+    def _decode_text(self, ids, skip):
+        if self.tokenizer is None:
+            return ""
+        return self.tokenizer.decode(ids, skip_special_tokens=skip)
 
     # --- measures ----------------------------------------------------------------------------
     def memory(self):

@@ -20,6 +20,7 @@ FastAPI is imported inside ``create_app``: ``import tinyllm`` works without it.
 
 import asyncio
 import contextlib
+from functools import partial
 from importlib import resources
 
 from ..infer.engine import Engine
@@ -163,8 +164,8 @@ def create_app(
 
     def replies_of(job, submitted):
         """One ``Reply`` per choice, keyed by (engine request, sample index)."""
-        decode = tokenizer.decode
         params = job.params
+        decode = partial(tokenizer.decode, skip_special_tokens=params.skip_special_tokens)
         return {
             (r.id, i): Reply(decode, params.stop_strings, params.stop_token_ids)
             for r in submitted

@@ -32,7 +32,9 @@ DONE = "data: [DONE]\n\n"  # the last event of every stream
 MAX_STOPS = 4  # stop strings per request, as OpenAI allows
 MAX_N = 128  # choices per request, as OpenAI allows
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed")
-COMMON = ("model", "max_tokens", "n", "stream", "stream_options", "stop", "user", *SAMPLING)
+# skip_special_tokens is vLLM's: a reply's text leaves out special tokens unless it is false.
+COMMON = ("model", "max_tokens", "n", "stream", "stream_options", "stop", "user",
+          "skip_special_tokens", *SAMPLING)  # fmt: skip
 # Fields OpenAI knows that tinyllm does not act on: accepted at the values that change nothing.
 NEUTRAL = {
     "presence_penalty": (0,), "frequency_penalty": (0,), "logprobs": (None, False),
@@ -183,6 +185,7 @@ def _job(kind, prefix, body, model, prompts, max_tokens, end_ids):
         top_k=_integer(body, "top_k", None, least=1),
         repetition_penalty=_number(body, "repetition_penalty", None, least=0, strict=True),
         seed=_integer(body, "seed", None, least=0),
+        skip_special_tokens=_boolean(body, "skip_special_tokens", True),
     )  # fmt: skip
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     return Job(kind, request_id, model.name, prompts, params, stream, include_usage)

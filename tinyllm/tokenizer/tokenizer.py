@@ -73,6 +73,7 @@ class Tokenizer:
             **{i: text.encode("utf-8") for text, i in self.special_tokens.items()},
         }
         self._all_specials = self._special_regex(self.special_tokens)
+        self._special_ids = frozenset(self.special_tokens.values())
         self._piece_cache = {}
 
     @classmethod
@@ -202,8 +203,12 @@ class Tokenizer:
                 f"0..{self.vocab_size - 1} known to this tokenizer"
             ) from None
 
-    def decode(self, ids):
-        """The text for ``ids``; bytes that are not valid UTF-8 become U+FFFD, as in HF."""
+    def decode(self, ids, *, skip_special_tokens=False):
+        """The text for ``ids``; bytes that are not valid UTF-8 become U+FFFD, as in HF.
+        ``skip_special_tokens`` leaves the special tokens out of the text, as HF's option of
+        that name does (a served reply shows no ``<|end|>``)."""
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self._special_ids]
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     # --- chat ----------------------------------------------------------------------------------
