@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..autograd import to_numpy
 from ..backend import use_backend
 from ..data import RowBatches
 from ..data.preferences import load_preferences, preference_rows
 from ..data.tasks import preference_pairs
 from ..models.reward import RewardModel
-from ..nn.module import inference
+from ..nn.module import measuring
 from ..train import TrainConfig, Trainer
 from ..train.preference import reward_loss
 from .posttrain import (
@@ -63,16 +64,22 @@ class RewardRun:
     after: dict
 
 
+# a reward model's scores (B,) of ids (B, T) read at lengths (B,), to measure (``measuring``)
+_measured_scores = measuring(lambda model, ids, lengths: model(ids, lengths))
+
+
 def scores(model, rows, batch_size=64):
     """The reward model's scores of the chosen and of the rejected conversations of ``rows``
     (``PreferenceRows``): two arrays (N,)."""
-    chosen, rejected = [], []
-    with inference(model):
-        for start in range(0, len(rows.chosen_ids), batch_size):
-            part = slice(start, start + batch_size)
-            chosen.append(model(rows.chosen_ids[part], rows.chosen_lengths[part]).numpy())
-            rejected.append(model(rows.rejected_ids[part], rows.rejected_lengths[part]).numpy())
-    return np.concatenate(chosen), np.concatenate(rejected)
+
+    def scored(ids, lengths):
+        parts = [slice(start, start + batch_size) for start in range(0, len(ids), batch_size)]
+        return np.concatenate(
+            [to_numpy(_measured_scores(model, ids[part], lengths[part])) for part in parts]
+        )
+
+    chosen = scored(rows.chosen_ids, rows.chosen_lengths)
+    return chosen, scored(rows.rejected_ids, rows.rejected_lengths)
 
 
 def ranking_accuracy(model, rows):
