@@ -232,6 +232,23 @@ def test_constants_are_made_once_per_key_and_only_the_last_few_kept(name, monkey
     assert made == [1, 2, 3, 4, 1]
 
 
+@pytest.mark.parametrize("name", ["numpy", "cupy", "jax"])
+def test_top_k_is_torch_topk_largest_first(name):
+    """``Backend.top_k`` (distillation's cached teacher): values and indices as
+    ``torch.topk`` gives them, for every k up to the whole axis."""
+    torch = pytest.importorskip("torch")
+    works, detail = tinyllm.available_backends()[name]
+    if not works:
+        pytest.skip(detail)
+    backend = tinyllm.get_backend(name)
+    x = np.random.default_rng(0).standard_normal((3, 4, 37)).astype(np.float32)
+    for k in (1, 5, 36, 37):
+        values, indices = backend.top_k(backend.xp.asarray(x), k)
+        expected = torch.topk(torch.from_numpy(x), k, dim=-1)
+        np.testing.assert_array_equal(tinyllm.to_numpy(indices), expected.indices.numpy())
+        np.testing.assert_array_equal(tinyllm.to_numpy(values), expected.values.numpy())
+
+
 def test_backend_of_tells_arrays_apart_without_importing_gpu_libraries():
     assert backend_of(np.zeros(2)).name == "numpy"
     assert backend_of(3.0) is None

@@ -73,6 +73,9 @@ class JaxBackend(Backend):
     def scatter_add(self, target, index, values):
         return target.at[index].add(values)
 
+    def top_k(self, x, k):
+        return self.jax.lax.top_k(x, k)
+
     def slice_at(self, x, start, length, axis=0):
         return self.jax.lax.dynamic_slice_in_dim(x, start, length, axis)
 

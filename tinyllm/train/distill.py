@@ -60,9 +60,7 @@ def top_k_logits(logits, k):
     vocab = logits.shape[-1]
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= vocab:
         raise ValueError(f"top_k={k!r}: expected an integer from 1 to the vocabulary, {vocab}")
-    xp = backend_of(logits).xp
-    indices = xp.argsort(-logits, axis=-1)[..., :k]  # (..., k)
-    return TopK(xp.take_along_axis(logits, indices, axis=-1), indices)
+    return TopK(*backend_of(logits).top_k(logits, k))  # (..., k) each, largest first
 
 
 def check_settings(temperature, alpha, top_k=None):
