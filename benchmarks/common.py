@@ -18,7 +18,10 @@ def machine():
     except (OSError, IndexError):
         cores = "?"
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{cpu}, {cores} cores (load average {load}); numpy {np.__version__}, {_torch()}"
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    # under ``taskset -c 0`` NumPy's BLAS, torch and XLA each size their threads to one core
+    cores = f"{cores} cores" + (f", {usable} usable" if usable != cores else "")
+    return f"{cpu}, {cores} (load average {load}); numpy {np.__version__}, {_torch()}"
 
 
 def _torch():
