@@ -97,16 +97,21 @@ def test_one_ctrl_c_saves_and_exits_without_sampling(tmp_path, cache):
 
 
 def test_a_second_ctrl_c_exits_with_one_line_and_no_traceback(tmp_path, cache):
-    out = tmp_path / "run"
-    process = start([*ENDLESS_PRETRAIN, "--out", str(out), "--batch-size", "32"], cache)
-    wait_for_training(process, out)
-    process.send_signal(signal.SIGINT)  # finish the step, then save...
-    time.sleep(0.3)  # (two signals too close together arrive as one)
-    process.send_signal(signal.SIGINT)  # ...no: stop now
-    said = process.stderr.readline().decode()  # the one line, as the process is leaving
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)  # a third, impatient one changes nothing
-    code, stdout, stderr = finish(process, timeout=60)
+    for attempt in range(3):
+        out = tmp_path / f"run{attempt}"
+        process = start([*ENDLESS_PRETRAIN, "--out", str(out), "--batch-size", "32"], cache)
+        wait_for_training(process, out)
+        process.send_signal(signal.SIGINT)  # finish the step, then save...
+        time.sleep(0.3)  # (two signals too close together arrive as one)
+        process.send_signal(signal.SIGINT)  # ...no: stop now
+        said = process.stderr.readline().decode()  # the one line, as the process is leaving
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)  # a third, impatient one changes nothing
+        code, stdout, stderr = finish(process, timeout=60)
+        if not (code == 0 and "stopped by SIGINT" in stdout):
+            break
+        # On a loaded machine the process may not run between the two signals: Python
+        # then sees one Ctrl-C, saves and finishes, as it should. Try again.
     stderr = said + stderr
     assert code == 130, stdout + stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
@@ -117,7 +122,8 @@ def test_a_second_ctrl_c_exits_with_one_line_and_no_traceback(tmp_path, cache):
 def test_a_second_ctrl_c_inside_an_import_is_still_an_interrupt(monkeypatch, capsys):
     """Python wraps a KeyboardInterrupt raised while a class is being built - during a
     module's first import, matplotlib's for the loss plot the first Ctrl-C's save draws - in
-    a RuntimeError. CI once saw that second Ctrl-C end the run with a traceback, exit 1."""
+    a RuntimeError, and a compiled module's initialisation in an ImportError. CI once saw
+    the first end the run with a traceback, exit 1; a run under load, the second."""
     from tinyllm import cli
 
     class Interrupted:
@@ -128,12 +134,21 @@ def test_a_second_ctrl_c_inside_an_import_is_still_an_interrupt(monkeypatch, cap
         class Axis:  # as matplotlib.axis defines its classes on import
             converter = Interrupted()
 
+    def initialise(args):  # as a compiled module's initialisation reports it (pybind11)
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as err:
+            raise ImportError("initialization failed") from err
+
     def fails(args):
         raise RuntimeError("something else")
 
     summary, configure, _ = cli.COMMANDS["info"]
     monkeypatch.setitem(cli.COMMANDS, "info", (summary, configure, run))
     monkeypatch.setattr(signal, "signal", lambda *args: None)  # (main ignores further ones)
+    assert cli.main(["info"]) == 130
+    assert capsys.readouterr().err.strip() == "tinyllm info: interrupted"
+    monkeypatch.setitem(cli.COMMANDS, "info", (summary, configure, initialise))
     assert cli.main(["info"]) == 130
     assert capsys.readouterr().err.strip() == "tinyllm info: interrupted"
     monkeypatch.setitem(cli.COMMANDS, "info", (summary, configure, fails))

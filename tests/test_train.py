@@ -117,6 +117,20 @@ def test_a_signal_after_a_step_was_checked_still_saves_before_stopping(
     assert [row["step"] for row in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("progress", [False, True])
+def test_training_starts_no_daemon_thread(tmp_path, monkeypatch, progress):
+    """tqdm starts a monitor thread for any bar, even a disabled one; a daemon thread that
+    wakes while Python shuts down can abort the process. The trainer's bar has none."""
+    import tqdm
+    from tqdm import _monitor
+
+    started = []
+    monkeypatch.setattr(tqdm.tqdm, "monitor", None)  # as in a fresh process
+    monkeypatch.setattr(_monitor.TMonitor, "start", lambda thread: started.append(thread))
+    make_trainer(tmp_path, config(steps=2, progress=progress)).fit()
+    assert started == []
+
+
 def test_a_nan_loss_stops_and_leaves_the_last_checkpoint_intact(tmp_path):
     def poisoned(model, batch):
         loss, metrics = language_model_loss(model, batch)

@@ -22,6 +22,7 @@ at once with exit code 130 and a one-line message.
 """
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -50,6 +51,7 @@ COMMANDS = {  # name: (one-line help, configure, run)
 }  # fmt: skip
 
 ALIASES = {"generate": ["sample"]}  # the name the first version of the command had
+INTERRUPTED = 130  # the exit status after a second Ctrl-C: 128 + SIGINT, as a shell reports it
 
 DESCRIPTION = (
     "tinyllm builds a small language model from scratch - tokenizer, training, sampling - "
@@ -84,12 +86,36 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C (the first stops training and saves)
         return _interrupted(args)
-    except RuntimeError as err:
-        # The same Ctrl-C landing while a class is being built (inside a module's first
-        # import, matplotlib's for the loss plot, say): Python wraps it in a RuntimeError
-        if isinstance(err.__cause__, KeyboardInterrupt):
+    except Exception as err:
+        # The same Ctrl-C landing inside a module's first import (matplotlib's, for the loss
+        # plot the first Ctrl-C's save draws) comes out as another error: a RuntimeError
+        # while a class is built, an ImportError from a compiled module's initialisation
+        if _raised_by_interrupt(err):
             return _interrupted(args)
         raise
+
+
+def command():
+    """The ``tinyllm`` command (and ``python -m tinyllm.cli``): ``main``'s status as the
+    exit status. After an interrupt the process leaves at once, without Python's shutdown:
+    a Ctrl-C that landed inside a compiled module's initialisation can leave the
+    interpreter unable to shut down cleanly (seen under load, after the one line: an abort,
+    "Fatal Python error: PyThreadState_Get ... finalizing"). Files are closed by then."""
+    code = main()
+    if code == INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _raised_by_interrupt(err):
+    """Whether a KeyboardInterrupt is among the causes of ``err``."""
+    while err is not None:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _interrupted(args):
@@ -101,7 +127,7 @@ def _interrupted(args):
     fresh_line = "\n" if sys.stderr.isatty() else ""  # past a progress bar or "^C"
     message = f"tinyllm {args.command}: interrupted{_last_checkpoint(args)}"
     print(fresh_line + message, file=sys.stderr)
-    return 130  # 128 + SIGINT, as a shell reports it
+    return INTERRUPTED
 
 
 def _last_checkpoint(args):

@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm  # the text bar: no widget dependency in notebooks
+from tqdm import tqdm
 
 from ..backend.precision import check_compute_dtype
 from ..nn import Dropout
@@ -193,7 +193,7 @@ class Trainer(StepExecution, RunFolder):
         first_step, session_start = self.step, time.perf_counter()
         plotted = session_start  # when loss.png was last drawn
         step_seconds, session_tokens = 0.0, 0  # the steps' own time: no eval, no saving
-        bar = tqdm(total=c.steps, initial=self.step, disable=not c.progress, desc=self.title)
+        bar = _Bar(total=c.steps, initial=self.step, disable=not c.progress, desc=self.title)
         stopping = False  # a signal seen: this step is the last, and is saved
         with _StopOnSignals(self):
             while self.step < c.steps and not stopping:
@@ -323,6 +323,14 @@ class Trainer(StepExecution, RunFolder):
     def _say(self, bar, line):
         if self.config.progress:
             bar.write(line)
+
+
+class _Bar(tqdm):
+    """The text bar (no widget dependency in notebooks), without tqdm's monitor: a daemon
+    thread, started even for a disabled bar, that wakes every 10 s. A daemon thread that
+    wakes while Python shuts down can crash it (CPython gh-87135)."""
+
+    monitor_interval = 0
 
 
 class _StopOnSignals:
