@@ -154,3 +154,24 @@ def test_a_second_ctrl_c_inside_an_import_is_still_an_interrupt(monkeypatch, cap
     monkeypatch.setitem(cli.COMMANDS, "info", (summary, configure, fails))
     with pytest.raises(RuntimeError, match="something else"):
         cli.main(["info"])
+
+
+def test_the_command_leaves_without_python_s_shutdown_after_an_interrupt(tmp_path):
+    """``tinyllm`` (``cli.command``) ends at once after the one line: Python's shutdown, which
+    a Ctrl-C inside a compiled module's initialisation can leave unable to finish (an abort,
+    seen under load), does not run - here an exit handler that would say so."""
+    script = tmp_path / "interrupted.py"
+    script.write_text(
+        "import atexit, sys\n"
+        "from tinyllm import cli\n"
+        "atexit.register(lambda: print('shut down', file=sys.stderr))\n"
+        "def run(args):\n"
+        "    raise KeyboardInterrupt\n"
+        "summary, configure, _ = cli.COMMANDS['info']\n"
+        "cli.COMMANDS['info'] = (summary, configure, run)\n"
+        "sys.argv = ['tinyllm', 'info']\n"
+        "sys.exit(cli.command())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True)
+    assert done.returncode == 130 and done.stderr.strip() == "tinyllm info: interrupted"
