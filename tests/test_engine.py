@@ -169,6 +169,8 @@ def test_bad_requests_are_named():
         SamplingParams(n=0)
     with pytest.raises(ValueError, match="skip_special_tokens='no': expected True or False"):
         SamplingParams(skip_special_tokens="no")
+    with pytest.raises(ValueError, match=r"logprobs=21: expected an integer in 0..20, or None"):
+        SamplingParams(logprobs=21)
     with pytest.raises(ValueError, match="stop_strings need a tokenizer"):
         engine.add_request([1], SamplingParams(stop_strings=["x"]))
     with pytest.raises(ValueError, match="num_blocks=3 of 4 positions cannot hold one sequence"):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tinyllm import no_grad
 from tinyllm.cli import main
 from tinyllm.data import CharVocab
 from tinyllm.infer import generate
@@ -220,6 +221,80 @@ def test_a_completion_leaves_special_tokens_out_unless_asked_for_them(trained, a
         else:
             texts.append(client.completions.create(**request).choices[0].text)
     assert texts == [shown, raw] and "<|" not in shown
+
+
+def model_logprobs(model, prompt, new):
+    """log_softmax (float64) of the model's logits at each new token's step, from one plain
+    forward of the prompt and the tokens (no cache): (len(new), V)."""
+    with no_grad():
+        logits = model(np.array([prompt + new]))[0].numpy()[0].astype(np.float64)
+    steps = logits[len(prompt) - 1 : len(prompt) - 1 + len(new)]
+    shifted = steps - steps.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_logprobs_are_the_model_s_own_at_each_step(trained, app, client, stream):
+    """A completion's logprobs (OpenAI's legacy form, up to 5 alternatives) and a chat
+    reply's (logprobs with top_logprobs): each token's log-probability and the likeliest
+    tokens at its step are those of one plain forward of the prompt and the reply - the
+    engine's paged-cache decoding checked against the model run whole. Streamed, the chunks'
+    pieces add up to the whole."""
+    model, tokenizer = trained
+    prompt = chat_prompt(tokenizer, "Who are you?")
+
+    def joined(parts, key):  # the lists of every chunk, one after the other
+        return [item for part in parts for item in getattr(part, key)]
+
+    card = app.state.model_card
+    request = dict(model="tiny", prompt=prompt, max_tokens=12, temperature=0, logprobs=3)
+    if stream:
+        parts = [c.choices[0].logprobs for c in client.completions.create(**request, stream=True)]
+        tokens, logps = joined(parts, "tokens"), joined(parts, "token_logprobs")
+        top, offsets = joined(parts, "top_logprobs"), joined(parts, "text_offset")
+    else:
+        got = client.completions.create(**request).choices[0].logprobs
+        tokens, logps, top, offsets = (
+            got.tokens,
+            got.token_logprobs,
+            got.top_logprobs,
+            got.text_offset,
+        )
+    rows = generate(model, [prompt], 12, temperature=0, stop_token_ids=list(card.end_ids))
+    new = rows[0][len(prompt) :].tolist()
+    expected = model_logprobs(model, prompt, new)
+    assert tokens == [tokenizer.decode([t]) for t in new]
+    np.testing.assert_allclose(logps, expected[np.arange(len(new)), new], rtol=1e-4, atol=1e-5)
+    for step, alternatives in enumerate(top):
+        best = np.argsort(-expected[step])[:3]
+        assert {tokenizer.decode([t]) for t in best} <= set(alternatives)
+        np.testing.assert_allclose(
+            [alternatives[tokenizer.decode([t])] for t in best], expected[step][best], rtol=1e-4
+        )
+    assert offsets == np.cumsum([0] + [len(t) for t in tokens[:-1]]).tolist()
+
+    messages = [{"role": "user", "content": "Who are you?"}]
+    request = dict(model="tiny", messages=messages, temperature=0, logprobs=True, top_logprobs=2)
+    if stream:
+        chunks = client.chat.completions.create(**request, stream=True)
+        content = [e for c in chunks if c.choices and c.choices[0].logprobs
+                   for e in c.choices[0].logprobs.content]  # fmt: skip
+    else:
+        content = client.chat.completions.create(**request).choices[0].logprobs.content
+    end_ids = card.chat_end_ids()
+    rows = generate(model, [prompt], 128 - len(prompt), temperature=0, stop_token_ids=list(end_ids))
+    new = rows[0][len(prompt) :].tolist()
+    assert new[-1] in end_ids  # the reply closed its turn: the end token has no entry
+    shown = new[:-1]
+    expected = model_logprobs(model, prompt, shown)
+    assert [e.token for e in content] == [tokenizer.decode([t]) for t in shown]
+    assert [e.bytes for e in content] == [list(tokenizer.decode_bytes([t])) for t in shown]
+    np.testing.assert_allclose(
+        [e.logprob for e in content], expected[np.arange(len(shown)), shown], rtol=1e-4, atol=1e-5
+    )
+    for step, entry in enumerate(content):
+        best = np.argsort(-expected[step])[:2]
+        assert [t.token for t in entry.top_logprobs] == [tokenizer.decode([t]) for t in best]
 
 
 def test_n_seeded_samples_are_what_generate_gives_each_seed(trained, app, client):
@@ -594,7 +669,8 @@ def card():
         ({"model": "char", "prompt": "a", "stop": ""}, "stop", "stop='': expected a non-empty string or a list of them"),
         ({"model": "char", "prompt": "a", "stop": list("abcde")}, "stop", "stop: 5 strings, at most 4 allowed"),
         ({"model": "char", "prompt": "a", "stream_options": {"include_usage": True}}, "stream_options", "only allowed with stream=true"),
-        ({"model": "char", "prompt": "a", "logprobs": 2}, "logprobs", "logprobs=2 is not supported by tinyllm"),
+        ({"model": "char", "prompt": "a", "logprobs": 6}, "logprobs", "logprobs=6: expected an integer in 0..5"),
+        ({"model": "char", "prompt": "a", "echo": True}, "echo", "echo=True is not supported by tinyllm"),
         ({"model": "char", "prompt": "a", "stream": "yes"}, "stream", "stream='yes': expected true or false"),
         ({"model": "char", "prompt": "a", "skip_special_tokens": 0}, "skip_special_tokens", "skip_special_tokens=0: expected true or false"),
     ],
@@ -652,6 +728,17 @@ def test_a_chat_request_needs_the_chat_tokens_and_fills_the_context_by_default(t
         APIError, match="has no chat template: its tokenizer lacks the special tokens"
     ):
         parse_chat({"model": "char", "messages": messages}, char)
+    with pytest.raises(APIError, match="top_logprobs=2: needs logprobs=true"):
+        parse_chat({"model": "tiny", "messages": messages, "top_logprobs": 2}, card)
+    with pytest.raises(APIError, match="top_logprobs=21: expected an integer in 0..20"):
+        parse_chat(
+            {"model": "tiny", "messages": messages, "logprobs": True, "top_logprobs": 21}, card
+        )
+    assert (
+        parse_chat({"model": "tiny", "messages": messages, "logprobs": True}, card).params.logprobs
+        == 0
+    )
+    assert parse_chat({"model": "tiny", "messages": messages}, card).params.logprobs is None
     with pytest.raises(APIError, match=r"messages\[0\]=.*expected an object with role and content"):
         parse_chat({"model": "tiny", "messages": [{"role": "user", "text": "Hi"}]}, card)
 

@@ -51,12 +51,17 @@ from ..nn.paged_kv_cache import PagedKVCache
 from .sampling import _is_integer, check_sampling_settings, sample_next
 from .stream import Stops
 
+MAX_LOGPROBS = 20  # alternatives a token's log-probabilities may list (OpenAI's top_logprobs)
+
 
 @dataclass
 class SamplingParams:
     """How one request is sampled: the rules of ``sample_next``, its stops, its seed (None:
     a fresh one), ``max_tokens`` new tokens at most, ``n`` samples of the prompt. Its text
-    leaves special tokens out unless ``skip_special_tokens`` is False (vLLM's default)."""
+    leaves special tokens out unless ``skip_special_tokens`` is False (vLLM's default).
+    ``logprobs`` (an integer, 0 to 20) asks for each new token's log-probability and those of
+    the ``logprobs`` likeliest tokens at its step, from the model's own distribution (before
+    temperature and the other rules, as vLLM reports them)."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -69,6 +74,7 @@ class SamplingParams:
     seed: int | None = None
     n: int = 1
     skip_special_tokens: bool = True
+    logprobs: int | None = None
 
     def __post_init__(self):
         check_sampling_settings(**self.rules())
@@ -82,6 +88,12 @@ class SamplingParams:
                 raise ValueError(f"{name}={value!r}: expected an integer >= 1")
         if self.seed is not None and not (_is_integer(self.seed) and self.seed >= 0):
             raise ValueError(f"seed={self.seed!r}: expected an integer >= 0, or None")
+        if self.logprobs is not None and not (
+            _is_integer(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS
+        ):
+            raise ValueError(
+                f"logprobs={self.logprobs!r}: expected an integer in 0..{MAX_LOGPROBS}, or None"
+            )
 
     def rules(self):
         """The keywords of ``sample_next``."""
@@ -101,6 +113,17 @@ class Output:
     token: int | None  # None when a cancellation ends the sequence
     text: str = ""
     finish_reason: str | None = None
+    logprob: float | None = None  # the token's, when the request asked for logprobs
+    top_logprobs: tuple = ()  # ((token, logprob), ...) the likeliest at this step, best first
+
+
+def token_logprobs(logits, token, k):
+    """``token``'s log-probability under ``logits`` (V,) and the ``k`` likeliest
+    ``((token, logprob), ...)``, best first: the model's distribution, in float64."""
+    shifted = logits.astype(np.float64) - logits.max()
+    logps = shifted - np.log(np.exp(shifted).sum())
+    best = np.argsort(-logps, kind="stable")[:k]
+    return float(logps[token]), tuple((int(i), float(logps[i])) for i in best)
 
 
 class Sequence:
@@ -337,6 +360,10 @@ class Engine:
             ):
                 reason = "length"
             output = Output(seq.request.id, seq.index, token, text, reason)
+            if seq.request.params.logprobs is not None:
+                output.logprob, output.top_logprobs = token_logprobs(
+                    row, token, seq.request.params.logprobs
+                )
             seq.request.events.put(output)
             outputs.append(output)
             if reason:

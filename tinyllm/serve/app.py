@@ -30,6 +30,7 @@ from .protocol import (
     ModelCard,
     choice,
     envelope,
+    logprobs_of,
     parse_chat,
     parse_completion,
     read_body,
@@ -194,9 +195,12 @@ def create_app(
         finally:
             watcher.cancel()
         choices = [
-            choice(job, index, reply.text, reply.finish_reason, stream=False)
+            choice(
+                job, index, reply.text, reply.finish_reason, stream=False,
+                logprobs=logprobs_of(job, tokenizer, reply.scored),
+            )
             for index, reply in enumerate(replies.values())
-        ]
+        ]  # fmt: skip
         tokens = usage(sum(map(len, job.prompts)), sum(len(r.tokens) for r in replies.values()))
         return envelope(job, choices, stream=False, usage=tokens)
 
@@ -215,9 +219,12 @@ def create_app(
                     first.update(logprobs=None, finish_reason=None)
                     yield sse(envelope(job, [first], stream=True))
             async for index, output in outputs(job, submitted, events):
-                text = replies[output.request_id, output.index].add(output)
+                reply = replies[output.request_id, output.index]
+                text = reply.add(output)
                 if text or output.finish_reason:
-                    piece = choice(job, index, text, output.finish_reason, stream=True)
+                    logprobs = logprobs_of(job, tokenizer, reply.scored, reply.unsent_scored())
+                    piece = choice(job, index, text, output.finish_reason, stream=True,
+                                   logprobs=logprobs)  # fmt: skip
                     yield sse(envelope(job, [piece], stream=True))
             if job.include_usage:
                 completion = sum(len(r.tokens) for r in replies.values())

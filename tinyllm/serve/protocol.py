@@ -25,20 +25,23 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from ..infer.engine import SamplingParams
+import numpy as np
+
+from ..infer.engine import MAX_LOGPROBS, SamplingParams
 from ..tokenizer.chat import CHAT_SPECIAL_TOKENS, END_OF_TURN, format_chat
 
 DONE = "data: [DONE]\n\n"  # the last event of every stream
 MAX_STOPS = 4  # stop strings per request, as OpenAI allows
 MAX_N = 128  # choices per request, as OpenAI allows
+MAX_COMPLETION_LOGPROBS = 5  # a completion's logprobs, at most, as OpenAI allows
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed")
 # skip_special_tokens is vLLM's: a reply's text leaves out special tokens unless it is false.
 COMMON = ("model", "max_tokens", "n", "stream", "stream_options", "stop", "user",
           "skip_special_tokens", *SAMPLING)  # fmt: skip
 # Fields OpenAI knows that tinyllm does not act on: accepted at the values that change nothing.
 NEUTRAL = {
-    "presence_penalty": (0,), "frequency_penalty": (0,), "logprobs": (None, False),
-    "top_logprobs": (None, 0), "logit_bias": (None, {}), "echo": (False,), "best_of": (None, 1),
+    "presence_penalty": (0,), "frequency_penalty": (0,),
+    "logit_bias": (None, {}), "echo": (False,), "best_of": (None, 1),
     "suffix": (None, ""),
 }  # fmt: skip
 COMPLETION_FIELDS = {*COMMON, "prompt", "echo", "best_of", "suffix", "logprobs"} | {
@@ -129,7 +132,8 @@ def parse_completion(body, model):
     _check_fields(body, COMPLETION_FIELDS, model)
     prompts = _prompts(body.get("prompt"), model)
     max_tokens = _integer(body, "max_tokens", 16, least=1)
-    return _job("completion", "cmpl", body, model, prompts, max_tokens, model.end_ids)
+    logprobs = _integer(body, "logprobs", None, least=0, most=MAX_COMPLETION_LOGPROBS)
+    return _job("completion", "cmpl", body, model, prompts, max_tokens, model.end_ids, logprobs)
 
 
 def parse_chat(body, model):
@@ -150,10 +154,21 @@ def parse_chat(body, model):
     max_tokens = _integer(body, "max_tokens", max_tokens, least=1)
     if max_tokens is None:  # as OpenAI: up to the end of the context
         max_tokens = max(model.context_length - len(prompt), 1)
-    return _job("chat", "chatcmpl", body, model, [prompt], max_tokens, model.chat_end_ids())
+    top = _integer(body, "top_logprobs", None, least=0, most=MAX_LOGPROBS)
+    if not _boolean(body, "logprobs", False):
+        if top is not None:
+            raise APIError(
+                f"top_logprobs={top}: needs logprobs=true", param="top_logprobs",
+                code="invalid_value",
+            )  # fmt: skip
+        logprobs = None
+    else:
+        logprobs = top or 0
+    end_ids = model.chat_end_ids()
+    return _job("chat", "chatcmpl", body, model, [prompt], max_tokens, end_ids, logprobs)
 
 
-def _job(kind, prefix, body, model, prompts, max_tokens, end_ids):
+def _job(kind, prefix, body, model, prompts, max_tokens, end_ids, logprobs=None):
     for prompt in prompts:
         if len(prompt) + max_tokens > model.context_length:
             raise APIError(
@@ -185,7 +200,7 @@ def _job(kind, prefix, body, model, prompts, max_tokens, end_ids):
         top_k=_integer(body, "top_k", None, least=1),
         repetition_penalty=_number(body, "repetition_penalty", None, least=0, strict=True),
         seed=_integer(body, "seed", None, least=0),
-        skip_special_tokens=_boolean(body, "skip_special_tokens", True),
+        skip_special_tokens=_boolean(body, "skip_special_tokens", True), logprobs=logprobs,
     )  # fmt: skip
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     return Job(kind, request_id, model.name, prompts, params, stream, include_usage)
@@ -381,20 +396,57 @@ def usage(prompt_tokens, completion_tokens):
     }
 
 
-def choice(job, index, text, finish_reason, *, stream):
-    """One entry of ``choices``: the whole reply, or (``stream``) a piece of it."""
+def choice(job, index, text, finish_reason, *, stream, logprobs=None):
+    """One entry of ``choices``: the whole reply, or (``stream``) a piece of it; ``logprobs``
+    as ``logprobs_of`` gives them, or None."""
     if job.kind == "completion":
-        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
     if not stream:
         message = {"role": "assistant", "content": text}
         return {
             "index": index,
             "message": message,
-            "logprobs": None,
+            "logprobs": logprobs,
             "finish_reason": finish_reason,
         }
     delta = {"content": text} if text else {}
-    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+def logprobs_of(job, tokenizer, scored, since=0):
+    """The ``logprobs`` of a choice, or None when the request asked for none: for the
+    ``scored`` tokens ((token, logprob, ((token, logprob), ...)), ...) from ``since`` on (a
+    stream's chunk), OpenAI's two forms. A completion lists the tokens' texts, their
+    log-probabilities, the likeliest at each step (the sampled token among them) and where
+    each text begins among the tokens' texts; a chat reply lists each token with its bytes
+    (a token may hold part of a character)."""
+    if job.params.logprobs is None:
+        return None
+    ids = {token for token, _, _ in scored} | {t for _, _, top in scored for t, _ in top}
+    text = {t: tokenizer.decode([t]) for t in ids}
+    if job.kind == "completion":
+        starts = np.cumsum([0] + [len(text[token]) for token, _, _ in scored]).tolist()
+        scored = scored[since:]
+        return {
+            "tokens": [text[token] for token, _, _ in scored],
+            "token_logprobs": [logprob for _, logprob, _ in scored],
+            "top_logprobs": [
+                {text[t]: lp for t, lp in (*top, (token, logprob))}
+                for token, logprob, top in scored
+            ],
+            "text_offset": starts[since : since + len(scored)],
+        }
+
+    raw = getattr(tokenizer, "decode_bytes", lambda ids: text[ids[0]].encode())
+
+    def entry(token, logprob):
+        return {"token": text[token], "logprob": logprob, "bytes": list(raw([token]))}
+
+    content = [
+        {**entry(token, logprob), "top_logprobs": [entry(t, lp) for t, lp in top]}
+        for token, logprob, top in scored[since:]
+    ]
+    return {"content": content, "refusal": None}
 
 
 def envelope(job, choices, *, stream, usage=None):

@@ -23,6 +23,8 @@ class Reply:
     def __init__(self, decode, stop_strings, end_ids):
         self.decode, self.stop_strings, self.end_ids = decode, list(stop_strings), set(end_ids)
         self.tokens = []  # every token generated, an end token included
+        self.scored = []  # (token, logprob, top_logprobs) of each shown token, when asked for
+        self.sent_scored = 0  # how many of them a stream has sent
         self.pieces = ""  # the engine's text pieces so far
         self.text = ""  # what the client has been sent
         self.finish_reason = None
@@ -31,6 +33,8 @@ class Reply:
         """Take one ``Output`` of this choice; the text to send now (maybe "")."""
         if output.token is not None:
             self.tokens.append(output.token)
+        if output.logprob is not None:
+            self.scored.append((output.token, output.logprob, output.top_logprobs))
         if output.finish_reason is None:
             self.pieces += output.text
             visible = self.pieces[: self._shown_length(self.pieces)]
@@ -39,10 +43,18 @@ class Reply:
             tokens = self.tokens
             if output.finish_reason == "stop" and tokens and tokens[-1] in self.end_ids:
                 tokens = tokens[:-1]
+                if self.scored and self.scored[-1][0] == self.tokens[-1]:
+                    self.scored.pop()  # the end token is not text: it has no logprob entry
             visible = self.cut(self.decode(tokens))
         new = visible[len(self.text) :] if visible.startswith(self.text) else ""
         self.text += new
         return new
+
+    def unsent_scored(self):
+        """Where the scored tokens a stream has not sent begin, marked sent: a chunk carries
+        the log-probabilities of the tokens that arrived since the chunk before."""
+        since, self.sent_scored = self.sent_scored, len(self.scored)
+        return since
 
     def cut(self, text):
         """``text`` up to the first stop string in it.
