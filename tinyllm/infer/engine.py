@@ -61,7 +61,9 @@ class SamplingParams:
     leaves special tokens out unless ``skip_special_tokens`` is False (vLLM's default).
     ``logprobs`` (an integer, 0 to 20) asks for each new token's log-probability and those of
     the ``logprobs`` likeliest tokens at its step, from the model's own distribution (before
-    temperature and the other rules, as vLLM reports them)."""
+    temperature and the other rules, as vLLM reports them); ``prompt_logprobs`` the same for
+    each prompt token after the first (the prompt is then prefilled whole, reusing no
+    cached prefix)."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -75,6 +77,7 @@ class SamplingParams:
     n: int = 1
     skip_special_tokens: bool = True
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
     def __post_init__(self):
         check_sampling_settings(**self.rules())
@@ -88,12 +91,12 @@ class SamplingParams:
                 raise ValueError(f"{name}={value!r}: expected an integer >= 1")
         if self.seed is not None and not (_is_integer(self.seed) and self.seed >= 0):
             raise ValueError(f"seed={self.seed!r}: expected an integer >= 0, or None")
-        if self.logprobs is not None and not (
-            _is_integer(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS
-        ):
-            raise ValueError(
-                f"logprobs={self.logprobs!r}: expected an integer in 0..{MAX_LOGPROBS}, or None"
-            )
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not (_is_integer(value) and 0 <= value <= MAX_LOGPROBS):
+                raise ValueError(
+                    f"{name}={value!r}: expected an integer in 0..{MAX_LOGPROBS}, or None"
+                )
 
     def rules(self):
         """The keywords of ``sample_next``."""
@@ -152,6 +155,7 @@ class Request:
 
     def __init__(self, request_id, prompt, params):
         self.id, self.prompt, self.params = request_id, list(prompt), params
+        self.prompt_logprobs = None  # ((logprob, top), ...) of prompt tokens 1.., if asked
         self.sequences = []
         self.events = queue.SimpleQueue()
         self.cancelled = False
@@ -289,7 +293,13 @@ class Engine:
                     raise MemoryError("Engine: the cache cannot hold one sequence")  # checked
                 self.waiting.popleft()
             new = seq.tokens[self.cache.lengths[seq.id] :]  # what earlier prompts did not cover
-            logits = self._forward([seq], [new])  # (1, V)
+            k = seq.request.params.prompt_logprobs
+            logits = self._forward([seq], [new], every=fresh and k is not None)  # (1, [T,] V)
+            if logits.ndim == 3:  # position t's logits score prompt token t + 1
+                steps, logits = logits[0, :-1], logits[:, -1]
+                item.prompt_logprobs = tuple(
+                    token_logprobs(row, token, k) for row, token in zip(steps, new[1:])
+                )
             self.counts["prefilled_tokens"] += len(new)
             if self.prefix_caching:  # later prompts with the same start reuse these blocks
                 self.cache.register_full_blocks(seq.id, seq.tokens)
@@ -307,7 +317,8 @@ class Engine:
     def _start(self, seq):
         """Give ``seq`` its blocks: reused ones for a prompt prefix seen before, new ones for
         the rest. False, with nothing held, when too few blocks are free."""
-        prefix = self.cache.match_prefix(seq.tokens) if self.prefix_caching else []
+        whole = seq.request.params.prompt_logprobs is not None  # every prompt position's logits
+        prefix = self.cache.match_prefix(seq.tokens) if self.prefix_caching and not whole else []
         self.cache.add(seq.id, prefix)
         if not self.cache.reserve(seq.id, len(seq.tokens) - self.cache.lengths[seq.id]):
             self.cache.free(seq.id)
@@ -334,13 +345,13 @@ class Engine:
         with self.lock:
             self.waiting.appendleft(seq)
 
-    def _forward(self, batch, ids):
+    def _forward(self, batch, ids, every=False):
         """The next-token logits (B, V) after feeding ``ids`` (one list per sequence, of one
-        length) to the sequences of ``batch``."""
+        length) to the sequences of ``batch``; ``every``: at every position, (B, T, V)."""
         ids = np.asarray(ids, dtype=np.int64).reshape(len(batch), -1)  # (B, T)
         with inference(self.model), precision(self.dtype):
             logits, _ = self.model(ids, cache=self.cache.batch([s.id for s in batch]))
-        return to_numpy(logits.data[:, -1, :])
+        return to_numpy(logits.data if every else logits.data[:, -1, :])
 
     def _sample(self, batch, logits):
         """Each sequence's next token from its row of ``logits`` (B, V); stops checked."""

@@ -163,12 +163,20 @@ def create_app(
             if not engine_request.finished:
                 worker.cancel(engine_request.id)
 
+    def decode(ids, job):
+        return tokenizer.decode(ids, skip_special_tokens=job.params.skip_special_tokens)
+
+    def echoed(request):
+        """The prompt's tokens as scored ones: the first unscored (nothing precedes it)."""
+        scored = request.prompt_logprobs or ()
+        rest = [(t, logprob, top) for t, (logprob, top) in zip(request.prompt[1:], scored)]
+        return [(request.prompt[0], None, None), *rest]
+
     def replies_of(job, submitted):
         """One ``Reply`` per choice, keyed by (engine request, sample index)."""
         params = job.params
-        decode = partial(tokenizer.decode, skip_special_tokens=params.skip_special_tokens)
         return {
-            (r.id, i): Reply(decode, params.stop_strings, params.stop_token_ids)
+            (r.id, i): Reply(partial(decode, job=job), params.stop_strings, params.stop_token_ids)
             for r in submitted
             for i in range(params.n)
         }
@@ -194,13 +202,17 @@ def create_app(
                 replies[output.request_id, output.index].add(output)
         finally:
             watcher.cancel()
-        choices = [
-            choice(
-                job, index, reply.text, reply.finish_reason, stream=False,
-                logprobs=logprobs_of(job, tokenizer, reply.scored),
-            )
-            for index, reply in enumerate(replies.values())
-        ]  # fmt: skip
+        requests = {r.id: r for r in submitted}
+        choices = []
+        for index, ((request_id, _), reply) in enumerate(replies.items()):
+            text, scored = reply.text, reply.scored
+            if job.echo:  # the prompt first: its text, and its tokens scored
+                request = requests[request_id]
+                text = decode(request.prompt, job) + text
+                scored = echoed(request) + scored
+            logprobs = logprobs_of(job, tokenizer, scored)
+            choices.append(choice(job, index, text, reply.finish_reason, stream=False,
+                                  logprobs=logprobs))  # fmt: skip
         tokens = usage(sum(map(len, job.prompts)), sum(len(r.tokens) for r in replies.values()))
         return envelope(job, choices, stream=False, usage=tokens)
 

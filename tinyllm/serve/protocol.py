@@ -41,7 +41,7 @@ COMMON = ("model", "max_tokens", "n", "stream", "stream_options", "stop", "user"
 # Fields OpenAI knows that tinyllm does not act on: accepted at the values that change nothing.
 NEUTRAL = {
     "presence_penalty": (0,), "frequency_penalty": (0,),
-    "logit_bias": (None, {}), "echo": (False,), "best_of": (None, 1),
+    "logit_bias": (None, {}), "best_of": (None, 1),
     "suffix": (None, ""),
 }  # fmt: skip
 COMPLETION_FIELDS = {*COMMON, "prompt", "echo", "best_of", "suffix", "logprobs"} | {
@@ -108,6 +108,7 @@ class Job:
     params: SamplingParams
     stream: bool = False
     include_usage: bool = False
+    echo: bool = False  # a completion's text (and logprobs) begin with its prompt's
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -133,7 +134,16 @@ def parse_completion(body, model):
     prompts = _prompts(body.get("prompt"), model)
     max_tokens = _integer(body, "max_tokens", 16, least=1)
     logprobs = _integer(body, "logprobs", None, least=0, most=MAX_COMPLETION_LOGPROBS)
-    return _job("completion", "cmpl", body, model, prompts, max_tokens, model.end_ids, logprobs)
+    echo = _boolean(body, "echo", False)
+    if echo and body.get("stream"):
+        raise APIError(
+            "echo=true with stream=true is not supported by tinyllm: send one of them",
+            param="echo", code="unsupported_value",
+        )  # fmt: skip
+    job = _job("completion", "cmpl", body, model, prompts, max_tokens, model.end_ids, logprobs)
+    if echo:  # the prompt's tokens are scored too (evaluation harnesses read them)
+        job.echo, job.params.prompt_logprobs = True, logprobs
+    return job
 
 
 def parse_chat(body, model):
@@ -422,7 +432,7 @@ def logprobs_of(job, tokenizer, scored, since=0):
     (a token may hold part of a character)."""
     if job.params.logprobs is None:
         return None
-    ids = {token for token, _, _ in scored} | {t for _, _, top in scored for t, _ in top}
+    ids = {token for token, _, _ in scored} | {t for _, _, top in scored for t, _ in top or ()}
     text = {t: tokenizer.decode([t]) for t in ids}
     if job.kind == "completion":
         starts = np.cumsum([0] + [len(text[token]) for token, _, _ in scored]).tolist()
@@ -431,9 +441,9 @@ def logprobs_of(job, tokenizer, scored, since=0):
             "tokens": [text[token] for token, _, _ in scored],
             "token_logprobs": [logprob for _, logprob, _ in scored],
             "top_logprobs": [
-                {text[t]: lp for t, lp in (*top, (token, logprob))}
+                None if top is None else {text[t]: lp for t, lp in (*top, (token, logprob))}
                 for token, logprob, top in scored
-            ],
+            ],  # (None for an echoed prompt's first token, which nothing scores)
             "text_offset": starts[since : since + len(scored)],
         }
 
