@@ -17,6 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -297,7 +298,8 @@ def test_logprobs_are_the_model_s_own_at_each_step(trained, app, client, stream)
         assert [t.token for t in entry.top_logprobs] == [tokenizer.decode([t]) for t in best]
 
 
-def test_echo_scores_the_prompt_as_evaluation_harnesses_ask(trained, app, client):
+@pytest.mark.parametrize("stream", [False, True])
+def test_echo_scores_the_prompt_as_evaluation_harnesses_ask(trained, app, client, stream):
     """lm-evaluation-harness scores a continuation with echo=true, logprobs=1 and max_tokens=1
     against an OpenAI-style server: the text begins with the prompt, and every prompt token
     after the first has its log-probability (the first: None) - the model's own, from one
@@ -307,9 +309,18 @@ def test_echo_scores_the_prompt_as_evaluation_harnesses_ask(trained, app, client
     prompt = tokenizer.encode(text)
     assert len(prompt) > 2 * 8  # full blocks of 8, which a second request could reuse
     request = dict(model="tiny", prompt=text, max_tokens=1, temperature=0, logprobs=1, echo=True)
-    first, again = (client.completions.create(**request).choices[0] for _ in range(2))
-    assert first.text.startswith(text)  # (and the new token, unless it is a special one)
-    got = first.logprobs
+
+    def ask():  # (text, logprobs); a stream's chunks joined
+        if not stream:
+            got = client.completions.create(**request).choices[0]
+            return got.text, got.logprobs
+        chunks = [c.choices[0] for c in client.completions.create(**request, stream=True)]
+        lists = {key: [x for c in chunks for x in getattr(c.logprobs, key)]
+                 for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}  # fmt: skip
+        return "".join(c.text for c in chunks), SimpleNamespace(**lists)
+
+    (first_text, got), (again_text, again) = ask(), ask()
+    assert first_text.startswith(text)  # (and the new token, unless it is a special one)
     new = generate(model, [prompt], 1, temperature=0)[0].tolist()  # the prompt, one more token
     expected = model_logprobs(model, prompt[:1], new[1:])  # every token after the first
     assert got.tokens == [tokenizer.decode([t]) for t in new]
@@ -320,7 +331,8 @@ def test_echo_scores_the_prompt_as_evaluation_harnesses_ask(trained, app, client
     for step, alternatives in enumerate(got.top_logprobs[1:]):  # the likeliest, and the token
         best = tokenizer.decode([int(np.argmax(expected[step]))])
         assert best in alternatives and tokenizer.decode([new[step + 1]]) in alternatives
-    assert (again.text, again.logprobs.token_logprobs) == (first.text, got.token_logprobs)
+    assert got.text_offset == np.cumsum([0] + [len(t) for t in got.tokens[:-1]]).tolist()
+    assert (again_text, again.token_logprobs) == (first_text, got.token_logprobs)
 
 
 def test_n_seeded_samples_are_what_generate_gives_each_seed(trained, app, client):
@@ -696,7 +708,7 @@ def card():
         ({"model": "char", "prompt": "a", "stop": list("abcde")}, "stop", "stop: 5 strings, at most 4 allowed"),
         ({"model": "char", "prompt": "a", "stream_options": {"include_usage": True}}, "stream_options", "only allowed with stream=true"),
         ({"model": "char", "prompt": "a", "logprobs": 6}, "logprobs", "logprobs=6: expected an integer in 0..5"),
-        ({"model": "char", "prompt": "a", "echo": True, "stream": True}, "echo", "echo=true with stream=true is not supported"),
+        ({"model": "char", "prompt": "a", "echo": 1}, "echo", "echo=1: expected true or false"),
         ({"model": "char", "prompt": "a", "stream": "yes"}, "stream", "stream='yes': expected true or false"),
         ({"model": "char", "prompt": "a", "skip_special_tokens": 0}, "skip_special_tokens", "skip_special_tokens=0: expected true or false"),
     ],

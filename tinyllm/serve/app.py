@@ -230,8 +230,17 @@ def create_app(
                     first = {"index": index, "delta": {"role": "assistant", "content": ""}}
                     first.update(logprobs=None, finish_reason=None)
                     yield sse(envelope(job, [first], stream=True))
+            requests = {r.id: r for r in submitted}
             async for index, output in outputs(job, submitted, events):
                 reply = replies[output.request_id, output.index]
+                if job.echo and not reply.tokens:  # the choice's first output: its prompt first
+                    request = requests[output.request_id]
+                    if job.params.logprobs is not None:
+                        reply.scored[:0] = echoed(request)
+                    logprobs = logprobs_of(job, tokenizer, reply.scored, reply.unsent_scored())
+                    piece = choice(job, index, decode(request.prompt, job), None, stream=True,
+                                   logprobs=logprobs)  # fmt: skip
+                    yield sse(envelope(job, [piece], stream=True))
                 text = reply.add(output)
                 if text or output.finish_reason:
                     logprobs = logprobs_of(job, tokenizer, reply.scored, reply.unsent_scored())

@@ -135,11 +135,6 @@ def parse_completion(body, model):
     max_tokens = _integer(body, "max_tokens", 16, least=1)
     logprobs = _integer(body, "logprobs", None, least=0, most=MAX_COMPLETION_LOGPROBS)
     echo = _boolean(body, "echo", False)
-    if echo and body.get("stream"):
-        raise APIError(
-            "echo=true with stream=true is not supported by tinyllm: send one of them",
-            param="echo", code="unsupported_value",
-        )  # fmt: skip
     job = _job("completion", "cmpl", body, model, prompts, max_tokens, model.end_ids, logprobs)
     if echo:  # the prompt's tokens are scored too (evaluation harnesses read them)
         job.echo, job.params.prompt_logprobs = True, logprobs
