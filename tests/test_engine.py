@@ -171,6 +171,9 @@ def test_bad_requests_are_named():
         SamplingParams(skip_special_tokens="no")
     with pytest.raises(ValueError, match=r"logprobs=21: expected an integer in 0..20, or None"):
         SamplingParams(logprobs=21)
+    with pytest.raises(ValueError, match="max_tokens=0: expected an integer >= 1"):
+        SamplingParams(max_tokens=0)
+    assert SamplingParams(max_tokens=0, prompt_logprobs=0).max_tokens == 0  # scoring only
     with pytest.raises(ValueError, match="stop_strings need a tokenizer"):
         engine.add_request([1], SamplingParams(stop_strings=["x"]))
     with pytest.raises(ValueError, match="num_blocks=3 of 4 positions cannot hold one sequence"):

@@ -333,6 +333,10 @@ def test_echo_scores_the_prompt_as_evaluation_harnesses_ask(trained, app, client
         assert best in alternatives and tokenizer.decode([new[step + 1]]) in alternatives
     assert got.text_offset == np.cumsum([0] + [len(t) for t in got.tokens[:-1]]).tolist()
     assert (again_text, again.token_logprobs) == (first_text, got.token_logprobs)
+    request["max_tokens"] = 0  # the legacy API's way: the prompt scored, nothing generated
+    scored_text, scored = ask()
+    assert scored_text == text and scored.tokens == got.tokens[:-1]
+    assert scored.token_logprobs == got.token_logprobs[:-1]
 
 
 def test_n_seeded_samples_are_what_generate_gives_each_seed(trained, app, client):
@@ -699,6 +703,7 @@ def card():
         ({"model": "char", "prompt": "xyz"}, "prompt", "character 'x' (at index 0) is not in this vocabulary"),
         ({"model": "char", "prompt": 5}, "prompt", "prompt=5: expected a string, a list of strings"),
         ({"model": "char", "prompt": "a", "max_tokens": 0}, "max_tokens", "max_tokens=0: expected an integer >= 1"),
+        ({"model": "char", "prompt": "a", "max_tokens": 0, "echo": True}, "max_tokens", "max_tokens=0: expected an integer >= 1"),
         ({"model": "char", "prompt": "a", "max_tokens": True}, "max_tokens", "max_tokens=True: expected an integer"),
         ({"model": "char", "prompt": "a", "top_p": 0}, "top_p", "top_p=0: expected a number > 0 and <= 1"),
         ({"model": "char", "prompt": "a", "temperature": -1}, "temperature", "temperature=-1: expected a number >= 0 and <= 2"),

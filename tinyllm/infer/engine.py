@@ -60,6 +60,7 @@ class SamplingParams:
     """How one request is sampled: the rules of ``sample_next``, its stops, its seed (None:
     a fresh one), ``max_tokens`` new tokens at most, ``n`` samples of the prompt. Its text
     leaves special tokens out unless ``skip_special_tokens`` is False (vLLM's default).
+    ``max_tokens`` may be 0 when ``prompt_logprobs`` is asked: the prompt is only scored.
     ``logprobs`` (an integer, 0 to 20) asks for each new token's log-probability and those of
     the ``logprobs`` likeliest tokens at its step, from the model's own distribution (before
     temperature and the other rules, as vLLM reports them); ``prompt_logprobs`` the same for
@@ -89,6 +90,8 @@ class SamplingParams:
         for name in ("max_tokens", "n"):
             value = getattr(self, name)
             if not (_is_integer(value) and value >= 1):
+                if name == "max_tokens" and value == 0 and self.prompt_logprobs is not None:
+                    continue  # the prompt scored, nothing generated
                 raise ValueError(f"{name}={value!r}: expected an integer >= 1")
         if self.seed is not None and not (_is_integer(self.seed) and self.seed >= 0):
             raise ValueError(f"seed={self.seed!r}: expected an integer >= 0, or None")
@@ -314,6 +317,9 @@ class Engine:
                     sample = Sequence(next(self._ids), item, index, self._decode_text)
                     self.cache.fork(seq.id, sample.id)
                     group.append(sample)  # (the request's own list)
+            if seq.request.params.max_tokens == 0:  # only the prompt's logprobs were asked for
+                outputs += [self._finish(sample, "length") for sample in group]
+                continue
             self.running += group
             outputs += self._sample(group, np.repeat(logits, len(group), axis=0))
         return outputs

@@ -132,12 +132,14 @@ def parse_completion(body, model):
     a list of token ids or a list of such lists."""
     _check_fields(body, COMPLETION_FIELDS, model)
     prompts = _prompts(body.get("prompt"), model)
-    max_tokens = _integer(body, "max_tokens", 16, least=1)
-    logprobs = _integer(body, "logprobs", None, least=0, most=MAX_COMPLETION_LOGPROBS)
     echo = _boolean(body, "echo", False)
-    job = _job("completion", "cmpl", body, model, prompts, max_tokens, model.end_ids, logprobs)
-    if echo:  # the prompt's tokens are scored too (evaluation harnesses read them)
-        job.echo, job.params.prompt_logprobs = True, logprobs
+    logprobs = _integer(body, "logprobs", None, least=0, most=MAX_COMPLETION_LOGPROBS)
+    # max_tokens 0 with echo and logprobs: the prompt scored, nothing generated (legacy API)
+    max_tokens = _integer(body, "max_tokens", 16, least=0 if echo and logprobs is not None else 1)
+    # with echo, the prompt's tokens are scored too (evaluation harnesses read them)
+    scoring = dict(logprobs=logprobs, prompt_logprobs=logprobs if echo else None)
+    job = _job("completion", "cmpl", body, model, prompts, max_tokens, model.end_ids, **scoring)
+    job.echo = echo
     return job
 
 
@@ -173,7 +175,8 @@ def parse_chat(body, model):
     return _job("chat", "chatcmpl", body, model, [prompt], max_tokens, end_ids, logprobs)
 
 
-def _job(kind, prefix, body, model, prompts, max_tokens, end_ids, logprobs=None):
+def _job(kind, prefix, body, model, prompts, max_tokens, end_ids, logprobs=None,
+         prompt_logprobs=None):  # fmt: skip
     for prompt in prompts:
         if len(prompt) + max_tokens > model.context_length:
             raise APIError(
@@ -206,6 +209,7 @@ def _job(kind, prefix, body, model, prompts, max_tokens, end_ids, logprobs=None)
         repetition_penalty=_number(body, "repetition_penalty", None, least=0, strict=True),
         seed=_integer(body, "seed", None, least=0),
         skip_special_tokens=_boolean(body, "skip_special_tokens", True), logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
     )  # fmt: skip
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     return Job(kind, request_id, model.name, prompts, params, stream, include_usage)
