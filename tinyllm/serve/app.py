@@ -166,11 +166,14 @@ def create_app(
     def decode(ids, job):
         return tokenizer.decode(ids, skip_special_tokens=job.params.skip_special_tokens)
 
-    def echoed(request):
-        """The prompt's tokens as scored ones: the first unscored (nothing precedes it)."""
-        scored = request.prompt_logprobs or ()
-        rest = [(t, logprob, top) for t, (logprob, top) in zip(request.prompt[1:], scored)]
-        return [(request.prompt[0], None, None), *rest]
+    def echo(job, reply, request):
+        """Begin ``reply``'s scored tokens with its prompt's (the first unscored: nothing
+        precedes it), when logprobs are asked; the prompt's text."""
+        if job.params.logprobs is not None:
+            scored = zip(request.prompt[1:], request.prompt_logprobs or ())
+            rest = [(t, logprob, top) for t, (logprob, top) in scored]
+            reply.scored[:0] = [(request.prompt[0], None, None), *rest]
+        return decode(request.prompt, job)
 
     def replies_of(job, submitted):
         """One ``Reply`` per choice, keyed by (engine request, sample index)."""
@@ -205,14 +208,10 @@ def create_app(
         requests = {r.id: r for r in submitted}
         choices = []
         for index, ((request_id, _), reply) in enumerate(replies.items()):
-            text, scored = reply.text, reply.scored
-            if job.echo:  # the prompt first: its text, and its tokens scored
-                request = requests[request_id]
-                text = decode(request.prompt, job) + text
-                scored = echoed(request) + scored
-            logprobs = logprobs_of(job, tokenizer, scored)
-            choices.append(choice(job, index, text, reply.finish_reason, stream=False,
-                                  logprobs=logprobs))  # fmt: skip
+            prompt = echo(job, reply, requests[request_id]) if job.echo else ""
+            logprobs = logprobs_of(job, tokenizer, reply.scored)
+            choices.append(choice(job, index, prompt + reply.text, reply.finish_reason,
+                                  stream=False, logprobs=logprobs))  # fmt: skip
         tokens = usage(sum(map(len, job.prompts)), sum(len(r.tokens) for r in replies.values()))
         return envelope(job, choices, stream=False, usage=tokens)
 
@@ -231,21 +230,25 @@ def create_app(
                     first.update(logprobs=None, finish_reason=None)
                     yield sse(envelope(job, [first], stream=True))
             requests = {r.id: r for r in submitted}
+            offsets = {}  # choice: where its next token's text begins (a completion's text_offset)
+
+            def unsent_logprobs(index, reply):
+                """The logprobs of the tokens ``reply`` has not streamed yet."""
+                new, start = reply.unsent_scored(), offsets.get(index, 0)
+                offsets[index] = start + sum(len(tokenizer.decode([t])) for t, _, _ in new)
+                return logprobs_of(job, tokenizer, new, start)
+
             async for index, output in outputs(job, submitted, events):
                 reply = replies[output.request_id, output.index]
                 if job.echo and not reply.tokens:  # the choice's first output: its prompt first
-                    request = requests[output.request_id]
-                    if job.params.logprobs is not None:
-                        reply.scored[:0] = echoed(request)
-                    logprobs = logprobs_of(job, tokenizer, reply.scored, reply.unsent_scored())
-                    piece = choice(job, index, decode(request.prompt, job), None, stream=True,
-                                   logprobs=logprobs)  # fmt: skip
+                    prompt = echo(job, reply, requests[output.request_id])
+                    piece = choice(job, index, prompt, None, stream=True,
+                                   logprobs=unsent_logprobs(index, reply))  # fmt: skip
                     yield sse(envelope(job, [piece], stream=True))
                 text = reply.add(output)
                 if text or output.finish_reason:
-                    logprobs = logprobs_of(job, tokenizer, reply.scored, reply.unsent_scored())
                     piece = choice(job, index, text, output.finish_reason, stream=True,
-                                   logprobs=logprobs)  # fmt: skip
+                                   logprobs=unsent_logprobs(index, reply))  # fmt: skip
                     yield sse(envelope(job, [piece], stream=True))
             if job.include_usage:
                 completion = sum(len(r.tokens) for r in replies.values())

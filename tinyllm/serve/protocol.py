@@ -422,20 +422,19 @@ def choice(job, index, text, finish_reason, *, stream, logprobs=None):
     return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
-def logprobs_of(job, tokenizer, scored, since=0):
+def logprobs_of(job, tokenizer, scored, offset=0):
     """The ``logprobs`` of a choice, or None when the request asked for none: for the
-    ``scored`` tokens ((token, logprob, ((token, logprob), ...)), ...) from ``since`` on (a
-    stream's chunk), OpenAI's two forms. A completion lists the tokens' texts, their
+    ``scored`` tokens ((token, logprob, ((token, logprob), ...)), ...), a stream's chunk or
+    the whole reply, OpenAI's two forms. A completion lists the tokens' texts, their
     log-probabilities, the likeliest at each step (the sampled token among them) and where
-    each text begins among the tokens' texts; a chat reply lists each token with its bytes
-    (a token may hold part of a character)."""
+    each text begins among the tokens' texts (from ``offset``, for a chunk after others); a
+    chat reply lists each token with its bytes (a token may hold part of a character)."""
     if job.params.logprobs is None:
         return None
     ids = {token for token, _, _ in scored} | {t for _, _, top in scored for t, _ in top or ()}
     text = {t: tokenizer.decode([t]) for t in ids}
     if job.kind == "completion":
-        starts = np.cumsum([0] + [len(text[token]) for token, _, _ in scored]).tolist()
-        scored = scored[since:]
+        lengths = [len(text[token]) for token, _, _ in scored]
         return {
             "tokens": [text[token] for token, _, _ in scored],
             "token_logprobs": [logprob for _, logprob, _ in scored],
@@ -443,7 +442,7 @@ def logprobs_of(job, tokenizer, scored, since=0):
                 None if top is None else {text[t]: lp for t, lp in (*top, (token, logprob))}
                 for token, logprob, top in scored
             ],  # (None for an echoed prompt's first token, which nothing scores)
-            "text_offset": starts[since : since + len(scored)],
+            "text_offset": np.cumsum([offset, *lengths])[:-1].tolist(),
         }
 
     raw = getattr(tokenizer, "decode_bytes", lambda ids: text[ids[0]].encode())
@@ -453,7 +452,7 @@ def logprobs_of(job, tokenizer, scored, since=0):
 
     content = [
         {**entry(token, logprob), "top_logprobs": [entry(t, lp) for t, lp in top]}
-        for token, logprob, top in scored[since:]
+        for token, logprob, top in scored
     ]
     return {"content": content, "refusal": None}
 

@@ -51,10 +51,10 @@ class Reply:
         return new
 
     def unsent_scored(self):
-        """Where the scored tokens a stream has not sent begin, marked sent: a chunk carries
-        the log-probabilities of the tokens that arrived since the chunk before."""
-        since, self.sent_scored = self.sent_scored, len(self.scored)
-        return since
+        """The scored tokens a stream has not sent yet, marked sent: a chunk carries the
+        log-probabilities of the tokens that arrived since the chunk before."""
+        new, self.sent_scored = self.scored[self.sent_scored :], len(self.scored)
+        return new
 
     def cut(self, text):
         """``text`` up to the first stop string in it.
