@@ -272,7 +272,9 @@ def test_logprobs_are_the_model_s_own_at_each_step(trained, app, client, stream)
         np.testing.assert_allclose(
             [alternatives[tokenizer.decode([t])] for t in best], expected[step][best], rtol=1e-4
         )
-    assert offsets == np.cumsum([0] + [len(t) for t in tokens[:-1]]).tolist()
+    assert offsets == [
+        len(tokenizer.decode(new[:i], skip_special_tokens=True)) for i in range(len(new))
+    ]
 
     messages = [{"role": "user", "content": "Who are you?"}]
     request = dict(model="tiny", messages=messages, temperature=0, logprobs=True, top_logprobs=2)
@@ -331,12 +333,44 @@ def test_echo_scores_the_prompt_as_evaluation_harnesses_ask(trained, app, client
     for step, alternatives in enumerate(got.top_logprobs[1:]):  # the likeliest, and the token
         best = tokenizer.decode([int(np.argmax(expected[step]))])
         assert best in alternatives and tokenizer.decode([new[step + 1]]) in alternatives
-    assert got.text_offset == np.cumsum([0] + [len(t) for t in got.tokens[:-1]]).tolist()
+    assert got.text_offset == [len(tokenizer.decode(new[:i])) for i in range(len(new))]
     assert (again_text, again.token_logprobs) == (first_text, got.token_logprobs)
     request["max_tokens"] = 0  # the legacy API's way: the prompt scored, nothing generated
     scored_text, scored = ask()
     assert scored_text == text and scored.tokens == got.tokens[:-1]
     assert scored.token_logprobs == got.token_logprobs[:-1]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("skip", [True, False])
+def test_text_offsets_count_the_characters_of_the_reply_s_text(trained, app, client, stream, skip):
+    """A completion's text_offset says where each token's text begins in the reply's text:
+    a character of several bytes cut across byte tokens counts once, and a special token the
+    text leaves out counts nothing (shown, it counts as its text) - not the lengths of the
+    tokens' own texts, where part of a character shows as U+FFFD."""
+    _, tokenizer = trained
+    prompt = tokenizer.encode("héllo 日本 <|end|> wörld")
+    shown = [t for t in prompt if not skip or t not in tokenizer.special_tokens.values()]
+    request = dict(model="tiny", prompt=prompt, max_tokens=0, logprobs=0, echo=True,
+                   extra_body={"skip_special_tokens": skip})  # fmt: skip
+    if stream:
+        chunks = [c.choices[0] for c in client.completions.create(**request, stream=True)]
+        text = "".join(c.text for c in chunks)
+        offsets = [x for c in chunks for x in c.logprobs.text_offset]
+    else:
+        got = client.completions.create(**request).choices[0]
+        text, offsets = got.text, got.logprobs.text_offset
+    assert text == tokenizer.decode(shown)
+    assert len(offsets) == len(prompt) and offsets == sorted(offsets)
+    whole = 0  # tokens that begin on a character's boundary
+    for i, token in enumerate(prompt):
+        before = tokenizer.decode_bytes([t for t in prompt[:i] if t in shown])
+        try:
+            assert offsets[i] == len(before.decode("utf-8")), token
+            whole += 1
+        except UnicodeDecodeError:  # the token continues a character begun before it,
+            assert offsets[i] == len(before.decode("utf-8", "ignore")) + 1  # counted once
+    assert 0 < whole < len(prompt)
 
 
 def test_n_seeded_samples_are_what_generate_gives_each_seed(trained, app, client):

@@ -28,6 +28,7 @@ from .protocol import (
     DONE,
     APIError,
     ModelCard,
+    characters_begun,
     choice,
     envelope,
     logprobs_of,
@@ -235,7 +236,7 @@ def create_app(
             def unsent_logprobs(index, reply):
                 """The logprobs of the tokens ``reply`` has not streamed yet."""
                 new, start = reply.unsent_scored(), offsets.get(index, 0)
-                offsets[index] = start + sum(len(tokenizer.decode([t])) for t, _, _ in new)
+                offsets[index] = start + sum(characters_begun(job, tokenizer, t) for t, _, _ in new)
                 return logprobs_of(job, tokenizer, new, start)
 
             async for index, output in outputs(job, submitted, events):

@@ -427,14 +427,14 @@ def logprobs_of(job, tokenizer, scored, offset=0):
     ``scored`` tokens ((token, logprob, ((token, logprob), ...)), ...), a stream's chunk or
     the whole reply, OpenAI's two forms. A completion lists the tokens' texts, their
     log-probabilities, the likeliest at each step (the sampled token among them) and where
-    each text begins among the tokens' texts (from ``offset``, for a chunk after others); a
+    each token's text begins in the reply's text (from ``offset``, for a chunk after others); a
     chat reply lists each token with its bytes (a token may hold part of a character)."""
     if job.params.logprobs is None:
         return None
     ids = {token for token, _, _ in scored} | {t for _, _, top in scored for t, _ in top or ()}
     text = {t: tokenizer.decode([t]) for t in ids}
     if job.kind == "completion":
-        lengths = [len(text[token]) for token, _, _ in scored]
+        lengths = [characters_begun(job, tokenizer, token) for token, _, _ in scored]
         return {
             "tokens": [text[token] for token, _, _ in scored],
             "token_logprobs": [logprob for _, logprob, _ in scored],
@@ -455,6 +455,19 @@ def logprobs_of(job, tokenizer, scored, offset=0):
         for token, logprob, top in scored
     ]
     return {"content": content, "refusal": None}
+
+
+def characters_begun(job, tokenizer, token):
+    """How many of ``job``'s reply's characters begin in ``token``, which a completion's
+    ``text_offset`` advances by: none for a special token the text leaves out (the request's
+    ``skip_special_tokens``), and for a token holding part
+    of a UTF-8 character only the characters its bytes start (those that are not
+    continuation bytes, 0b10xxxxxx) - not the length of its own text, where a lone part of a
+    character shows as U+FFFD."""
+    text = tokenizer.decode([token], skip_special_tokens=job.params.skip_special_tokens)
+    if not text or not hasattr(tokenizer, "decode_bytes"):
+        return len(text)
+    return sum(byte & 0xC0 != 0x80 for byte in tokenizer.decode_bytes([token]))
 
 
 def envelope(job, choices, *, stream, usage=None):
