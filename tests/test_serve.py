@@ -29,8 +29,9 @@ from tinyllm.infer import generate
 from tinyllm.infer.engine import Output
 from tinyllm.models import ModelConfig, Transformer
 from tinyllm.optim import AdamW
-from tinyllm.serve.protocol import APIError, ModelCard, parse_chat, parse_completion, sse
+from tinyllm.serve.protocol import APIError, ModelCard, parse_chat, parse_completion
 from tinyllm.serve.replies import Reply
+from tinyllm.serve.responses import sse
 from tinyllm.tokenizer import Tokenizer, format_chat
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,21 +24,9 @@ from functools import partial
 from importlib import resources
 
 from ..infer.engine import Engine
-from .protocol import (
-    DONE,
-    APIError,
-    ModelCard,
-    characters_begun,
-    choice,
-    envelope,
-    logprobs_of,
-    parse_chat,
-    parse_completion,
-    read_body,
-    sse,
-    usage,
-)
+from .protocol import APIError, ModelCard, parse_chat, parse_completion, read_body
 from .replies import Reply
+from .responses import DONE, characters_begun, choice, envelope, logprobs_of, sse, usage
 from .worker import EngineWorker
 
 DISCONNECT_POLL_SECONDS = 1.0  # how often a non-streamed request checks its client is there
