@@ -26,7 +26,7 @@ from tinyllm import no_grad
 from tinyllm.cli import main
 from tinyllm.data import CharVocab
 from tinyllm.infer import generate
-from tinyllm.infer.engine import Output
+from tinyllm.infer.request import Output
 from tinyllm.models import ModelConfig, Transformer
 from tinyllm.optim import AdamW
 from tinyllm.serve.protocol import APIError, ModelCard, parse_chat, parse_completion

@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from ..infer.engine import MAX_LOGPROBS, SamplingParams
+from ..infer.request import MAX_LOGPROBS, SamplingParams
 from ..tokenizer.chat import CHAT_SPECIAL_TOKENS, END_OF_TURN, format_chat
 
 MAX_STOPS = 4  # stop strings per request, as OpenAI allows

@@ -5,7 +5,7 @@ its text; the client, as with OpenAI, sees neither: the text ends just before th
 string, and the end token is not text at all. While the reply streams, a tail that could be
 the beginning of a stop string is held back until the next tokens decide:
 
->>> from tinyllm.infer.engine import Output
+>>> from tinyllm.infer.request import Output
 >>> reply = Reply(decode=lambda ids: "", stop_strings=["\\n\\n"], end_ids=())
 >>> [reply.add(Output("r", 0, token, piece)) for token, piece in [(1, "Hi"), (2, "\\n"), (3, "you")]]
 ['Hi', '', '\\nyou']
