@@ -347,7 +347,7 @@ TRICKS = [
     (
         "ex10_lora",
         "from tinyllm.nn import LoRALinear\nmerge = LoRALinear.merge",
-        "(that is tinyllm.nn.lora.LoRALinear)",
+        "(that is tinyllm.nn.lora_layer.LoRALinear)",
     ),
     (
         "ex10_lora",

@@ -139,6 +139,7 @@ RULES = {
         ),
         off_limits=(
             "tinyllm.nn.lora",
+            "tinyllm.nn.lora_layer",  # the layer the whole-model functions wrap in
             "tinyllm.models.adapters",  # PEFT's format, built on it
             "tinyllm.recipes.lora",
         ),

@@ -37,13 +37,8 @@ import numpy as np
 
 from ..models.adapters import save_adapter
 from ..nn import Linear
-from ..nn.lora import (
-    add_trainable_tokens,
-    apply_lora,
-    check_alpha,
-    lora_summary,
-    merge_and_unload,
-)
+from ..nn.lora import add_trainable_tokens, apply_lora, lora_summary, merge_and_unload
+from ..nn.lora_layer import check_alpha
 from ..quant import SCHEMES, QuantizedLinear, quantize
 from ..tokenizer.chat import CHAT_SPECIAL_TOKENS
 from ..train import TrainConfig

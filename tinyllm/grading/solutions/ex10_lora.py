@@ -11,7 +11,7 @@ import numpy as np
 
 from tinyllm.autograd import Tensor, no_grad
 from tinyllm.nn import Linear
-from tinyllm.nn.lora import LoRALinear, LowRank
+from tinyllm.nn.lora_layer import LoRALinear, LowRank
 
 __all__ = [
     "lora_forward",
