@@ -47,7 +47,21 @@ def no_grad():
     >>> y.requires_grad
     False
     """
-    token = _grad_enabled.set(False)
+    with _recording(False):
+        yield
+
+
+@contextlib.contextmanager
+def enable_grad():
+    """Record ops again, even inside a ``no_grad()`` block: activation checkpointing's
+    recomputation builds its piece of the tape during a backward pass, wherever that runs."""
+    with _recording(True):
+        yield
+
+
+@contextlib.contextmanager
+def _recording(enabled):
+    token = _grad_enabled.set(enabled)
     try:
         yield
     finally:

@@ -217,6 +217,13 @@ class Backend:
         """
         return None
 
+    def barrier(self, arrays):
+        """``arrays`` (a tuple) as they are, but opaque to a compiler: what is computed from
+        the results is not merged with what was computed from the inputs before (JAX's
+        ``optimization_barrier``). Activation checkpointing's recomputation needs it, or XLA
+        would find the forward pass computed twice and keep the first one's activations."""
+        return arrays
+
     # --- randomness and compilation ---------------------------------------------------
     def uniform(self, seed, shape, dtype=np.float32):
         """Uniform [0, 1) numbers drawn on the host from ``seed``, then moved here."""

@@ -76,6 +76,9 @@ class JaxBackend(Backend):
     def top_k(self, x, k):
         return self.jax.lax.top_k(x, k)
 
+    def barrier(self, arrays):
+        return self.jax.lax.optimization_barrier(arrays)
+
     def slice_at(self, x, start, length, axis=0):
         return self.jax.lax.dynamic_slice_in_dim(x, start, length, axis)
 

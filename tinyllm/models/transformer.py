@@ -18,16 +18,18 @@ load-balancing loss of the layers.
 """
 
 import math
+from functools import partial
 
 import numpy as np
 
 from .. import functional as F
-from ..autograd import Tensor
+from ..autograd import Tensor, is_grad_enabled
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, RMSNorm
 from ..nn.attention import CausalSelfAttention
 from ..nn.lora import describe_lora, rebuild_lora
 from ..nn.mlp import MLP, SwiGLU
 from ..nn.moe import MoE
+from ..nn.recompute import recompute
 from ..nn.rope import RotaryEmbedding
 from .config import ModelConfig
 from .hf import family_of, hf_module_name, load_pretrained, save_pretrained, weight_map
@@ -90,7 +92,14 @@ class Block(Module):
 
 
 class Transformer(Module):
-    """A decoder-only language model built from a :class:`ModelConfig`; see the module doc."""
+    """A decoder-only language model built from a :class:`ModelConfig`; see the module doc.
+
+    ``gradient_checkpointing = True`` (Hugging Face's name; ``TrainConfig`` and the training
+    commands' ``--gradient-checkpointing`` set it) recomputes each block's activations in the
+    backward pass instead of keeping them from the forward pass (``nn.recompute``): the same
+    gradients, for less memory and one more forward pass per step."""
+
+    gradient_checkpointing = False
 
     def __init__(self, config, *, seed=0):
         if not isinstance(config, ModelConfig):
@@ -173,8 +182,10 @@ class Transformer(Module):
         x = self.dropout(x)
         aux_losses = []
         rope_positions = positions if self.position_embedding is None else None
+        recomputing = self.gradient_checkpointing and cache is None and is_grad_enabled()
         for layer, block in enumerate(self.blocks):
-            x, aux_loss = block(
+            call = partial(recompute, block) if recomputing else block
+            x, aux_loss = call(
                 x, start, cache=cache, layer=layer, mask=mask, positions=rope_positions
             )
             if aux_loss is not None:

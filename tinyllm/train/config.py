@@ -40,6 +40,13 @@ class TrainConfig(Config):
     grad_accum: int = field(
         default=1, metadata={"help": "micro-batches per step: the same gradient, less memory"}
     )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "recompute each block's activations in the backward pass rather than keep "
+            "them: the same gradients, less memory, about a third more compute"
+        },
+    )
     lr: float = field(default=1e-3, metadata={"help": "the peak learning rate, after warmup"})
     min_lr: float = field(default=1e-4, metadata={"help": "the learning rate the schedule ends at"})
     schedule: str = field(

@@ -54,6 +54,7 @@ from tqdm import tqdm
 
 from ..backend.precision import check_compute_dtype
 from ..nn import Dropout
+from ..nn.recompute import enable_gradient_checkpointing
 from ..optim import AdamW, get_schedule
 from .loss_scaling import LossScaler
 from .metrics import MetricsLog, plot_losses, read_metrics
@@ -125,6 +126,8 @@ class Trainer(StepExecution, RunFolder):
         self.measure_names = []  # what eval_fn has returned, in order: plotted with the losses
         self.tokenizer, self.title = tokenizer, title
         self.out_dir = None if out_dir is None else Path(out_dir)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not trainable:
             raise ValueError("Trainer: the model has no trainable parameters (all frozen)")

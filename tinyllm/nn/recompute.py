@@ -1,0 +1,179 @@
+"""Activation checkpointing: keep a block's input, not its activations, and recompute them.
+
+Backpropagation needs what the forward pass computed: every op keeps its inputs (or its
+output) until its backward runs. For a Transformer block of width C over B x T tokens that is
+a dozen (B, T, C)-sized arrays and, in attention, the (B, H, T, T) probabilities - per layer,
+all held from the forward pass until the backward pass reaches the layer. Activation
+checkpointing (Chen et al., 2016, "Training Deep Nets with Sublinear Memory Cost"; Hugging
+Face's ``gradient_checkpointing_enable``, PyTorch's ``torch.utils.checkpoint``) keeps only each
+block's input. The block's forward runs without recording the tape; when the backward pass
+reaches the block, its forward runs again, recorded this time, and is backpropagated at once.
+The activations of one block are alive at a time, for one more forward pass per step: about a
+third more compute (a backward costs about two forwards) for memory that no longer grows with
+the depth.
+
+``recompute(module, *args, **kwargs)`` is ``module(*args, **kwargs)`` done that way. Its
+gradients are the plain call's: the recomputation draws the same dropout masks (each Dropout's
+key is kept with the input) and uses the same weights, even when the backward runs after the
+Trainer's ``bind`` has put the parameters back. Under JAX the whole step is one compiled
+program, and XLA would merge the forward computed twice into one, keeping its activations
+after all; ``Backend.barrier`` hides the recomputation's inputs from that merge, as
+``jax.checkpoint`` does.
+
+>>> import numpy as np
+>>> from tinyllm import Tensor
+>>> from tinyllm.nn import Linear
+>>> layer = Linear(4, 3, seed=0)
+>>> x = Tensor(np.ones((2, 4), np.float32), requires_grad=True)
+>>> recompute(layer, x).sum().backward()
+>>> kept = layer.weight.grad.copy(); layer.weight.grad = None
+>>> layer(x).sum().backward()
+>>> bool((kept == layer.weight.grad).all())
+True
+"""
+
+import contextlib
+
+import numpy as np
+
+from .. import functional as F
+from ..autograd import Function, Tensor, enable_grad, no_grad
+from .layers import Dropout, _fresh_seed
+from .module import Buffer, Module, _assign, _items
+
+
+def enable_gradient_checkpointing(model):
+    """Set ``gradient_checkpointing`` on every module inside ``model`` that has the switch
+    (a ``Transformer``, alone or inside a reward model); returns ``model``. An error when
+    none has it: the model would train as before, with no memory saved."""
+    switches = [m for _, m in model.named_modules() if hasattr(m, "gradient_checkpointing")]
+    if not switches:
+        raise ValueError(
+            f"gradient checkpointing: {type(model).__name__} has no module with the "
+            "gradient_checkpointing switch (tinyllm's Transformer has it)"
+        )
+    for module in switches:
+        module.gradient_checkpointing = True
+    return model
+
+
+def recompute(module, *args, **kwargs):
+    """``module(*args, **kwargs)``, its activations recomputed in the backward pass rather
+    than kept (see the module docstring). Tensors among ``args`` get gradients; ``kwargs``
+    (masks, positions) are constants. The result has the call's structure: a Tensor, or a
+    tuple of Tensors and other values (a block's ``(x, aux_loss)``)."""
+    for name, value in kwargs.items():
+        if isinstance(value, Tensor) and value.requires_grad:
+            raise ValueError(
+                f"recompute: keyword {name!r} is a Tensor that requires gradients; pass it "
+                "positionally, so that it gets them"
+            )
+    call = _Call(module, args, kwargs)
+    inputs = [a for a in args if isinstance(a, Tensor)]
+    flat = _Recompute.apply(*inputs, *call.weights, call=call)
+    return call.unflatten(flat)
+
+
+class _Recompute(Function):
+    """The node that stands for the whole call on the tape: its inputs are the call's Tensor
+    arguments and the module's weights, its output every Tensor the call returned, raveled
+    and joined (one array, so that one backward gets all their gradients at once)."""
+
+    @staticmethod
+    def forward(ctx, *arrays, call):
+        ctx.call = call
+        ctx.save_for_backward(*arrays)
+        with no_grad():
+            return call.run([Tensor._wrap(a, requires_grad=False) for a in arrays]).data
+
+    @staticmethod
+    def backward(ctx, grad):
+        *arrays, grad = ctx.backend.barrier((*ctx.saved, grad))
+        leaves = [Tensor._wrap(a, requires_grad=n) for a, n in zip(arrays, ctx.needs_grad)]
+        with enable_grad():
+            flat = ctx.call.run(leaves)
+        if flat.requires_grad:  # else nothing in the call reaches a leaf that wants a gradient
+            flat.backward(grad)
+        return tuple(leaf.grad if n else None for leaf, n in zip(leaves, ctx.needs_grad))
+
+
+class _Call:
+    """One call of ``module``: its arguments, where its weights sit, the key each Dropout
+    draws its masks from, and the structure of what it returned."""
+
+    def __init__(self, module, args, kwargs):
+        self.module, self.args, self.kwargs = module, args, kwargs
+        self.n_inputs = sum(isinstance(a, Tensor) for a in args)
+        slots = [(path, t) for _, _, path, t in _weight_slots(module)]
+        self.weights = list({id(t): t for _, t in slots}.values())  # a tied weight once
+        index = {id(t): i for i, t in enumerate(self.weights)}
+        self.slot_weight = {path: index[id(t)] for path, t in slots}
+        dropouts = [m for _, m in module.named_modules() if isinstance(m, Dropout)]
+        self.keys = {d: (_fresh_seed(),) if d.key is None else d.key for d in dropouts}
+        self.layout = None  # (what the call returned, its Tensors' shapes), set by run
+
+    def run(self, values):
+        """The call on ``values`` (Tensors: the inputs, then the weights), its Tensor
+        results raveled and joined into one."""
+        inputs, weights = iter(values[: self.n_inputs]), values[self.n_inputs :]
+        args = [next(inputs) if isinstance(a, Tensor) else a for a in self.args]
+        by_path = {path: weights[i] for path, i in self.slot_weight.items()}
+        with _swapped(self.module, by_path), _keys(self.keys):
+            out = self.module(*args, **self.kwargs)
+        tensors = [r for r in (out if isinstance(out, tuple) else (out,)) if isinstance(r, Tensor)]
+        if self.layout is None:
+            self.layout = (out, [t.shape for t in tensors])
+        raveled = [t.reshape(-1) for t in tensors]
+        return raveled[0] if len(raveled) == 1 else F.concat(raveled)
+
+    def unflatten(self, flat):
+        """``flat`` (the node's output) cut back into the call's structure."""
+        out, shapes = self.layout
+        pieces, start = [], 0
+        for shape in shapes:
+            size = int(np.prod(shape))
+            pieces.append(flat[start : start + size].reshape(shape))
+            start += size
+        if not isinstance(out, tuple):
+            return pieces[0]
+        pieces = iter(pieces)
+        return tuple(next(pieces) if isinstance(r, Tensor) else r for r in out)
+
+
+def _weight_slots(module, path=""):
+    """(container, key, path, tensor) for each weight inside ``module``: every Tensor that is
+    not a Buffer (a Parameter, or the Tensor ``bind`` put in its place)."""
+    for container, key, name, item in _items(module):
+        full = f"{path}.{name}" if path else name
+        if isinstance(item, Tensor) and not isinstance(item, Buffer):
+            yield container, key, full, item
+        elif isinstance(item, Module):
+            yield from _weight_slots(item, full)
+
+
+@contextlib.contextmanager
+def _swapped(module, by_path):
+    """``module`` with the Tensor at each path of ``by_path`` swapped for its value."""
+    undo = []
+    for container, key, path, item in list(_weight_slots(module)):
+        if path in by_path:
+            undo.append((container, key, item))
+            _assign(container, key, by_path[path])
+    try:
+        yield
+    finally:
+        for container, key, item in reversed(undo):
+            _assign(container, key, item)
+
+
+@contextlib.contextmanager
+def _keys(keys):
+    """Each Dropout layer of ``keys`` ({layer: key}) drawing from its key in the block."""
+    given = {layer: layer.key for layer in keys}
+    for layer, key in keys.items():
+        layer.key = key
+    try:
+        yield
+    finally:
+        for layer, key in given.items():
+            layer.key = key
