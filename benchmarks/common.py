@@ -74,15 +74,17 @@ def median_ms(step, warmup, repeat):
     return 1000 * statistics.median(times)
 
 
-def torch_gpt(config, seed=0):
+def torch_gpt(config, seed=0, checkpointing=False):
     """A plain PyTorch GPT of ``config``'s GPT-2 shape (learned positions, pre-LayerNorm
     blocks, GELU MLP, tied output layer) with GPT-2's initialization, as nanoGPT's:
-    ``model(ids, targets)`` returns the mean cross-entropy. The peer the benchmarks time."""
+    ``model(ids, targets)`` returns the mean cross-entropy. The peer the benchmarks time.
+    ``checkpointing`` runs each block through ``torch.utils.checkpoint`` when training."""
     import math
 
     import torch
     from torch import nn
     from torch.nn import functional as F
+    from torch.utils.checkpoint import checkpoint
 
     class Block(nn.Module):
         def __init__(self):
@@ -119,7 +121,8 @@ def torch_gpt(config, seed=0):
         def forward(self, ids, targets):
             h = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
             for block in self.blocks:
-                h = block(h)
+                recompute = checkpointing and torch.is_grad_enabled()
+                h = checkpoint(block, h, use_reentrant=False) if recompute else block(h)
             logits = self.ln_f(h) @ self.tok.weight.T  # tied output layer
             return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
@@ -196,13 +199,14 @@ class TorchSteps:
     them: the batch moved to ``device``, the forward (under ``torch.autocast`` to bfloat16 with
     ``bf16``), backward, gradient clipping at ``grad_clip`` (0: none), AdamW with decay on the
     matrices only (fused on a GPU). ``compile`` names a ``torch.compile`` backend
-    ("inductor"), or None for eager."""
+    ("inductor"), or None for eager; ``checkpointing`` recomputes each block's activations."""
 
-    def __init__(self, config, batches, device="cpu", bf16=False, compile=None, grad_clip=1.0):
+    def __init__(self, config, batches, device="cpu", bf16=False, compile=None, grad_clip=1.0,
+                 checkpointing=False):  # fmt: skip
         import torch
 
         self.torch, self.device, self.bf16, self.grad_clip = torch, device, bf16, grad_clip
-        model = torch_gpt(config, seed=0).to(device)
+        model = torch_gpt(config, seed=0, checkpointing=checkpointing).to(device)
         self.params = list(model.parameters())
         groups = [
             {"params": [p for p in self.params if p.dim() >= 2], "weight_decay": 0.1},

@@ -2,7 +2,8 @@
 # The checks that need an NVIDIA GPU, as one script for one run on a GPU machine, from the
 # repository root:  bash benchmarks/gpu_checks.sh [OUT_DIR [PART...]]
 #
-# 1. tests: the backend, every-op, attention-mask, generation, KV-cache and fused-kernel tests,
+# 1. tests: the backend, every-op, attention-mask, generation, KV-cache, fused-kernel and
+#    activation-checkpointing tests,
 #    with CuPy and JAX on the GPU, cuDNN's attention under JAX among them (180 s); a failure
 #    does not stop the others (up to 30), so that one run shows all that fails, and each test's
 #    result is written as it ends, so a part cut off at its limit still says which passed; four
@@ -58,7 +59,7 @@ part() {  # part NAME SECONDS COMMAND...: run it, unless other parts were named
 part tests 180 python3 -m pytest -n 4 --dist loadfile -v --tb=short -rfE --maxfail=30 \
   -p no:cacheprovider tests/test_backends.py tests/test_ops.py tests/test_attention_mask.py \
   tests/test_generate_jax.py tests/test_kv_cache.py tests/test_batched_generate.py \
-  tests/test_speculative.py tests/test_precision.py tests/test_fused.py \
+  tests/test_speculative.py tests/test_precision.py tests/test_fused.py tests/test_recompute.py \
   -k "jax or cupy or gpu or backend"
 part shakespeare_char 300 python3 -m tinyllm.cli pretrain --preset small --tokenizer char \
   --backend jax --dtype bfloat16 --steps 5000 --batch-size 64 --eval-interval 1000 \

@@ -57,11 +57,19 @@ def enable_gradient_checkpointing(model):
     return model
 
 
+def recomputing_saves_memory(backend):
+    """Whether recomputing lowers the memory a step holds on ``backend``: everywhere but
+    under JAX on the CPU, where XLA drops the barriers before it orders the program."""
+    return backend.name != "jax" or backend.jax.default_backend() != "cpu"
+
+
 def recompute(module, *args, **kwargs):
     """``module(*args, **kwargs)``, its activations recomputed in the backward pass rather
     than kept (see the module docstring). Tensors among ``args`` get gradients; ``kwargs``
     (masks, positions) are constants. The result has the call's structure: a Tensor, or a
     tuple of Tensors and other values (a block's ``(x, aux_loss)``)."""
+    if not isinstance(module, Module):  # its weights must be found, to be swapped and graded
+        raise TypeError(f"recompute: expected a Module, got {type(module).__name__}")
     for name, value in kwargs.items():
         if isinstance(value, Tensor) and value.requires_grad:
             raise ValueError(

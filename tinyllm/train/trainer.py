@@ -47,6 +47,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ from tqdm import tqdm
 
 from ..backend.precision import check_compute_dtype
 from ..nn import Dropout
-from ..nn.recompute import enable_gradient_checkpointing
+from ..nn.recompute import enable_gradient_checkpointing, recomputing_saves_memory
 from ..optim import AdamW, get_schedule
 from .loss_scaling import LossScaler
 from .metrics import MetricsLog, plot_losses, read_metrics
@@ -126,8 +127,6 @@ class Trainer(StepExecution, RunFolder):
         self.measure_names = []  # what eval_fn has returned, in order: plotted with the losses
         self.tokenizer, self.title = tokenizer, title
         self.out_dir = None if out_dir is None else Path(out_dir)
-        if config.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not trainable:
             raise ValueError("Trainer: the model has no trainable parameters (all frozen)")
@@ -140,6 +139,16 @@ class Trainer(StepExecution, RunFolder):
         )
         self.schedule = get_schedule(config.schedule)
         self.backend = trainable[0][1].backend
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+            if not recomputing_saves_memory(self.backend):
+                warnings.warn(
+                    "--gradient-checkpointing under JAX on the CPU: XLA's CPU compiler lets the "
+                    "recomputation run beside the forward pass, so the step keeps as much "
+                    "memory as without it and takes longer (it saves memory on NumPy, CuPy, "
+                    "and JAX on a GPU)",
+                    stacklevel=2,
+                )
         check_compute_dtype(self.backend, config.dtype)
         if loss_scaler is None and config.dtype == "float16":
             loss_scaler = LossScaler()
