@@ -16,7 +16,6 @@ allocator has no peak counter; its column is the time alone.
 """
 
 import argparse
-import tracemalloc
 
 import numpy as np
 from bench_model import SHAPES
@@ -24,6 +23,7 @@ from common import TorchSteps, TrainerSteps, machine, median_ms, table_head, tab
 
 import tinyllm
 from tinyllm.models import Transformer, get_preset
+from tinyllm.nn.recompute import peak_training_bytes
 
 DEEP = {"small, 12 layers": ({**SHAPES["small"][0], "n_layer": 12}, SHAPES["small"][1])}
 MIB = 2**20
@@ -38,18 +38,6 @@ def tinyllm_runner(backend, config, x, y, checkpointing):
     return model, runner
 
 
-def numpy_peak(model, x, y):
-    """Peak bytes NumPy holds during one forward and backward pass of ``model``."""
-    tracemalloc.start()
-    try:
-        _, loss = model(x, y)
-        loss.backward()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-        model.zero_grad()
-
-
 def measure(column, config, x, y, checkpointing, steps, warmup):
     """(ms per step, memory in bytes or None) of one column, plain or recomputing."""
     if column == "torch eager":
@@ -59,7 +47,7 @@ def measure(column, config, x, y, checkpointing, steps, warmup):
     model, runner = tinyllm_runner(backend, config, x, y, checkpointing)
     ms = median_ms(lambda: runner.run(1), warmup, steps)
     if backend == "numpy":
-        return ms, numpy_peak(model, x, y)
+        return ms, peak_training_bytes(model, x, y)
     return ms, runner.trainer.step_program.memory_analysis().temp_size_in_bytes
 
 

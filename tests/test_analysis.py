@@ -140,6 +140,13 @@ def test_vram_training_breakdown():
     assert estimate.activations == korthikanti + s * b * config.vocab_size * 4
     assert estimate.kv_cache == 0
     assert "activations" in estimate.table() and "kv cache" not in estimate.table()
+    recomputed = vram_estimate(
+        config, training=True, batch_size=b, overhead=0.0, gradient_checkpointing=True
+    )
+    inputs = layers * 2 * s * b * h  # each layer's input, 16 bits (Korthikanti's 2sbhL)
+    one_layer = 34 * s * b * h + 5 * a * s * s * b  # alive while it is recomputed
+    assert recomputed.activations == inputs + one_layer + s * b * config.vocab_size * 4
+    assert recomputed.weights == estimate.weights
 
 
 # --- bad input ---------------------------------------------------------------------------
@@ -171,6 +178,8 @@ def test_other_bad_input():
         vram_estimate(ModelConfig(), training=True, bits=4)
     with pytest.raises(ValueError, match="overhead=-0.1 must be a fraction"):
         vram_estimate(ModelConfig(), overhead=-0.1)
+    with pytest.raises(ValueError, match="gradient_checkpointing=True is for training"):
+        vram_estimate(ModelConfig(), gradient_checkpointing=True)
     with pytest.raises(ValueError, match="unit='MB' is not one of"):
         vram_estimate(ModelConfig()).table(unit="MB")
 

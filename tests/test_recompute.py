@@ -1,7 +1,6 @@
 """Activation checkpointing (``nn.recompute``, ``Transformer.gradient_checkpointing``): the
 gradients of the plain forward pass, with each block's activations recomputed instead of kept."""
 
-import tracemalloc
 import warnings
 from contextlib import nullcontext
 
@@ -16,7 +15,7 @@ from tinyllm.nn import Linear, Module
 from tinyllm.nn import recompute as recompute_module
 from tinyllm.nn.layers import dropout_key
 from tinyllm.nn.lora import apply_lora
-from tinyllm.nn.recompute import enable_gradient_checkpointing, recompute
+from tinyllm.nn.recompute import enable_gradient_checkpointing, peak_training_bytes, recompute
 from tinyllm.train import TrainConfig, Trainer
 from tinyllm.train.metrics import read_metrics
 
@@ -92,17 +91,6 @@ def test_dropout_without_a_step_key_draws_the_same_masks_when_recomputed(monkeyp
         np.testing.assert_array_equal(got, expected)
 
 
-def peak_bytes(model, x, y):
-    tracemalloc.start()
-    try:
-        _, loss = model(x, y)
-        loss.backward()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-        model.zero_grad()
-
-
 def test_recomputing_keeps_one_block_s_activations_not_every_block_s():
     """The peak memory of a forward and backward pass (NumPy's arrays, as tracemalloc counts
     them): without checkpointing it grows with the depth, block after block of activations;
@@ -114,7 +102,7 @@ def test_recomputing_keeps_one_block_s_activations_not_every_block_s():
         model = Transformer(config, seed=0)
         for checkpointing in (False, True):
             model.gradient_checkpointing = checkpointing
-            peaks[n_layer, checkpointing] = peak_bytes(model, x, y)
+            peaks[n_layer, checkpointing] = peak_training_bytes(model, x, y)
     plain_growth = peaks[8, False] - peaks[4, False]  # four more blocks' activations
     kept_growth = peaks[8, True] - peaks[4, True]  # four more blocks' inputs (and weights)
     assert peaks[8, True] < 0.4 * peaks[8, False]

@@ -276,8 +276,9 @@ class MemoryEstimate:
 
 
 def vram_estimate(
-    config, *, training=False, seq_len=None, batch_size=1, bits=None, kv_bits=None, overhead=0.2
-):
+    config, *, training=False, seq_len=None, batch_size=1, bits=None, kv_bits=None, overhead=0.2,
+    gradient_checkpointing=False,
+):  # fmt: skip
     """Accelerator memory to serve (default) or train ``config``, as a ``MemoryEstimate``.
 
     Serving holds the weights at ``bits`` (default 16) and the KV cache of ``batch_size``
@@ -291,7 +292,10 @@ def vram_estimate(
     Large Transformer Models", eq. 1): s b h (34 + 5 a s / h) bytes per layer at 16 bits,
     with s = seq_len, b = batch_size, h = d_model and a = n_head, no recomputation; the
     5 a s^2 b part is the attention matrices, which a fused (flash) attention never stores.
-    To that we add the float32 logits, s b vocab_size x 4 bytes.
+    To that we add the float32 logits, s b vocab_size x 4 bytes. With
+    ``gradient_checkpointing`` each layer keeps its input alone, 2 s b h bytes (Korthikanti's
+    "full recomputation"), and one layer's activations are alive at a time, while the
+    backward pass recomputes it.
 
     ``overhead`` is a stated fraction added on top of the rest, for the CUDA context,
     temporary buffers and allocator fragmentation; 0.2 is the usual rule of thumb
@@ -309,11 +313,20 @@ def vram_estimate(
     activations     10.25 GB
     overhead         2.45 GB
     total           14.70 GB
+    >>> recomputed = vram_estimate(KNOWN_MODELS["gpt2"], training=True, batch_size=8,
+    ...                            gradient_checkpointing=True)
+    >>> round(recomputed.activations / GB, 2)
+    2.52
     """
     seq_len = _check_seq_len(config, seq_len)
     _check_count("batch_size", batch_size)
     if not (isinstance(overhead, numbers.Real) and 0 <= overhead < math.inf):
         raise ValueError(f"vram_estimate: overhead={overhead!r} must be a fraction >= 0, like 0.2")
+    if gradient_checkpointing and not training:
+        raise ValueError(
+            "vram_estimate: gradient_checkpointing=True is for training (training=True); "
+            "serving keeps no activations for a backward pass"
+        )
     if training:
         if bits is not None or kv_bits is not None:
             raise ValueError(
@@ -328,7 +341,12 @@ def vram_estimate(
             weights=4 * params,
             gradients=4 * params,
             optimizer=8 * params,  # AdamW's first and second moments, float32
-            activations=config.n_layer * per_layer + logits,
+            activations=logits
+            + (
+                config.n_layer * 2 * s * b * h + per_layer  # inputs kept, one layer recomputed
+                if gradient_checkpointing
+                else config.n_layer * per_layer
+            ),
         )
     else:
         estimate = MemoryEstimate(

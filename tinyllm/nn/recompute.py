@@ -33,6 +33,7 @@ True
 """
 
 import contextlib
+import tracemalloc
 
 import numpy as np
 
@@ -61,6 +62,21 @@ def recomputing_saves_memory(backend):
     """Whether recomputing lowers the memory a step holds on ``backend``: everywhere but
     under JAX on the CPU, where XLA drops the barriers before it orders the program."""
     return backend.name != "jax" or backend.jax.default_backend() != "cpu"
+
+
+def peak_training_bytes(model, ids, targets):
+    """The most bytes NumPy held during one forward and backward pass of ``model`` (a
+    language model on the NumPy backend) on ``ids`` -> ``targets``, as ``tracemalloc``
+    counts NumPy's arrays: weights, gradients and the activations kept in between. The
+    gradients are cleared after."""
+    tracemalloc.start()
+    try:
+        _, loss = model(ids, targets)
+        loss.backward()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        model.zero_grad()
 
 
 def recompute(module, *args, **kwargs):
