@@ -16,6 +16,7 @@ from tinyllm.nn import recompute as recompute_module
 from tinyllm.nn.layers import dropout_key
 from tinyllm.nn.lora import apply_lora
 from tinyllm.nn.recompute import enable_gradient_checkpointing, peak_training_bytes, recompute
+from tinyllm.quant import quantize
 from tinyllm.train import TrainConfig, Trainer
 from tinyllm.train.metrics import read_metrics
 
@@ -52,11 +53,14 @@ def test_recomputed_blocks_give_the_plain_gradients_exactly(preset):
         np.testing.assert_array_equal(recomputed[1][name], grad, err_msg=name)
 
 
-def test_recomputed_blocks_keep_masks_positions_and_frozen_weights():
+@pytest.mark.parametrize("scheme", [None, "q4_0"])
+def test_recomputed_blocks_keep_masks_positions_and_frozen_weights(scheme):
     """Packed documents (a mask and positions, passed to each block by keyword) under LoRA
-    (frozen base weights, trained adapters): the adapters' gradients are the plain pass's."""
+    (frozen base weights, trained adapters) and QLoRA (the base packed in 4 bits, in
+    buffers): the adapters' gradients are the plain pass's."""
     config = get_preset("tiny-llama", n_layer=2, vocab_size=50, context_length=32)
-    model = apply_lora(Transformer(config, seed=0), r=2, alpha=4, seed=1)
+    base = Transformer(config, seed=0)
+    model = apply_lora(base if scheme is None else quantize(base, scheme), r=2, alpha=4, seed=1)
     x, y = batch()
     positions = np.concatenate([np.arange(10), np.arange(6)])[None].repeat(3, 0)  # (3, 16)
     document = np.repeat([0, 1], [10, 6])
