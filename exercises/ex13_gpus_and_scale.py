@@ -6,7 +6,8 @@ two into the best time a processor can reach and says which limit it hits (13.2)
 many devices is a question of who holds which bytes: ZeRO's stages and tinyllm's layouts (13.3).
 Mixed precision rounds float32 to bfloat16, which you do with bit operations on the raw bits
 (13.4). Causal attention need not compute the scores a mask would hide anyway: in blocks of
-queries, each against only the keys it can see (13.5).
+queries, each against only the keys it can see (13.5). And the activations a backward pass needs
+need not all be kept: a block can run again when the backward pass reaches it (13.6).
 
 Everything here is plain Python and NumPy. FLOPs count a multiply and an add as two; bytes are
 plain bytes (not bits); rates are per second (FLOP/s, bytes/s).
@@ -16,6 +17,7 @@ Grade with ``tinyllm grade exercises -k ex13`` (lesson: lessons/13-gpus-and-scal
 
 import numpy as np  # noqa: F401 - you will need it
 
+from tinyllm import Tensor  # noqa: F401 - for 13.6, with tinyllm.Function, no_grad, enable_grad
 from tinyllm.analysis import parameter_count  # noqa: F401 - given: the parameters of a config
 
 
@@ -168,3 +170,24 @@ def blocked_causal_attention(q, k, v, n_blocks, window=None):
     of the values, per batch row and head - nothing more.
     """
     raise NotImplementedError("Exercise 13.5: attention that skips the hidden tiles")
+
+
+# --- Exercise 13.6 --------------------------------------------------------------------------
+def checkpoint(fn, *inputs):
+    """``fn(*inputs)`` - Tensors in, one Tensor out - without keeping its activations.
+
+    Run ``fn`` once without recording the tape (``tinyllm.no_grad()``), so that nothing it
+    computes on the way is kept, and keep only the input arrays. When the backward pass reaches
+    the result, run ``fn`` again on fresh Tensors holding those arrays, each requiring a
+    gradient where its input does, recorded this time (``tinyllm.enable_grad()``: a backward
+    pass may itself run under ``no_grad``), backpropagate the incoming gradient through it, and
+    give each input the gradient its fresh Tensor received (None where it wanted none).
+
+    Write it as a ``tinyllm.Function`` (lesson 00): ``forward(ctx, *arrays, fn=...)`` gets the
+    inputs' arrays and returns the output's array, ``ctx.needs_grad`` says which inputs want a
+    gradient, and ``backward(ctx, grad)`` returns one gradient per input. ``fn`` reads its
+    weights only through its arguments: pass them in ``inputs``. For example
+    ``checkpoint(lambda x, w: (x @ w).tanh(), x, w).sum().backward()`` leaves in ``x.grad`` and
+    ``w.grad`` what ``(x @ w).tanh().sum().backward()`` would.
+    """
+    raise NotImplementedError("Exercise 13.6: recompute a block in the backward pass")

@@ -479,3 +479,91 @@ def test_blocked_attention_matches_and_skips_the_hidden_tiles(exercise, oracle):
     full, four = (sum((t1 - t0) * (s1 - s0) for t0, t1, s0, s1 in ex.query_blocks(256, 256, n))
                   for n in (1, 4))  # fmt: skip
     assert four / full == pytest.approx(10 / 16, abs=0.01)
+
+
+# --- 13.6 activation checkpointing -------------------------------------------------------------
+def residual_block(x, w1, b1, w2):
+    """A pre-activation MLP block with a residual, written with tinyllm's Tensor operations."""
+    return x + ((x @ w1 + b1).tanh() @ w2)
+
+
+def leaves(rng, width=16, hidden=32, rows=6):
+    """The block's input and weights: every one requires a gradient but the bias."""
+    arrays = [rng.standard_normal(s).astype(np.float32) * 0.3
+              for s in ((rows, width), (width, hidden), (hidden,), (hidden, width))]  # fmt: skip
+    return [Tensor(a, requires_grad=i != 2) for i, a in enumerate(arrays)]
+
+
+def plain_gradients(oracle, arrays, upstream):
+    """d(sum(upstream * block(x, w1, b1, w2)))/d(x, w1, w2), by tinyllm or by PyTorch."""
+    if oracle == "tinyllm":
+        tensors = [Tensor(a, requires_grad=i != 2) for i, a in enumerate(arrays)]
+        (residual_block(*tensors) * Tensor(upstream)).sum().backward()
+        return [tensors[i].grad for i in (0, 1, 3)]
+    import torch
+
+    x, w1, b1, w2 = (torch.tensor(a, requires_grad=i != 2) for i, a in enumerate(arrays))
+    (torch.sum(torch.from_numpy(upstream) * (x + torch.tanh(x @ w1 + b1) @ w2))).backward()
+    return [t.grad.numpy() for t in (x, w1, w2)]
+
+
+CHECKPOINT_ORACLES = ["tinyllm"] + (["torch"] if importlib.util.find_spec("torch") else [])
+
+
+@pytest.mark.exercise("13.6", points=2)
+@pytest.mark.parametrize("oracle", CHECKPOINT_ORACLES)
+def test_checkpoint_gives_the_plain_gradients(exercise, oracle):
+    """checkpoint: the output and every input's gradient are the plain pass's (tinyllm's
+    autograd, PyTorch's), the bias that wants none getting none, twice in a row"""
+    ex = exercise(EX)
+    rng = np.random.default_rng(6)
+    for _ in range(2):
+        x, w1, b1, w2 = leaves(rng)
+        upstream = rng.standard_normal(x.shape).astype(np.float32)
+        out = ex.checkpoint(residual_block, x, w1, b1, w2)
+        np.testing.assert_allclose(out.numpy(), residual_block(x, w1, b1, w2).numpy(), rtol=1e-6)
+        (out * Tensor(upstream)).sum().backward()
+        want = plain_gradients(oracle, [t.numpy() for t in (x, w1, b1, w2)], upstream)
+        for name, got, expected in zip(("x", "w1", "w2"), (x.grad, w1.grad, w2.grad), want):
+            assert got is not None, f"{name} got no gradient"
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=name)
+        assert b1.grad is None
+
+
+@pytest.mark.exercise("13.6", points=1)
+def test_checkpoint_recomputes_in_backward_and_keeps_less(exercise):
+    """checkpoint: fn runs once unrecorded, and once more, recorded, when the backward pass
+    reaches it; a chain of eight checkpointed blocks peaks at under half the plain chain's
+    memory (tracemalloc counts NumPy's arrays)"""
+    import tracemalloc
+
+    from tinyllm.autograd import is_grad_enabled
+
+    ex = exercise(EX)
+    calls = []
+
+    def block(*inputs):
+        calls.append(is_grad_enabled())
+        return residual_block(*inputs)
+
+    rng = np.random.default_rng(7)
+    x, w1, b1, w2 = leaves(rng)
+    out = ex.checkpoint(block, x, w1, b1, w2)
+    assert calls == [False], f"the forward pass: fn should run once, unrecorded; it ran {calls}"
+    out.sum().backward()
+    assert calls == [False, True], f"after backward: fn should have run again, recorded: {calls}"
+
+    def peak(checkpointed):
+        h, weights = leaves(np.random.default_rng(8), width=64, hidden=512, rows=512)[0], []
+        tracemalloc.start()
+        for _ in range(8):
+            w = leaves(rng, width=64, hidden=512, rows=1)[1:]
+            weights += w
+            h = ex.checkpoint(residual_block, h, *w) if checkpointed else residual_block(h, *w)
+        h.sum().backward()
+        most = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return most
+
+    plain, kept = peak(False), peak(True)
+    assert kept < 0.5 * plain, f"checkpointed chain peaked at {kept:,} bytes, plain {plain:,}"

@@ -10,7 +10,15 @@ array([2., 4.], dtype=float32)
 __version__ = "0.1.0"
 
 from . import functional
-from .autograd import Function, Tensor, gradcheck, no_grad, to_numpy, value_and_grad
+from .autograd import (
+    Function,
+    Tensor,
+    enable_grad,
+    gradcheck,
+    no_grad,
+    to_numpy,
+    value_and_grad,
+)
 from .backend import (
     BackendUnavailable,
     available_backends,
@@ -28,6 +36,7 @@ __all__ = [
     "__version__",
     "available_backends",
     "compute_dtype",
+    "enable_grad",
     "functional",
     "get_backend",
     "gradcheck",

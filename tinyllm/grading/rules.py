@@ -181,6 +181,7 @@ RULES = {
             "from_bfloat16_bits",
             "query_blocks",
             "blocked_causal_attention",
+            "checkpoint",
         ),
         off_limits=(
             "tinyllm.analysis",  # the FLOP and byte counts
@@ -188,6 +189,7 @@ RULES = {
             "tinyllm.quant.formats",  # bf16 among the formats
             "tinyllm.models.weights",  # and its rounding, used for safetensors' BF16
             "tinyllm.functional.attention",  # the blocks of long causal attention
+            "tinyllm.nn.recompute",  # activation checkpointing
             "tinyllm.nn.attention",
         ),
         given=("tinyllm.analysis.parameter_count", "tinyllm.analysis.ParameterCount"),

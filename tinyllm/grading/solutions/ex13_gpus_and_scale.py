@@ -7,6 +7,8 @@ has no function for - one matrix product's counts, the roofline, the ZeRO paper'
 written out here, each a line or two. The blocks of long causal attention are
 tinyllm/functional/attention.py's ``query_blocks`` (and each block's mask its ``_causal_bias``);
 the blocked attention is written out in NumPy, since the grader counts the products it takes.
+Activation checkpointing is tinyllm/nn/recompute.py's ``recompute``, around a module that calls
+the function.
 """
 
 import numpy as np
@@ -18,12 +20,15 @@ from tinyllm.analysis import (
     weight_bytes,
 )
 from tinyllm.functional.attention import _causal_bias, query_blocks
+from tinyllm.nn import Module
+from tinyllm.nn.recompute import recompute
 from tinyllm.quant import formats
 from tinyllm.train.sharding import SHARD_MODES, split_axes
 
 __all__ = [
     "attainable_flops",
     "blocked_causal_attention",
+    "checkpoint",
     "decode_cost",
     "device_bytes",
     "from_bfloat16_bits",
@@ -107,3 +112,18 @@ def blocked_causal_attention(q, k, v, n_blocks, window=None):
         probs /= probs.sum(axis=-1, keepdims=True)
         blocks.append(probs @ v[..., s0:s1, :])
     return np.concatenate(blocks, axis=-2)
+
+
+class _Calling(Module):
+    """A module without weights of its own that calls ``fn``: ``recompute`` takes modules."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def forward(self, *inputs):
+        return self.fn(*inputs)
+
+
+def checkpoint(fn, *inputs):
+    return recompute(_Calling(fn), *inputs)
+
