@@ -145,8 +145,8 @@ class Trainer(StepExecution, RunFolder):
                 warnings.warn(
                     "--gradient-checkpointing under JAX on the CPU: XLA's CPU compiler lets the "
                     "recomputation run beside the forward pass, so the step keeps as much "
-                    "memory as without it and takes longer (it saves memory on NumPy, CuPy, "
-                    "and JAX on a GPU)",
+                    "memory as without it and takes longer (run eagerly, on NumPy or CuPy, it "
+                    "saves memory; XLA's GPU compiler keeps the recomputation in its place)",
                     stacklevel=2,
                 )
         check_compute_dtype(self.backend, config.dtype)

@@ -126,4 +126,3 @@ class _Calling(Module):
 
 def checkpoint(fn, *inputs):
     return recompute(_Calling(fn), *inputs)
-
