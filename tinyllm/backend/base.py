@@ -217,12 +217,13 @@ class Backend:
         """
         return None
 
-    def barrier(self, arrays):
-        """``arrays`` (a tuple) as they are, but opaque to a compiler: what is computed from
-        the results is not merged with what was computed from the inputs before (JAX's
-        ``optimization_barrier``). Activation checkpointing's recomputation needs it, or XLA
-        would find the forward pass computed twice and keep the first one's activations."""
-        return arrays
+    def after(self, array, token):
+        """``array``, computed only once ``token`` (an array) is. Eagerly that is program
+        order, so here it is ``array`` itself; a compiler is free to run anything as soon as
+        its inputs exist, and to merge what it computes twice (see JaxBackend). Activation
+        checkpointing gives its recomputation's input this way, with the incoming gradient as
+        ``token``."""
+        return array
 
     # --- randomness and compilation ---------------------------------------------------
     def uniform(self, seed, shape, dtype=np.float32):

@@ -16,9 +16,10 @@ the depth.
 gradients are the plain call's: the recomputation draws the same dropout masks (each Dropout's
 key is kept with the input) and uses the same weights, even when the backward runs after the
 Trainer's ``bind`` has put the parameters back. Under JAX the whole step is one compiled
-program, and XLA would merge the forward computed twice into one, keeping its activations
-after all; ``Backend.barrier`` hides the recomputation's inputs from that merge, as
-``jax.checkpoint`` does.
+program, and XLA is free to merge the forward computed twice into one, or to run the
+recomputation as early as the first pass - keeping its activations after all either way. So
+the recomputation's input is made to depend on the incoming gradient (``Backend.after``): it
+can neither be merged nor run before the backward pass reaches the block.
 
 >>> import numpy as np
 >>> from tinyllm import Tensor
@@ -56,12 +57,6 @@ def enable_gradient_checkpointing(model):
     for module in switches:
         module.gradient_checkpointing = True
     return model
-
-
-def recomputing_saves_memory(backend):
-    """Whether recomputing lowers the memory a step holds on ``backend``: everywhere but
-    under JAX on the CPU, where XLA drops the barriers before it orders the program."""
-    return backend.name != "jax" or backend.jax.default_backend() != "cpu"
 
 
 def peak_training_bytes(model, ids, targets):
@@ -112,7 +107,7 @@ class _Recompute(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        *arrays, grad = ctx.backend.barrier((*ctx.saved, grad))
+        arrays = [ctx.backend.after(ctx.saved[0], grad), *ctx.saved[1:]]  # see after()
         leaves = [Tensor._wrap(a, requires_grad=n) for a, n in zip(arrays, ctx.needs_grad)]
         with enable_grad():
             flat = ctx.call.run(leaves)

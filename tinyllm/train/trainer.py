@@ -47,7 +47,6 @@ import math
 import signal
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +54,7 @@ from tqdm import tqdm
 
 from ..backend.precision import check_compute_dtype
 from ..nn import Dropout
-from ..nn.recompute import enable_gradient_checkpointing, recomputing_saves_memory
+from ..nn.recompute import enable_gradient_checkpointing
 from ..optim import AdamW, get_schedule
 from .loss_scaling import LossScaler
 from .metrics import MetricsLog, plot_losses, read_metrics
@@ -141,14 +140,6 @@ class Trainer(StepExecution, RunFolder):
         self.backend = trainable[0][1].backend
         if config.gradient_checkpointing:
             enable_gradient_checkpointing(model)
-            if not recomputing_saves_memory(self.backend):
-                warnings.warn(
-                    "--gradient-checkpointing under JAX on the CPU: XLA's CPU compiler lets the "
-                    "recomputation run beside the forward pass, so the step keeps as much "
-                    "memory as without it and takes longer (run eagerly, on NumPy or CuPy, it "
-                    "saves memory; XLA's GPU compiler keeps the recomputation in its place)",
-                    stacklevel=2,
-                )
         check_compute_dtype(self.backend, config.dtype)
         if loss_scaler is None and config.dtype == "float16":
             loss_scaler = LossScaler()
