@@ -58,9 +58,13 @@ def run(out, **changes):
 def worker(spec):
     """A child run: train once per mode in ``spec``."""
     out = {}
-    for mode in spec["modes"]:
-        shard = None if mode == "single" else mode
-        losses, val_loss, trainer = run(Path(spec["out"]) / mode, shard=shard)
+    for mode in spec["modes"]:  # "single", a layout, or a layout "+recompute"
+        shard = None if mode == "single" else mode.removesuffix("+recompute")
+        losses, val_loss, trainer = run(
+            Path(spec["out"]) / mode,
+            shard=shard,
+            gradient_checkpointing=mode.endswith("+recompute"),
+        )
         out[mode] = {
             "losses": losses,
             "val_loss": val_loss,
@@ -112,9 +116,10 @@ def result_of(process):
 
 @pytest.fixture(scope="module")
 def four_devices(tmp_path_factory):
-    """One device, then dp, zero1 and fsdp over 4, in one child that sees 4 CPU devices."""
+    """One device, then dp, zero1 and fsdp over 4 (and fsdp recomputing each block), in one
+    child that sees 4 CPU devices."""
     out = tmp_path_factory.mktemp("four")
-    spec = {"modes": ["single", *MODES], "out": str(out)}
+    spec = {"modes": ["single", *MODES, "fsdp+recompute"], "out": str(out)}
     return result_of(child([__file__, json.dumps(spec)], devices=4))
 
 
@@ -137,6 +142,15 @@ def test_sharded_runs_equal_the_single_device_run(four_devices, mode):
     assert max_difference(sharded["losses"], single["losses"]) < NOISE
     assert abs(sharded["val_loss"] - single["val_loss"]) < NOISE
     assert single["losses"][-1] < single["losses"][0]  # it learned something
+
+
+def test_fsdp_recomputing_each_block_equals_the_single_device_run(four_devices):
+    """Activation checkpointing inside the sharded step: the recomputation waits on a
+    gradient that is itself cut over the devices, and the losses are still one device's."""
+    single, recomputed = four_devices["single"], four_devices["fsdp+recompute"]
+    assert recomputed["plan"] == "fsdp over 4 devices"
+    assert max_difference(recomputed["losses"], single["losses"]) < NOISE
+    assert abs(recomputed["val_loss"] - single["val_loss"]) < NOISE
 
 
 # A short run of `tinyllm pretrain`, the same on every host (no samples: their compiled
