@@ -178,9 +178,9 @@ def test_the_compiled_jax_step_recomputes_with_the_plain_losses(tmp_path):
     np.testing.assert_allclose(recomputed, plain, rtol=1e-5)
 
 
-def compiled_temp_bytes(n_layer, checkpointing):
+def compiled_temp_bytes(n_layer, checkpointing, dropout):
     """XLA's temporary bytes for one compiled training step (B 8, T 128, width 128)."""
-    config = get_preset("tiny", n_layer=n_layer, vocab_size=65, context_length=128)
+    config = get_preset("tiny", n_layer=n_layer, vocab_size=65, context_length=128, dropout=dropout)
     with tinyllm.use_backend("jax"):
         model = Transformer(config, seed=0)
     train = TrainConfig(
@@ -192,12 +192,14 @@ def compiled_temp_bytes(n_layer, checkpointing):
     return trainer.step_program.memory_analysis().temp_size_in_bytes
 
 
-def test_the_compiled_jax_step_keeps_less_memory_when_recomputing():
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_the_compiled_jax_step_keeps_less_memory_when_recomputing(dropout):
     """XLA's own accounting of the compiled step (on whichever device JAX runs: the CPU here,
     a GPU in gpu_checks.sh): recomputing, its temporary buffers shrink and barely grow with
     the depth. Without the recomputation's input waiting on the gradient (Backend.after), XLA
-    merges or hoists it and the figure does not move, as with jax.checkpoint on XLA:CPU."""
+    merges or hoists it and the figure does not move, as with jax.checkpoint on XLA:CPU; with
+    dropout, without its keys waiting too, each layer's masks are kept from the first pass."""
     pytest.importorskip("jax")
-    temp = {(n, c): compiled_temp_bytes(n, c) for n in (4, 8) for c in (False, True)}
+    temp = {(n, c): compiled_temp_bytes(n, c, dropout) for n in (4, 8) for c in (False, True)}
     assert temp[8, True] < 0.5 * temp[8, False], temp
-    assert temp[8, True] - temp[4, True] < 0.25 * (temp[8, False] - temp[4, False]), temp
+    assert temp[8, True] - temp[4, True] < 0.1 * (temp[8, False] - temp[4, False]), temp

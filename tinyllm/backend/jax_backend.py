@@ -81,6 +81,7 @@ class JaxBackend(Backend):
         # away (0 * inf is NaN), so the recomputation neither merges with the first pass nor
         # runs before the gradient arrives. jax.checkpoint's optimization_barrier does not
         # hold on XLA:CPU, which removes barriers before it orders the program.
+        array = self.xp.asarray(array)  # (a dropout key's part may be a Python int)
         zero = token.reshape(-1)[0] * 0
         return array + zero.astype(array.dtype)
 

@@ -18,8 +18,9 @@ key is kept with the input) and uses the same weights, even when the backward ru
 Trainer's ``bind`` has put the parameters back. Under JAX the whole step is one compiled
 program, and XLA is free to merge the forward computed twice into one, or to run the
 recomputation as early as the first pass - keeping its activations after all either way. So
-the recomputation's input is made to depend on the incoming gradient (``Backend.after``): it
-can neither be merged nor run before the backward pass reaches the block.
+the recomputation's input and its dropout keys are made to depend on the incoming gradient
+(``Backend.after``): it can neither be merged nor run before the backward pass reaches the
+block.
 
 >>> import numpy as np
 >>> from tinyllm import Tensor
@@ -107,10 +108,12 @@ class _Recompute(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        arrays = [ctx.backend.after(ctx.saved[0], grad), *ctx.saved[1:]]  # see after()
+        after = ctx.backend.after  # the input and the dropout keys wait for the gradient
+        arrays = [after(ctx.saved[0], grad), *ctx.saved[1:]]
+        keys = {d: (after(key[0], grad), *key[1:]) for d, key in ctx.call.keys.items()}
         leaves = [Tensor._wrap(a, requires_grad=n) for a, n in zip(arrays, ctx.needs_grad)]
         with enable_grad():
-            flat = ctx.call.run(leaves)
+            flat = ctx.call.run(leaves, keys)
         if flat.requires_grad:  # else nothing in the call reaches a leaf that wants a gradient
             flat.backward(grad)
         return tuple(leaf.grad if n else None for leaf, n in zip(leaves, ctx.needs_grad))
@@ -131,13 +134,14 @@ class _Call:
         self.keys = {d: (_fresh_seed(),) if d.key is None else d.key for d in dropouts}
         self.layout = None  # (what the call returned, its Tensors' shapes), set by run
 
-    def run(self, values):
+    def run(self, values, keys=None):
         """The call on ``values`` (Tensors: the inputs, then the weights), its Tensor
-        results raveled and joined into one."""
+        results raveled and joined into one; the Dropout layers draw from ``keys`` (by
+        default the call's own)."""
         inputs, weights = iter(values[: self.n_inputs]), values[self.n_inputs :]
         args = [next(inputs) if isinstance(a, Tensor) else a for a in self.args]
         by_path = {path: weights[i] for path, i in self.slot_weight.items()}
-        with _swapped(self.module, by_path), _keys(self.keys):
+        with _swapped(self.module, by_path), _keys(keys or self.keys):
             out = self.module(*args, **self.kwargs)
         tensors = [r for r in (out if isinstance(out, tuple) else (out,)) if isinstance(r, Tensor)]
         if self.layout is None:
