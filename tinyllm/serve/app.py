@@ -223,9 +223,12 @@ def create_app(
 
             def unsent_logprobs(index, reply):
                 """The logprobs of the tokens ``reply`` has not streamed yet."""
-                new, start = reply.unsent_scored(), offsets.get(index, 0)
-                offsets[index] = start + sum(characters_begun(job, tokenizer, t) for t, _, _ in new)
-                return logprobs_of(job, tokenizer, new, start)
+                new = reply.unsent_scored()
+                logprobs = logprobs_of(job, tokenizer, new, offsets.get(index, 0))
+                if new and logprobs and "text_offset" in logprobs:  # the next chunk's start
+                    last = characters_begun(job, tokenizer, new[-1][0])
+                    offsets[index] = logprobs["text_offset"][-1] + last
+                return logprobs
 
             async for index, output in outputs(job, submitted, events):
                 reply = replies[output.request_id, output.index]
