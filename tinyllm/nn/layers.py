@@ -120,13 +120,23 @@ def dropout_key(model, key):
     ``jax.jit`` some may be traced) for the ``with`` block. A Dropout called twice in one
     block draws the same mask twice: give each forward pass its own key."""
     layers = [m for _, m in model.named_modules() if isinstance(m, Dropout)]
-    for layer in layers:
-        layer.key = tuple(key)
-    try:
+    with dropout_keys({layer: tuple(key) for layer in layers}):
         yield model
+
+
+@contextlib.contextmanager
+def dropout_keys(keys):
+    """Give each Dropout layer of ``keys`` ({layer: key}) its own key for the ``with`` block,
+    and the keys they had back after it (activation checkpointing recomputes a block with
+    the keys its first pass drew from)."""
+    given = {layer: layer.key for layer in keys}
+    for layer, key in keys.items():
+        layer.key = key
+    try:
+        yield
     finally:
-        for layer in layers:
-            layer.key = None
+        for layer, key in given.items():
+            layer.key = key
 
 
 def _fresh_seed():

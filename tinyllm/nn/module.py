@@ -131,12 +131,9 @@ class Module:
                 yield name, t
 
     def _walk(self, kind, path):
-        for _, _, name, item in _items(self):
-            full = f"{path}.{name}" if path else name
+        for _, _, full, item in _slots_under(self, path):
             if isinstance(item, kind):
                 yield full, item
-            elif isinstance(item, Module):
-                yield from item._walk(kind, full)
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
@@ -156,14 +153,12 @@ class Module:
         >>> [type(m).__name__ for m in pair.items]
         ['Old', 'New']
         """
-        for prefix, parent in self.named_modules():
-            for container, key, slot, item in _items(parent):
-                full = f"{prefix}.{slot}" if prefix else slot
-                if isinstance(item, Module) and full == path:
-                    if isinstance(container, tuple):
-                        raise TypeError(f"{type(self).__name__}: {path} sits in a tuple")
-                    _assign(container, key, module)
-                    return
+        for container, key, full, item in _slots_under(self):
+            if isinstance(item, Module) and full == path:
+                if isinstance(container, tuple):
+                    raise TypeError(f"{type(self).__name__}: {path} sits in a tuple")
+                _assign(container, key, module)
+                return
         raise KeyError(f"{type(self).__name__}.set_submodule: no module at {path!r}")
 
     def num_parameters(self):
@@ -257,25 +252,46 @@ class Module:
         if unknown:
             raise KeyError(f"{type(self).__name__}.bind: no parameters named {unknown}")
         replace = {id(params[name]): t for name, t in tensors.items()}
-        undo = []  # (container, key, original): setattr for modules, item assignment else
-        for _, module in self.named_modules():
-            for container, key, _, item in _items(module):
-                if isinstance(item, Parameter) and id(item) in replace:
-                    if isinstance(container, tuple):
-                        raise TypeError(f"{type(self).__name__}.bind: {key} sits in a tuple")
-                    undo.append((container, key, item))
-        for container, key, item in undo:
-            _assign(container, key, replace[id(item)])
+        with self.swapped(
+            lambda _, item: replace.get(id(item)) if isinstance(item, Parameter) else None
+        ):
+            yield self
+
+    @contextlib.contextmanager
+    def swapped(self, new_for):
+        """This module with each attribute slot (its own and its modules') whose
+        ``new_for(path, item)`` is not None holding that value instead, all restored
+        afterwards, even on an exception: how ``bind`` puts tensors in place of parameters,
+        and activation checkpointing (``recompute``) the weights a forward pass saw."""
+        swaps = []  # (container, key, original, new): setattr for modules, item assignment else
+        for container, key, path, item in _slots_under(self):
+            new = new_for(path, item)
+            if new is not None:
+                if isinstance(container, tuple):
+                    raise TypeError(f"{type(self).__name__}: {path} sits in a tuple")
+                swaps.append((container, key, item, new))
+        for container, key, _, new in swaps:
+            _assign(container, key, new)
         try:
             yield self
         finally:
-            for container, key, item in reversed(undo):
+            for container, key, item, _ in reversed(swaps):
                 _assign(container, key, item)
 
     def __repr__(self):
         lines = [f"{type(self).__name__}({self.num_parameters():,} parameters)"]
         lines += [f"  {path}: {type(m).__name__}" for path, m in self.named_modules() if path]
         return "\n".join(lines)
+
+
+def _slots_under(module, path=""):
+    """(container, key, path, item) for every attribute slot of ``module`` and of each module
+    inside it, depth first; ``path`` is prefixed to the paths."""
+    for container, key, name, item in _items(module):
+        full = f"{path}.{name}" if path else name
+        yield container, key, full, item
+        if isinstance(item, Module):
+            yield from _slots_under(item, full)
 
 
 def _assign(container, key, value):

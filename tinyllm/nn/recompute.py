@@ -34,15 +34,14 @@ block.
 True
 """
 
-import contextlib
 import tracemalloc
 
 import numpy as np
 
 from .. import functional as F
 from ..autograd import Function, Tensor, enable_grad, no_grad
-from .layers import Dropout, _fresh_seed
-from .module import Buffer, Module, _assign, _items
+from .layers import Dropout, _fresh_seed, dropout_keys
+from .module import Buffer, Module, _slots_under
 
 
 def enable_gradient_checkpointing(model):
@@ -126,13 +125,13 @@ class _Call:
     def __init__(self, module, args, kwargs):
         self.module, self.args, self.kwargs = module, args, kwargs
         self.n_inputs = sum(isinstance(a, Tensor) for a in args)
-        slots = [(path, t) for _, _, path, t in _weight_slots(module)]
+        slots = list(_weight_slots(module))
         self.weights = list({id(t): t for _, t in slots}.values())  # a tied weight once
         index = {id(t): i for i, t in enumerate(self.weights)}
         self.slot_weight = {path: index[id(t)] for path, t in slots}
         dropouts = [m for _, m in module.named_modules() if isinstance(m, Dropout)]
         self.keys = {d: (_fresh_seed(),) if d.key is None else d.key for d in dropouts}
-        self.layout = None  # (what the call returned, its Tensors' shapes), set by run
+        self.layout = None  # (a tuple?, [(a Tensor?, its shape or the value)]), set by run
 
     def run(self, values, keys=None):
         """The call on ``values`` (Tensors: the inputs, then the weights), its Tensor
@@ -141,62 +140,35 @@ class _Call:
         inputs, weights = iter(values[: self.n_inputs]), values[self.n_inputs :]
         args = [next(inputs) if isinstance(a, Tensor) else a for a in self.args]
         by_path = {path: weights[i] for path, i in self.slot_weight.items()}
-        with _swapped(self.module, by_path), _keys(keys or self.keys):
+        with (
+            self.module.swapped(lambda path, _: by_path.get(path)),
+            dropout_keys(keys or self.keys),
+        ):
             out = self.module(*args, **self.kwargs)
-        tensors = [r for r in (out if isinstance(out, tuple) else (out,)) if isinstance(r, Tensor)]
-        if self.layout is None:
-            self.layout = (out, [t.shape for t in tensors])
-        raveled = [t.reshape(-1) for t in tensors]
+        results = out if isinstance(out, tuple) else (out,)
+        if self.layout is None:  # shapes, not the first pass's Tensors, which would stay alive
+            entries = [(True, r.shape) if isinstance(r, Tensor) else (False, r) for r in results]
+            self.layout = (isinstance(out, tuple), entries)
+        raveled = [r.reshape(-1) for r in results if isinstance(r, Tensor)]
         return raveled[0] if len(raveled) == 1 else F.concat(raveled)
 
     def unflatten(self, flat):
         """``flat`` (the node's output) cut back into the call's structure."""
-        out, shapes = self.layout
+        is_tuple, entries = self.layout
         pieces, start = [], 0
-        for shape in shapes:
-            size = int(np.prod(shape))
-            pieces.append(flat[start : start + size].reshape(shape))
-            start += size
-        if not isinstance(out, tuple):
-            return pieces[0]
-        pieces = iter(pieces)
-        return tuple(next(pieces) if isinstance(r, Tensor) else r for r in out)
+        for is_tensor, entry in entries:  # a Tensor's shape, or a value as the call gave it
+            if is_tensor:
+                size = int(np.prod(entry))
+                pieces.append(flat[start : start + size].reshape(entry))
+                start += size
+            else:
+                pieces.append(entry)
+        return tuple(pieces) if is_tuple else pieces[0]
 
 
-def _weight_slots(module, path=""):
-    """(container, key, path, tensor) for each weight inside ``module``: every Tensor that is
-    not a Buffer (a Parameter, or the Tensor ``bind`` put in its place)."""
-    for container, key, name, item in _items(module):
-        full = f"{path}.{name}" if path else name
+def _weight_slots(module):
+    """(path, tensor) of each weight inside ``module``: every Tensor that is not a Buffer (a
+    Parameter, or the Tensor ``bind`` put in its place)."""
+    for _, _, path, item in _slots_under(module):
         if isinstance(item, Tensor) and not isinstance(item, Buffer):
-            yield container, key, full, item
-        elif isinstance(item, Module):
-            yield from _weight_slots(item, full)
-
-
-@contextlib.contextmanager
-def _swapped(module, by_path):
-    """``module`` with the Tensor at each path of ``by_path`` swapped for its value."""
-    undo = []
-    for container, key, path, item in list(_weight_slots(module)):
-        if path in by_path:
-            undo.append((container, key, item))
-            _assign(container, key, by_path[path])
-    try:
-        yield
-    finally:
-        for container, key, item in reversed(undo):
-            _assign(container, key, item)
-
-
-@contextlib.contextmanager
-def _keys(keys):
-    """Each Dropout layer of ``keys`` ({layer: key}) drawing from its key in the block."""
-    given = {layer: layer.key for layer in keys}
-    for layer, key in keys.items():
-        layer.key = key
-    try:
-        yield
-    finally:
-        for layer, key in given.items():
-            layer.key = key
+            yield path, item
